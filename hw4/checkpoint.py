@@ -1,0 +1,106 @@
+"""One checkpoint format for every model: atomic writes, ``weights_only`` loads, clear errors.
+
+A checkpoint is a dict of tensors and plain Python values:
+``{"format": 1, "kind", "config", "model", "ema", "optimizer", "scaler", "step", "epoch", "metrics"}``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hw4.errors import HW4Error
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "kind", "config", "model", "step", "epoch", "metrics")
+
+
+class CheckpointError(HW4Error):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through ``write(file)`` to a temp file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_checkpoint(path: str | os.PathLike, *, kind: str, config: dict, model: nn.Module,
+                    step: int = 0, epoch: int = 0, metrics: dict | None = None,
+                    ema: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    scaler: dict | None = None, extra: dict | None = None) -> Path:
+    """Save atomically; a crash mid-write leaves the previous file intact."""
+    state = {
+        "format": FORMAT_VERSION, "kind": kind, "config": config,
+        "model": unwrap(model).state_dict(), "ema": ema,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler, "step": int(step), "epoch": int(epoch),
+        "metrics": metrics or {}, "extra": extra or {},
+    }
+    path = Path(path)
+    _atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load with ``weights_only=True``; raise ``CheckpointError`` saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {str(err)[:200]}"
+        ) from err
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not an hw4 checkpoint (expected keys {REQUIRED_KEYS})")
+    if state["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format {state['format']}, this hw4 reads {FORMAT_VERSION}")
+    return state
+
+
+def load_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> nn.Module:
+    """``load_state_dict(strict=True)`` with a one-line error on a mismatched architecture."""
+    try:
+        unwrap(model).load_state_dict(state_dict)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"{source} does not fit the model (different config?): {' '.join(first[:3])[:300]}"
+        ) from err
+    return model

@@ -1,0 +1,98 @@
+"""MNIST and Fashion-MNIST as in-memory tensor datasets.
+
+Data is found through ``HW4_DATA_DIR``: when it is set the files must already be there (nothing
+is downloaded); when it is unset ``./data`` is used and torchvision downloads what is missing.
+Images come out as float tensors ``(N, 1, 28, 28)``; the normalisation is an explicit choice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import datasets
+
+from hw4.errors import HW4Error
+
+DATA_ENV = "HW4_DATA_DIR"
+DatasetName = Literal["mnist", "fashion_mnist"]
+Split = Literal["train", "test"]
+# unit: [0, 1] (the project's boundary convention); symmetric: [-1, 1] (DDPM); standard: z-score.
+Normalization = Literal["unit", "symmetric", "standard"]
+
+_TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
+# Train-split pixel statistics (shared/data/README.md), used by the "standard" normalisation.
+PIXEL_STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2861, 0.3529)}
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+def data_root() -> tuple[Path, bool]:
+    """Return ``(root, download_allowed)`` following the ``HW4_DATA_DIR`` rule."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser(), False
+    return Path("data"), True
+
+
+def normalize(images: torch.Tensor, name: DatasetName, normalization: Normalization) -> torch.Tensor:
+    """Map ``[0, 1]`` images to the chosen range."""
+    if normalization == "unit":
+        return images
+    if normalization == "symmetric":
+        return images * 2.0 - 1.0
+    if normalization == "standard":
+        mean, std = PIXEL_STATS[name]
+        return (images - mean) / std
+    raise HW4Error(f"unknown normalization {normalization!r}; use unit, symmetric or standard")
+
+
+def load_tensors(name: DatasetName, split: Split = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a whole split as ``(images (N,1,28,28) float in [0,1], labels (N,) int64)``."""
+    if name not in _TORCHVISION:
+        raise HW4Error(f"unknown dataset {name!r}; use one of {sorted(_TORCHVISION)}")
+    root, download = data_root()
+    try:
+        ds = _TORCHVISION[name](root=str(root), train=split == "train", download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True"
+        raise HW4Error(
+            f"{name} not found under {root} ({DATA_ENV}={os.environ.get(DATA_ENV, '<unset>')}); "
+            f"point {DATA_ENV} at a folder holding {_TORCHVISION[name].__name__}/raw, "
+            f"or unset it to download into ./data"
+        ) from err
+    images = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28)
+    return images, ds.targets.long()
+
+
+def load_dataset(
+    name: DatasetName,
+    split: Split = "train",
+    *,
+    normalization: Normalization = "unit",
+    subset: int | None = None,
+    seed: int = 0,
+) -> TensorDataset:
+    """A ``TensorDataset`` of ``(image, label)``; ``subset`` keeps a seeded random ``subset`` of it."""
+    images, labels = load_tensors(name, split)
+    if subset is not None:
+        if subset <= 0:
+            raise HW4Error(f"subset must be positive, got {subset}")
+        gen = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(images), generator=gen)[:subset]
+        images, labels = images[keep], labels[keep]
+    return TensorDataset(normalize(images, name, normalization), labels)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
+    """An in-process loader (the data is already tensors, so workers would only add overhead)."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last
+    )

@@ -1,0 +1,274 @@
+"""Gaussian diffusion math as pure functions of tensors, independent of the network.
+
+References: DDPM (Ho et al. 2020), improved DDPM (Nichol & Dhariwal 2021), DDIM (Song et al.
+2021), v-prediction (Salimans & Ho 2022), sigmoid schedule (Chen 2023). A ``model`` is any
+callable ``model(x_t (N,...), t (N,) long) -> model_output (N,...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from hw4.errors import HW4Error
+
+ScheduleName = Literal["linear", "cosine", "sigmoid"]
+Prediction = Literal["eps", "x0", "v"]
+SCHEDULES = ("linear", "cosine", "sigmoid")
+PREDICTIONS = ("eps", "x0", "v")
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --- 1. schedules: name -> betas, float64 ------------------------------------------------------
+
+def betas_from_alpha_bar(alpha_bar: Callable[[torch.Tensor], torch.Tensor], T: int,
+                         max_beta: float = 0.999) -> torch.Tensor:
+    """beta_t = 1 - abar((t+1)/T) / abar(t/T), clipped at ``max_beta`` (improved DDPM eq. 17)."""
+    s = torch.arange(T + 1, dtype=torch.float64) / T
+    ab = alpha_bar(s)
+    return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
+
+
+def get_named_beta_schedule(name: str, T: int) -> torch.Tensor:
+    """Betas (T,) float64 for ``linear`` (DDPM), ``cosine`` (improved DDPM), ``sigmoid`` (Chen)."""
+    if T < 2:
+        raise HW4Error(f"need at least 2 timesteps, got {T}")
+    if name == "linear":
+        scale = 1000 / T  # keeps the total noise when T != 1000 (improved-diffusion's rescaling)
+        return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64).clamp(max=0.999)
+    if name == "cosine":
+        s = 0.008
+        return betas_from_alpha_bar(lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2, T)
+    if name == "sigmoid":
+        start, end, tau = -3.0, 3.0, 1.0
+        v0, v1 = 1 / (1 + math.exp(-start / tau)), 1 / (1 + math.exp(-end / tau))
+
+        def alpha_bar(u: torch.Tensor) -> torch.Tensor:
+            return (-torch.sigmoid((u * (end - start) + start) / tau) + v1) / (v1 - v0)
+
+        return betas_from_alpha_bar(alpha_bar, T)
+    raise HW4Error(f"unknown noise schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class DiffusionSchedule:
+    """Every per-timestep constant, computed once in float64 and stored as float32 (T,)."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor  # multiplies x_0
+    posterior_mean_coef2: torch.Tensor  # multiplies x_t
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor) -> DiffusionSchedule:
+        b = betas.to(torch.float64)
+        ab = torch.cumprod(1 - b, dim=0)
+        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        post_var = b * (1 - ab_prev) / (1 - ab)  # beta-tilde, DDPM eq. 7
+        fields = dict(
+            betas=b, alphas_cumprod=ab, alphas_cumprod_prev=ab_prev,
+            sqrt_alphas_cumprod=ab.sqrt(), sqrt_one_minus_alphas_cumprod=(1 - ab).sqrt(),
+            posterior_variance=post_var,
+            # beta-tilde_0 = 0: use beta-tilde_1 in the log (improved-diffusion does the same)
+            posterior_log_variance_clipped=torch.log(torch.cat([post_var[1:2], post_var[1:]])),
+            posterior_mean_coef1=b * ab_prev.sqrt() / (1 - ab),
+            posterior_mean_coef2=(1 - ab_prev) * (1 - b).sqrt() / (1 - ab),
+        )
+        return cls(**{k: v.float() for k, v in fields.items()})
+
+    @classmethod
+    def named(cls, name: str, T: int) -> DiffusionSchedule:
+        return cls.from_betas(get_named_beta_schedule(name, T))
+
+    def to(self, device: torch.device | str) -> DiffusionSchedule:
+        return DiffusionSchedule(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def extract(arr: torch.Tensor, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """arr[t] reshaped to (N, 1, 1, ...) so it broadcasts against a batch of ``shape``."""
+    out = arr.to(t.device)[t]
+    return out.view(t.shape[0], *([1] * (len(shape) - 1)))
+
+
+# --- 2. forward process and its posterior ------------------------------------------------------
+
+def add_noise(s: DiffusionSchedule, x0: torch.Tensor, noise: torch.Tensor,
+              t: torch.Tensor) -> torch.Tensor:
+    """Sample q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (DDPM eq. 4)."""
+    return (extract(s.sqrt_alphas_cumprod, t, x0.shape) * x0
+            + extract(s.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
+
+
+def q_mean_variance(s: DiffusionSchedule, x0: torch.Tensor,
+                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of q(x_t | x_0)."""
+    return (extract(s.sqrt_alphas_cumprod, t, x0.shape) * x0,
+            extract(1 - s.alphas_cumprod, t, x0.shape).expand_as(x0))
+
+
+def q_posterior(s: DiffusionSchedule, x0: torch.Tensor, xt: torch.Tensor,
+                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."""
+    mean = (extract(s.posterior_mean_coef1, t, xt.shape) * x0
+            + extract(s.posterior_mean_coef2, t, xt.shape) * xt)
+    return (mean, extract(s.posterior_variance, t, xt.shape),
+            extract(s.posterior_log_variance_clipped, t, xt.shape))
+
+
+# --- 3. parameterisations: eps, x0 and v ------------------------------------------------------
+
+def predict_x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor,
+                   t: torch.Tensor, prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a model output of any parameterisation into (x0_hat, eps_hat)."""
+    a = extract(s.sqrt_alphas_cumprod, t, xt.shape)
+    b = extract(s.sqrt_one_minus_alphas_cumprod, t, xt.shape)
+    if prediction == "eps":
+        eps = model_output
+        return (xt - b * eps) / a, eps
+    if prediction == "x0":
+        x0 = model_output
+        return x0, (xt - a * x0) / b
+    if prediction == "v":  # v = a eps - b x0, so x0 = a x_t - b v and eps = b x_t + a v
+        return a * xt - b * model_output, b * xt + a * model_output
+    raise HW4Error(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
+
+
+def training_target(s: DiffusionSchedule, x0: torch.Tensor, noise: torch.Tensor,
+                    t: torch.Tensor, prediction: Prediction) -> torch.Tensor:
+    """What the network regresses onto for each parameterisation."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return (extract(s.sqrt_alphas_cumprod, t, x0.shape) * noise
+                - extract(s.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0)
+    raise HW4Error(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
+
+
+def training_losses(model: Model, s: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor,
+                    noise: torch.Tensor | None = None,
+                    prediction: Prediction = "eps") -> torch.Tensor:
+    """DDPM's simple loss ||target - model(x_t, t)||^2 averaged per sample: (N,) (DDPM eq. 14)."""
+    if noise is None:
+        noise = torch.randn_like(x0)
+    xt = add_noise(s, x0, noise, t)
+    err = (training_target(s, x0, noise, t, prediction) - model(xt, t)) ** 2
+    return err.flatten(1).mean(dim=1)
+
+
+# --- 4. reverse steps -------------------------------------------------------------------------
+
+@dataclass
+class StepOutput:
+    prev_sample: torch.Tensor  # x_{t_prev}
+    pred_original_sample: torch.Tensor  # x0_hat used to build it
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def _x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+            prediction: Prediction, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x0, eps = predict_x0_eps(s, model_output, xt, t, prediction)
+    if clip:  # keep x0 in the data range and keep eps consistent with the clipped x0
+        x0 = x0.clamp(-1, 1)
+        eps = (xt - extract(s.sqrt_alphas_cumprod, t, xt.shape) * x0) / extract(
+            s.sqrt_one_minus_alphas_cumprod, t, xt.shape)
+    return x0, eps
+
+
+def ddpm_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, xt: torch.Tensor, *,
+              prediction: Prediction = "eps", clip: bool = True,
+              generator: torch.Generator | None = None) -> StepOutput:
+    """One ancestral step x_t -> x_{t-1} ~ N(mu~(x_t, x0_hat), beta~_t I) (DDPM Alg. 2)."""
+    tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
+    x0, _ = _x0_eps(s, model_output, xt, tt, prediction, clip)
+    mean, _, log_var = q_posterior(s, x0, xt, tt)
+    if t == 0:
+        return StepOutput(mean, x0)
+    return StepOutput(mean + torch.exp(0.5 * log_var) * _noise_like(xt, generator), x0)
+
+
+def ddim_sigma(s: DiffusionSchedule, t: int, t_prev: int, eta: float) -> float:
+    """sigma_t(eta) of DDIM eq. 16; eta = 1 gives DDPM's posterior std when t_prev = t - 1."""
+    ab = s.alphas_cumprod[t].double()
+    ab_prev = s.alphas_cumprod[t_prev].double() if t_prev >= 0 else torch.ones((), dtype=ab.dtype)
+    return float(eta * torch.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)))
+
+
+def ddim_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: int,
+              xt: torch.Tensor, *, eta: float = 0.0, prediction: Prediction = "eps",
+              clip: bool = True, generator: torch.Generator | None = None) -> StepOutput:
+    """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12); ``t_prev = -1`` means the clean image."""
+    tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
+    # 1. predicted x_0 and the noise direction it implies
+    x0, eps = _x0_eps(s, model_output, xt, tt, prediction, clip)
+    # 2. abar at the previous step (abar_{-1} = 1: the last step lands on x_0 itself)
+    ab_prev = float(s.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
+    sigma = ddim_sigma(s, t, t_prev, eta)
+    # 3. x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z   (eq. 12)
+    prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+    if sigma > 0:
+        prev = prev + sigma * _noise_like(xt, generator)
+    return StepOutput(prev, x0)
+
+
+# --- 5. sampling loops ------------------------------------------------------------------------
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced timesteps of 0..T-1, descending, always ending at 0."""
+    if not 1 <= steps <= T:
+        raise HW4Error(f"steps must be in 1..{T} for a {T}-step model, got {steps}")
+    grid = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
+def sample_progressive(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], *,
+                       method: Literal["ddpm", "ddim"] = "ddpm", steps: int | None = None,
+                       eta: float = 0.0, prediction: Prediction = "eps", clip: bool = True,
+                       generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                       x_T: torch.Tensor | None = None,
+                       progress: bool = False) -> Iterator[StepOutput]:
+    """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM ``steps`` of them."""
+    if method not in ("ddpm", "ddim"):
+        raise HW4Error(f"unknown sampler {method!r}; use ddpm or ddim")
+    T = s.num_timesteps
+    s = s.to(device)
+    x = x_T.to(device) if x_T is not None else _noise_like(torch.empty(shape, device=device),
+                                                           generator)
+    ts = list(range(T - 1, -1, -1)) if method == "ddpm" else ddim_timesteps(T, steps or 50)
+    for i, t in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress)):
+        out = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
+        if method == "ddpm":
+            step = ddpm_step(s, out, t, x, prediction=prediction, clip=clip, generator=generator)
+        else:
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            step = ddim_step(s, out, t, t_prev, x, eta=eta, prediction=prediction, clip=clip,
+                             generator=generator)
+        x = step.prev_sample
+        yield step
+
+
+@torch.inference_mode()
+def sample(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], **kwargs) -> torch.Tensor:
+    """Run ``sample_progressive`` to the end and return x_0 in the model's data range."""
+    last = deque(sample_progressive(model, s, shape, **kwargs), maxlen=1)  # keeps one step only
+    return last[0].prev_sample

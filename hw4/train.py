@@ -1,0 +1,224 @@
+"""Framework-free training steps and epochs. Ray workers and plain scripts call the same code.
+
+A step takes a model (bare or DDP-wrapped), a batch already on the right device, and an
+optimizer; it returns a dict of floats. ``run_epoch`` averages those over a loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from hw4 import diffusion, objectives
+from hw4.checkpoint import unwrap
+from hw4.diffusion import DiffusionSchedule, Prediction
+from hw4.models.autoencoder import reparameterize
+from hw4.objectives import Reconstruction
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        # early on the average would be dominated by the random init: ramp the decay up
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for k, v in unwrap(model).state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        unwrap(model).load_state_dict(self.shadow)
+        return model
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.num_updates = state["decay"], state["num_updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier for ``LambdaLR``: linear from ~0 to 1 over ``warmup_steps``, then 1."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _optimize(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+              grad_clip: float | None = None) -> float:
+    """Backward, optional global-norm clipping, step. Returns the pre-clip gradient norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    optimizer.step()
+    return float(norm)
+
+
+# --- autoencoder / VAE ------------------------------------------------------------------------
+
+def autoencoder_losses(model: nn.Module, x: torch.Tensor, *, beta: float = 1.0,
+                       reconstruction: Reconstruction = "bernoulli", free_bits: float = 0.0,
+                       generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
+    """Scalar loss, batch-mean metrics and the per-dimension KL (N, D) (None for an AE)."""
+    out = model(x, generator=generator)
+    recon = objectives.reconstruction_nll(reconstruction, out.logits, x)  # (N,)
+    if out.log_var is None:
+        loss = recon.mean()
+        return loss, {"loss": loss.item(), "recon": recon.mean().item()}, None
+    kl_dim = objectives.gaussian_kl_per_dim(out.mu, out.log_var)  # (N, D)
+    terms = objectives.beta_elbo(recon, kl_dim.sum(1), beta)
+    if free_bits > 0:
+        loss = recon.mean() + beta * objectives.free_bits_kl(kl_dim, free_bits)
+    else:
+        loss = terms.loss.mean()
+    metrics = {"loss": loss.item(), "recon": terms.recon.mean().item(),
+               "kl": terms.kl.mean().item(), "elbo": terms.elbo.mean().item()}
+    return loss, metrics, kl_dim
+
+
+def autoencoder_step(model: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer,
+                     **loss_kwargs) -> dict[str, float]:
+    model.train()
+    loss, metrics, _ = autoencoder_losses(model, x, **loss_kwargs)
+    metrics["grad_norm"] = _optimize(loss, model, optimizer)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_autoencoder(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
+                         reconstruction: Reconstruction = "bernoulli",
+                         active_threshold: float = 0.01) -> dict:
+    """Test-set ELBO parts (one posterior sample), KL per dim and active units.
+
+    A unit is active when Cov_x(E_q[z_d | x]) > ``active_threshold`` (Burda et al. 2016).
+    """
+    model.eval()
+    sums: dict[str, float] = {}
+    kl_dim_sum, mus, n = None, [], 0
+    gen = torch.Generator(device=device).manual_seed(0)
+    for x, _ in loader:
+        x = x.to(device)
+        mu, log_var = unwrap(model).encoder(x)
+        if log_var is None:  # AE: only the reconstruction
+            recon = objectives.reconstruction_nll(reconstruction, unwrap(model).decoder(mu), x)
+            sums["recon"] = sums.get("recon", 0.0) + float(recon.sum())
+        else:
+            z = reparameterize(mu, log_var, gen)
+            recon = objectives.reconstruction_nll(reconstruction, unwrap(model).decoder(z), x)
+            kl_dim = objectives.gaussian_kl_per_dim(mu, log_var)
+            kl_dim_sum = kl_dim.sum(0) if kl_dim_sum is None else kl_dim_sum + kl_dim.sum(0)
+            for k, v in (("recon", recon), ("kl", kl_dim.sum(1))):
+                sums[k] = sums.get(k, 0.0) + float(v.sum())
+        mus.append(mu)
+        n += x.shape[0]
+    out = {k: v / n for k, v in sums.items()}
+    mu_all = torch.cat(mus)  # (N, D)
+    out["active_units"] = int((mu_all.var(0) > active_threshold).sum())
+    if kl_dim_sum is not None:
+        out["elbo"] = -(out["recon"] + out["kl"])
+        out["kl_per_dim"] = (kl_dim_sum / n).tolist()
+    out["loss"] = out["recon"] + out.get("kl", 0.0)
+    return out
+
+
+# --- classifiers ------------------------------------------------------------------------------
+
+def classifier_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    model.train()
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    _optimize(loss, model, optimizer)
+    return {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader: Iterable,
+                        device: torch.device | str = "cpu") -> dict[str, float]:
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += x.shape[0]
+    return {"loss": loss / n, "accuracy": correct / n}
+
+
+# --- DDPM -------------------------------------------------------------------------------------
+
+def ddpm_step(model: nn.Module, schedule: DiffusionSchedule, x0: torch.Tensor,
+              optimizer: torch.optim.Optimizer, *, prediction: Prediction = "eps",
+              ema: EMA | None = None, grad_clip: float | None = 1.0,
+              autocast_dtype: torch.dtype | None = None,
+              generator: torch.Generator | None = None) -> dict[str, float]:
+    """One denoising-loss step on x0 in [-1, 1]: uniform t, fresh noise, clip, step, EMA."""
+    model.train()
+    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    t, noise = t.to(x0.device), noise.to(x0.device)
+    ctx = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype
+           else nullcontext())
+    with ctx:
+        loss = diffusion.training_losses(model, schedule, x0, t, noise, prediction).mean()
+    norm = _optimize(loss.float(), model, optimizer, grad_clip)
+    if ema is not None:
+        ema.update(model)
+    return {"loss": loss.item(), "grad_norm": norm}
+
+
+@torch.no_grad()
+def evaluate_ddpm(model: nn.Module, schedule: DiffusionSchedule, loader: Iterable, *,
+                  prediction: Prediction = "eps", device: torch.device | str = "cpu",
+                  seed: int = 0) -> dict[str, float]:
+    """Denoising loss on held-out data with seeded t and noise, so epochs compare fairly."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, n = 0.0, 0
+    for x0, _ in loader:
+        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x0, t, noise = x0.to(device), t.to(device), noise.to(device)
+        total += float(diffusion.training_losses(model, schedule, x0, t, noise, prediction).sum())
+        n += x0.shape[0]
+    return {"loss": total / n}
+
+
+# --- epochs -----------------------------------------------------------------------------------
+
+def run_epoch(loader: Iterable, step: Callable[..., dict[str, float]], *,
+              device: torch.device | str = "cpu", desc: str = "train", progress: bool = False,
+              max_steps: int | None = None, on_step: Callable[[], None] | None = None
+              ) -> dict[str, float]:
+    """Call ``step(x, y)`` on each batch (moved to ``device``); return batch-size-weighted means."""
+    sums: dict[str, float] = {}
+    n = 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for i, (x, y) in enumerate(bar):
+        if max_steps is not None and i >= max_steps:
+            break
+        metrics = step(x.to(device), y.to(device))
+        b = x.shape[0]
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        n += b
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if on_step is not None:
+            on_step()
+    return {k: v / max(n, 1) for k, v in sums.items()}

@@ -1,0 +1,36 @@
+"""Image grids written atomically as PNG; images are [0, 1] tensors (N, C, H, W)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from hw4.checkpoint import write_bytes_atomic
+
+
+def grid_image(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=padding)
+    array = grid.mul(255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
+    return Image.fromarray(array)
+
+
+def png_bytes(images: torch.Tensor, nrow: int = 8) -> bytes:
+    buf = io.BytesIO()
+    grid_image(images, nrow).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
+    write_bytes_atomic(path, png_bytes(images, nrow))
+
+
+def pairs(originals: torch.Tensor, reconstructions: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """Rows of ``nrow`` originals, each followed by a row of their reconstructions (2N, C, H, W)."""
+    rows = []
+    for start in range(0, originals.shape[0], nrow):
+        rows += [originals[start:start + nrow], reconstructions[start:start + nrow]]
+    return torch.cat(rows)
