@@ -203,22 +203,24 @@ def evaluate_ddpm(model: nn.Module, schedule: DiffusionSchedule, loader: Iterabl
 # --- epochs -----------------------------------------------------------------------------------
 
 def run_epoch(loader: Iterable, step: Callable[..., dict[str, float]], *,
-              device: torch.device | str = "cpu", desc: str = "train", progress: bool = False,
-              max_steps: int | None = None, on_step: Callable[[], None] | None = None
-              ) -> dict[str, float]:
-    """Call ``step(x, y)`` on each batch (moved to ``device``); return batch-size-weighted means."""
+              device: torch.device | str = "cpu", desc: str = "train",
+              progress: bool | Callable[..., Iterable] = False) -> dict[str, float]:
+    """Call ``step(x, y)`` on each batch (moved to ``device``); return batch-size-weighted means.
+
+    ``progress``: True for a tqdm bar, or a tqdm-like factory (Ray passes its own).
+    """
     sums: dict[str, float] = {}
     n = 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
-    for i, (x, y) in enumerate(bar):
-        if max_steps is not None and i >= max_steps:
-            break
+    if callable(progress):
+        batches = progress(loader, desc=desc)
+    else:
+        batches = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for x, y in batches:
         metrics = step(x.to(device), y.to(device))
         b = x.shape[0]
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * b
         n += b
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if on_step is not None:
-            on_step()
+    if hasattr(batches, "close"):
+        batches.close()
     return {k: v / max(n, 1) for k, v in sums.items()}

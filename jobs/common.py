@@ -1,0 +1,228 @@
+"""Glue shared by the Ray jobs: CLI from config dataclasses, Ray start-up, worker-side
+checkpoint/report/resume, fault injection, and the artifacts written at the end of a run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from hw4.checkpoint import load_checkpoint, write_json_atomic
+from hw4.errors import HW4Error
+from hw4.registry import record_best
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field; help text from ``field(metadata={"help": ...})``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind, default = hints[f.name], f.default
+        kw: dict[str, Any] = {"default": default, "help": f.metadata.get("help", "")}
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in args if a is not type(None))  # X | None -> X
+            args = typing.get_args(kind)
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is Literal:
+            kw.update(choices=args, type=type(args[0]))
+        elif typing.get_origin(kind) is tuple:
+            kw.update(nargs="*", type=args[0])
+        else:
+            kw["type"] = kind
+        kw["help"] += f" (default: {default})"
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run ``main``; a user mistake becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except HW4Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise HW4Error(message)
+
+
+# --- Ray on the driver ------------------------------------------------------------------------
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    data_dir = os.environ.get("HW4_DATA_DIR")
+    if address:
+        env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir else None
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=False)
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> Any:
+    """argv -> validated config; ``--smoke-test`` makes ``smoke`` the defaults."""
+    parser = ArgumentParser(description=doc.strip().splitlines()[0])
+    add_config_args(parser, cls)
+    if parser.parse_args(argv).smoke_test:
+        parser.set_defaults(**smoke)  # smoke values replace defaults; explicit flags still win
+    cfg = config_from_args(cls, parser.parse_args(argv))
+    cfg.storage_path = str(Path(cfg.storage_path).resolve())
+    cfg.validate()
+    return cfg
+
+
+def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
+        mode: Literal["min", "max"]) -> ray.train.Result:
+    """Build and run the TorchTrainer every job uses: keep the best ``keep_checkpoints`` by
+    ``metric``, restart from the latest checkpoint up to ``max_failures`` times."""
+    init_ray()
+    use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
+    trainer = ray.train.torch.TorchTrainer(
+        train_func,
+        train_loop_config=dataclasses.asdict(cfg),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=cfg.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    return trainer.fit()
+
+
+def config_from_state(cls: type, state: dict) -> Any:
+    """The job config saved in a checkpoint (JSON-ish lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+
+
+def run_dir(storage_path: str, name: str) -> Path:
+    return Path(storage_path).resolve() / name
+
+
+# --- Ray on the workers -----------------------------------------------------------------------
+
+def world_rank() -> int:
+    return ray.train.get_context().get_world_rank()
+
+
+def restore_state(map_location: torch.device | str = "cpu") -> dict | None:
+    """The state saved in the latest reported checkpoint, when this run is resuming."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return load_checkpoint(Path(d) / CHECKPOINT_FILE, map_location=map_location)
+
+
+def report(metrics: dict, save: Callable[[Path], None] | None) -> None:
+    """Every rank reports; rank 0 attaches a checkpoint written by ``save(path)``."""
+    if save is None or world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save(Path(d) / CHECKPOINT_FILE)
+        write_json_atomic(Path(d) / "metrics.json", metrics)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: Path) -> None:
+    """Fail once (a marker file remembers it) on the last rank at the start of ``fault_epoch``."""
+    ctx = ray.train.get_context()
+    if fault is None or epoch != fault_epoch or ctx.get_world_rank() != ctx.get_world_size() - 1:
+        return
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{fault} at epoch {epoch}\n")
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault at epoch {epoch}")
+
+
+def progress_bar() -> Callable[..., Any] | bool:
+    """Ray's tqdm (one bar per worker, shown by the driver) on rank 0; no bar elsewhere."""
+    if world_rank() != 0:
+        return False
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm
+
+
+# --- the end of a run -------------------------------------------------------------------------
+
+def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
+             mode: Literal["min", "max"], render: Callable[[dict, Path], None],
+             select: Literal["best", "final"] = "best") -> dict:
+    """Copy the selected (best by ``metric``, or final) and the final checkpoint into
+    ``<run>/artifacts``, render images, write ``metrics.json`` and ``config.json``, and register
+    the selected checkpoint."""
+    if result.error is not None:
+        raise result.error
+    out = run_dir(cfg.storage_path, cfg.name) / "artifacts"
+    out.mkdir(parents=True, exist_ok=True)
+    best = result.checkpoint
+    if select == "best":
+        best = result.get_best_checkpoint(metric, mode) or best
+    for ckpt, fname in ((best, "checkpoint.pt"), (result.checkpoint, "final.pt")):
+        with ckpt.as_directory() as d:
+            shutil.copyfile(Path(d) / CHECKPOINT_FILE, out / f".{fname}.tmp")
+            os.replace(out / f".{fname}.tmp", out / fname)
+    state = load_checkpoint(out / "checkpoint.pt")
+    final = load_checkpoint(out / "final.pt")
+    render(state, out)
+    summary = {
+        "best": state["metrics"], "final": final["metrics"],
+        "history": final["extra"].get("history", []), "best_epoch": state["epoch"],
+        "checkpoint": str(out / "checkpoint.pt"), "config": dataclasses.asdict(cfg),
+    }
+    write_json_atomic(out / "metrics.json", summary)
+    write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
+    summary["registered"] = record_best(
+        cfg.storage_path, kind, checkpoint=out / "checkpoint.pt", metric=metric,
+        value=state["metrics"][metric], mode=mode, config=dataclasses.asdict(cfg),
+        source=str(run_dir(cfg.storage_path, cfg.name)))
+    print(json.dumps({k: summary[k] for k in ("best", "best_epoch", "checkpoint", "registered")},
+                     indent=2, default=str))
+    return summary

@@ -1,0 +1,255 @@
+"""Train the autoencoder or VAE on Fashion-MNIST with Ray Train, then classifiers on its latent.
+
+    python jobs/train_vae.py --model vae --beta 1 --latent-dim 16 --epochs 10
+
+Phase 1 trains the AE/VAE; phase 2 trains a linear probe on the frozen encoder and a fine-tuned
+copy of the encoder with its own head. Without RAY_ADDRESS a local Ray is started.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import ray.train
+import ray.train.torch
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from hw4 import data, objectives, train, viz
+from hw4.checkpoint import load_state, save_checkpoint, unwrap
+from hw4.models.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    LatentClassifier,
+    LatentClassifierConfig,
+)
+from jobs import common
+
+
+def h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class VAEJobConfig:
+    name: str = field(default="vae", metadata=h("run name; the same name resumes"))
+    storage_path: str = field(default="results", metadata=h("where runs, artifacts, registry live"))
+    num_workers: int = field(default=1, metadata=h("Ray Train workers (data parallel)"))
+    gpu: bool | None = field(default=None, metadata=h("use GPUs; default: when the cluster has them"))
+    seed: int = field(default=0, metadata=h("seed for init, data order, sampling"))
+    train_subset: int | None = field(default=None, metadata=h("train on this many images"))
+    val_subset: int | None = field(default=None, metadata=h("evaluate on this many test images"))
+    model: Literal["ae", "vae"] = field(default="vae", metadata=h("autoencoder or VAE"))
+    latent_dim: int = field(default=16, metadata=h("latent size"))
+    channels: int = field(default=32, metadata=h("conv width"))
+    hidden: int = field(default=256, metadata=h("fully connected width"))
+    beta: float = field(default=1.0, metadata=h("weight of the KL term"))
+    reconstruction: Literal["bernoulli", "gaussian"] = field(default="bernoulli",
+                                                            metadata=h("decoder likelihood"))
+    kl_warmup_steps: int = field(default=0, metadata=h("steps of linear KL warm-up (0: none)"))
+    free_bits: float = field(default=0.0, metadata=h("nats per latent dim free of KL penalty"))
+    epochs: int = field(default=10, metadata=h("AE/VAE epochs"))
+    classifier_epochs: int = field(default=5, metadata=h("epochs of the latent classifiers"))
+    batch_size: int = field(default=128, metadata=h("global batch size (split over workers)"))
+    lr: float = field(default=1e-3, metadata=h("Adam learning rate"))
+    classifier_lr: float = field(default=1e-3, metadata=h("Adam learning rate of the classifiers"))
+    keep_checkpoints: int = field(default=2, metadata=h("checkpoints kept"))
+    max_failures: int = field(default=2, metadata=h("worker-group restarts after a crash"))
+    inject_fault: Literal["raise", "kill"] | None = field(default=None, metadata=h("test: fail once"))
+    fault_epoch: int = field(default=1, metadata=h("test: the epoch at which to fail"))
+    smoke_test: bool = field(default=False, metadata=h("tiny data, a few steps"))
+
+    def validate(self) -> None:
+        c = common.check
+        c(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
+        c(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
+        c(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        c(self.classifier_epochs >= 0, "--classifier-epochs must be >= 0")
+        c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
+        c(self.lr > 0 and self.classifier_lr > 0, "learning rates must be positive")
+        c(self.free_bits >= 0, f"--free-bits must be >= 0, got {self.free_bits}")
+
+    def autoencoder(self) -> AutoencoderConfig:
+        return AutoencoderConfig(latent_dim=self.latent_dim, variational=self.model == "vae",
+                                 channels=self.channels, hidden=self.hidden)
+
+
+SMOKE = dict(train_subset=256, val_subset=128, epochs=2, classifier_epochs=1, batch_size=32,
+             channels=8, hidden=32, latent_dim=4)
+
+
+class Classifiers:
+    """The two latent classifiers: a probe on the VAE's frozen encoder, and a fine-tuned copy."""
+
+    def __init__(self, vae: Autoencoder, cfg: VAEJobConfig):
+        d = cfg.latent_dim
+        self.probe = LatentClassifier(vae.encoder, d, LatentClassifierConfig(mode="probe"))
+        self.finetune = LatentClassifier(copy.deepcopy(vae.encoder), d,
+                                         LatentClassifierConfig(mode="finetune"))
+        self.opts = {name: torch.optim.Adam([p for p in m.parameters() if p.requires_grad],
+                                            lr=cfg.classifier_lr)
+                     for name, m in self.items()}
+
+    def items(self) -> list[tuple[str, LatentClassifier]]:
+        return [("probe", self.probe), ("finetune", self.finetune)]
+
+    def state_dict(self) -> dict:
+        return {"probe_head": self.probe.head.state_dict(),
+                "finetune": self.finetune.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.opts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.probe.head.load_state_dict(state["probe_head"])
+        self.finetune.load_state_dict(state["finetune"])
+        for k, o in self.opts.items():
+            o.load_state_dict(state["optimizers"][k])
+
+    def to(self, device: torch.device) -> Classifiers:
+        self.probe.to(device)
+        self.finetune.to(device)
+        return self
+
+
+def tensorboard_images(writer: SummaryWriter, vae: Autoencoder, x: torch.Tensor, step: int) -> None:
+    vae.eval()
+    writer.add_image("reconstructions", make_grid(viz.pairs(x, vae.reconstruct(x)).cpu()), step)
+    writer.add_image("traversal", make_grid(traversal(vae, x[:1]).cpu(), nrow=9), step)
+
+
+def traversal(vae: Autoencoder, x: torch.Tensor, rows: int = 8) -> torch.Tensor:
+    """Traverse the ``rows`` latent dims with the largest posterior-mean variance (most used)."""
+    mu = vae.encoder(x)[0] if x.shape[0] > 1 else None
+    dims = list(range(min(rows, vae.config.latent_dim)))
+    if mu is not None:
+        dims = mu.var(0).argsort(descending=True)[:rows].tolist()
+    return vae.traverse(x[:1], dims, torch.linspace(-3, 3, 9))
+
+
+def train_func(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    cfg = VAEJobConfig(**config)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(cfg.seed + rank)
+    device = ray.train.torch.get_device()
+    train_set = data.load_dataset("fashion_mnist", "train", subset=cfg.train_subset, seed=cfg.seed)
+    val_set = data.load_dataset("fashion_mnist", "test", subset=cfg.val_subset, seed=cfg.seed)
+    per_worker = cfg.batch_size // ctx.get_world_size()
+    loader = ray.train.torch.prepare_data_loader(
+        DataLoader(train_set, batch_size=per_worker, shuffle=True, drop_last=True))
+    val_loader = DataLoader(val_set, batch_size=512)
+    fixed = val_set.tensors[0][:16].to(device)
+
+    vae = Autoencoder(cfg.autoencoder())
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    start_epoch, step_count, history, clf_state = 0, 0, [], None
+    state = common.restore_state()
+    if state is not None:
+        load_state(vae, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step_count = state["epoch"] + 1, state["step"]
+        history, clf_state = state["extra"]["history"], state["extra"].get("classifiers")
+    model = ray.train.torch.prepare_model(vae)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+    writer = SummaryWriter(str(common.run_dir(cfg.storage_path, cfg.name) / "tensorboard")) \
+        if rank == 0 else None
+    marker = common.run_dir(cfg.storage_path, cfg.name) / "fault_injected"
+    classifiers = None
+
+    for epoch in range(start_epoch, cfg.epochs + cfg.classifier_epochs):
+        common.maybe_inject_fault(cfg.inject_fault, cfg.fault_epoch, epoch, marker)
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        t0 = time.time()
+        if epoch < cfg.epochs:  # phase 1: the autoencoder itself
+
+            def step(x, _y):
+                nonlocal step_count
+                beta = objectives.kl_warmup(step_count, cfg.kl_warmup_steps, cfg.beta)
+                step_count += 1
+                return train.autoencoder_step(model, x, optimizer, beta=beta, generator=gen,
+                                              reconstruction=cfg.reconstruction,
+                                              free_bits=cfg.free_bits)
+
+            tr = train.run_epoch(loader, step, device=device, desc=f"epoch {epoch}",
+                                 progress=common.progress_bar())
+        else:  # phase 2: classifiers on the latent of the trained (now fixed) encoder
+            if classifiers is None:
+                classifiers = Classifiers(unwrap(model), cfg).to(device)
+                if clf_state is not None:
+                    classifiers.load_state_dict(clf_state)
+
+            def step(x, y, classifiers: Classifiers = classifiers):
+                out = {}
+                for name, clf in classifiers.items():
+                    m = train.classifier_step(clf, x, y, classifiers.opts[name])
+                    out.update({f"{name}_train_{k}": v for k, v in m.items()})
+                out["loss"] = out["finetune_train_loss"]
+                return out
+
+            tr = train.run_epoch(loader, step, device=device, desc=f"classifiers {epoch}",
+                                 progress=common.progress_bar())
+        val = train.evaluate_autoencoder(unwrap(model), val_loader, device, cfg.reconstruction)
+        metrics = {"epoch": epoch, "step": step_count, "phase": "vae" if epoch < cfg.epochs
+                   else "classifier", "train_loss": tr["loss"],
+                   **{f"val_{k}": v for k, v in val.items()}, "epoch_time_s": time.time() - t0,
+                   "resumed_from_epoch": start_epoch}
+        if classifiers is not None:
+            for name, clf in classifiers.items():
+                metrics[f"{name}_accuracy"] = train.evaluate_classifier(clf, val_loader,
+                                                                        device)["accuracy"]
+        history.append(metrics)
+        if writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, float | int) and k not in ("epoch", "step"):
+                    writer.add_scalar(k, v, epoch)
+            tensorboard_images(writer, unwrap(model), fixed, epoch)
+            writer.flush()
+
+        def save(path: Path, metrics: dict = metrics, epoch: int = epoch,
+                 classifiers: Classifiers | None = classifiers) -> None:
+            extra = {"history": history,
+                     "classifiers": classifiers.state_dict() if classifiers else clf_state}
+            save_checkpoint(path, kind="autoencoder", config=dataclasses.asdict(cfg), model=model,
+                            optimizer=optimizer, step=step_count, epoch=epoch, metrics=metrics,
+                            extra=extra)
+
+        common.report(metrics, save)
+    if writer is not None:
+        writer.close()
+
+
+def render(state: dict, out: Path) -> None:
+    """reconstructions.png, traversal.png and (VAE) samples.png from the checkpoint."""
+    cfg = common.config_from_state(VAEJobConfig, state)
+    vae = load_state(Autoencoder(cfg.autoencoder()), state["model"]).eval()
+    x = data.load_dataset("fashion_mnist", "test", subset=512, seed=cfg.seed).tensors[0]
+    viz.save_grid(viz.pairs(x[:32], vae.reconstruct(x[:32])), out / "reconstructions.png")
+    with torch.no_grad():
+        viz.save_grid(traversal(vae, x), out / "traversal.png", nrow=9)
+    if cfg.model == "vae":
+        viz.save_grid(vae.sample(64, torch.Generator().manual_seed(cfg.seed)), out / "samples.png")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = common.parse_config(VAEJobConfig, argv, SMOKE, __doc__)
+    data.load_tensors("fashion_mnist", "test")  # fail fast, on the driver, when data is missing
+    t0 = time.time()
+    result = common.fit(train_func, cfg, metric="val_loss", mode="min")
+    # the final checkpoint: its classifier heads were trained on exactly this encoder
+    summary = common.finalize(result, cfg, kind="vae", metric="val_loss", mode="min",
+                              render=render, select="final")
+    print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
+    return summary
+
+
+if __name__ == "__main__":
+    common.run_cli(main)

@@ -1,0 +1,167 @@
+"""The Ray Train jobs, run for real as subprocesses on a local Ray (each starts and stops its own)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from hw4.checkpoint import load_checkpoint
+from hw4.registry import read_best
+
+from .conftest import ROOT, needs_data
+
+pytestmark = [pytest.mark.ray]
+
+
+def job(name: str, *args: str, timeout: int = 300, env: dict | None = None, **kw):
+    cmd = [sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, **(env or {})}, **kw)
+
+
+def run_ok(name: str, *args: str) -> None:
+    out = job(name, *args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] >= 28
+
+
+def checkpoints(run: Path) -> list[Path]:
+    return sorted(run.glob("checkpoint_*/checkpoint.pt"))
+
+
+@needs_data
+def test_ddpm_smoke_two_workers(tmp_path):
+    run_ok("train_ddpm", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
+           "--name", "d")
+    art = tmp_path / "d" / "artifacts"
+    state = load_checkpoint(art / "checkpoint.pt")
+    assert state["kind"] == "unet" and state["ema"] is not None and state["optimizer"]
+    assert_png(art / "samples.png")
+    summary = json.loads((art / "metrics.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert summary["config"]["num_workers"] == 2
+    assert json.loads((art / "config.json").read_text())["smoke_test"] is True
+    best = read_best(tmp_path, "ddpm")
+    assert Path(best["checkpoint"]) == art / "checkpoint.pt"
+    assert best["value"] == min(h["val_loss"] for h in summary["history"])
+    assert list((tmp_path / "d" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@needs_data
+def test_vae_smoke_two_workers(tmp_path):
+    run_ok("train_vae", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
+           "--name", "v", "--beta", "0.5")
+    art = tmp_path / "v" / "artifacts"
+    state = load_checkpoint(art / "checkpoint.pt")
+    clf = state["extra"]["classifiers"]
+    assert set(clf) == {"probe_head", "finetune", "optimizers"}
+    for png in ("reconstructions.png", "traversal.png", "samples.png"):
+        assert_png(art / png)
+    final = json.loads((art / "metrics.json").read_text())["final"]
+    assert {"val_elbo", "val_kl", "val_recon", "probe_accuracy", "finetune_accuracy"} <= set(final)
+    assert len(final["val_kl_per_dim"]) == 4
+    assert read_best(tmp_path, "vae")["config"]["beta"] == 0.5
+
+
+@needs_data
+@pytest.mark.parametrize("name,fault", [("train_ddpm", "raise"), ("train_vae", "kill")])
+def test_worker_fault_resumes_from_last_checkpoint(tmp_path, name, fault):
+    run_ok(name, "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
+           "--name", "f", "--epochs", "3", "--inject-fault", fault, "--fault-epoch", "2")
+    run = tmp_path / "f"
+    assert (run / "fault_injected").read_text().startswith(fault)
+    history = json.loads((run / "artifacts" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history][:3] == [0, 1, 2]  # nothing lost, nothing repeated
+    assert history[2]["resumed_from_epoch"] == 2  # the restarted group began at epoch 2
+    for ckpt in checkpoints(run):
+        load_checkpoint(ckpt)  # every kept checkpoint is whole
+
+
+@needs_data
+def test_killed_job_rerun_with_same_name_continues(tmp_path):
+    args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "k", "--epochs", "40",
+            "--train-subset", "1024"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train_ddpm.py"), *args],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(checkpoints(tmp_path / "k")) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert checkpoints(tmp_path / "k"), "no checkpoint before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    done = max(load_checkpoint(c)["epoch"] for c in checkpoints(tmp_path / "k"))
+    run_ok("train_ddpm", *args[:-4], "--epochs", str(done + 3), "--train-subset", "1024")
+    history = json.loads((tmp_path / "k" / "artifacts" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(done + 3))
+    assert history[-1]["resumed_from_epoch"] == done + 1
+
+
+@pytest.mark.parametrize("name,args,message", [
+    ("train_ddpm", ["--schedule", "quadratic"], "invalid choice: 'quadratic'"),
+    ("train_ddpm", ["--timesteps", "1"], "--timesteps must be >= 2"),
+    ("train_ddpm", ["--groups", "5"], "must divide every width"),
+    ("train_vae", ["--beta", "-1"], "--beta must be >= 0"),
+    ("train_vae", ["--latent-dim", "x"], "invalid int value"),
+])
+def test_bad_arguments_exit_2_with_one_line(name, args, message):
+    out = job(name, *args, timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("name", ["train_ddpm", "train_vae"])
+def test_missing_data_dir_exits_2(tmp_path, name):
+    out = job(name, "--smoke-test", timeout=60, env={"HW4_DATA_DIR": str(tmp_path / "none")})
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "HW4_DATA_DIR" in out.stderr
+
+
+@needs_data
+def test_ray_job_submit_on_a_local_head(tmp_path):
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    port = "8275"
+    start = [ray, "start", "--head", "--num-cpus=2", "--port=6390", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={port}", "--include-dashboard=true"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        out = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", ".",
+             "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--storage-path",
+             str(tmp_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+        assert (tmp_path / "ddpm" / "artifacts" / "samples.png").is_file()
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_cluster_yaml_passes_ray_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(raw))
+    gpu = raw["available_node_types"]["gpu_worker"]
+    assert gpu["resources"]["GPU"] >= 1 and gpu["min_workers"] == 0
+    head_cmd = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_cmd
+    bad = {**raw, "unknown_key": 1}
+    with pytest.raises(Exception):  # noqa: B017 - Ray raises jsonschema's ValidationError
+        validate_config(prepare_config(bad))
+
