@@ -272,3 +272,27 @@ def sample(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], **kwargs)
     """Run ``sample_progressive`` to the end and return x_0 in the model's data range."""
     last = deque(sample_progressive(model, s, shape, **kwargs), maxlen=1)  # keeps one step only
     return last[0].prev_sample
+
+
+# --- 6. DDIM inversion: the deterministic (eta = 0) map run from image to noise ----------------
+
+@torch.inference_mode()
+def ddim_invert(model: Model, s: DiffusionSchedule, x0: torch.Tensor, *, steps: int = 50,
+                prediction: Prediction = "eps", device: str | torch.device = "cpu",
+                progress: bool = False) -> torch.Tensor:
+    """Encode x0 into the x_T from which DDIM (eta = 0, same ``steps``) decodes back to ~x0.
+
+    Runs DDIM's update (eq. 12, sigma = 0) upwards through the same timesteps, predicting eps
+    at the current, lower step: x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next) eps_hat
+    (Song et al. 2021 sec. 4.3). The clean image stands in for x at t = 0 (abar_0 ~ 1).
+    """
+    s = s.to(device)
+    ts = ddim_timesteps(s.num_timesteps, steps)[::-1]  # ascending: 0, ..., T-1
+    x = x0.to(device)
+    for t_cur, t_next in tqdm(list(zip(ts[:-1], ts[1:], strict=True)), desc="ddim inversion",
+                              disable=not progress):
+        tt = torch.full((x.shape[0],), t_cur, device=device, dtype=torch.long)
+        x0_hat, eps = predict_x0_eps(s, model(x, tt), x, tt, prediction)
+        ab_next = float(s.alphas_cumprod[t_next])
+        x = math.sqrt(ab_next) * x0_hat + math.sqrt(1 - ab_next) * eps
+    return x

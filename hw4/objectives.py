@@ -49,11 +49,16 @@ def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return gaussian_kl_per_dim(mu, log_var).sum(1)
 
 
+def gaussian_kl_two_per_dim(mu_q: torch.Tensor, log_var_q: torch.Tensor, mu_p: torch.Tensor,
+                            log_var_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per dimension of diagonal Gaussians: (N, D)."""
+    return 0.5 * (log_var_p - log_var_q + (log_var_q.exp() + (mu_q - mu_p) ** 2) / log_var_p.exp() - 1)
+
+
 def gaussian_kl_two(mu_q: torch.Tensor, log_var_q: torch.Tensor, mu_p: torch.Tensor,
                     log_var_p: torch.Tensor) -> torch.Tensor:
     """KL(N(mu_q, var_q) || N(mu_p, var_p)) for diagonal Gaussians, summed: (N,)."""
-    kl = 0.5 * (log_var_p - log_var_q + (log_var_q.exp() + (mu_q - mu_p) ** 2) / log_var_p.exp() - 1)
-    return kl.flatten(1).sum(1)
+    return gaussian_kl_two_per_dim(mu_q, log_var_q, mu_p, log_var_p).flatten(1).sum(1)
 
 
 def log_normal(x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
