@@ -99,6 +99,22 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def default_cpus_per_worker(num_workers: int) -> int:
+    """Share the cluster's CPUs among the workers, at most one node's worth each.
+
+    Ray gives a worker ``OMP_NUM_THREADS`` = its CPUs, so the default of 1 CPU would leave a
+    laptop's other cores idle."""
+    per_node = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(min(max(per_node, default=1), total // num_workers)))
+
+
+def set_worker_threads(cpus: int | None) -> None:
+    """Torch intra-op threads = the CPUs Ray reserved for this worker."""
+    if cpus:
+        torch.set_num_threads(cpus)
+
+
 def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> Any:
     """argv -> validated config; ``--smoke-test`` makes ``smoke`` the defaults."""
     parser = ArgumentParser(description=doc.strip().splitlines()[0])
@@ -117,10 +133,14 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
     ``metric``, restart from the latest checkpoint up to ``max_failures`` times."""
     init_ray()
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
+    if cfg.cpus_per_worker is None:
+        cfg.cpus_per_worker = default_cpus_per_worker(cfg.num_workers)
     trainer = ray.train.torch.TorchTrainer(
         train_func,
         train_loop_config=dataclasses.asdict(cfg),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(
@@ -179,6 +199,13 @@ def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: 
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected fault at epoch {epoch}")
+
+
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Ray's ``prepare_model``: DDP across workers, none for a single worker (nothing to sync,
+    and DDP's gradient buckets would only add copies)."""
+    world = ray.train.get_context().get_world_size()
+    return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
 
 
 def progress_bar() -> Callable[..., Any] | bool:

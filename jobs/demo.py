@@ -11,7 +11,7 @@ import time
 from jobs import common, train_ddpm, train_vae
 
 VAE_ARGS = ["--name", "demo-vae", "--epochs", "5", "--classifier-epochs", "2"]
-DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--base-channels", "16",
+DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000", "--base-channels", "16",
              "--channel-mults", "1", "2", "4", "--attention-resolutions", "4", "--dropout", "0",
              "--lr", "1e-3", "--warmup-steps", "100", "--ema-decay", "0.995",
              "--sample-every", "1"]

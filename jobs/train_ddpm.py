@@ -38,6 +38,8 @@ class DDPMJobConfig:
     name: str = field(default="ddpm", metadata=h("run name; the same name resumes"))
     storage_path: str = field(default="results", metadata=h("where runs, artifacts, registry live"))
     num_workers: int = field(default=1, metadata=h("Ray Train workers (data parallel)"))
+    cpus_per_worker: int | None = field(default=None, metadata=h(
+        "CPUs (and torch threads) per worker; default: the cluster's CPUs shared out"))
     gpu: bool | None = field(default=None, metadata=h("use GPUs; default: when the cluster has them"))
     seed: int = field(default=0, metadata=h("seed for init, data order, noise"))
     train_subset: int | None = field(default=None, metadata=h("train on this many MNIST images"))
@@ -70,6 +72,7 @@ class DDPMJobConfig:
     def validate(self) -> None:
         c = common.check
         c(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        c(self.cpus_per_worker is None or self.cpus_per_worker >= 1, "--cpus-per-worker must be >= 1")
         c(self.timesteps >= 2, f"--timesteps must be >= 2, got {self.timesteps}")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
@@ -108,6 +111,7 @@ def train_func(config: dict) -> None:
     cfg = DDPMJobConfig(**config)
     rank = common.world_rank()
     torch.manual_seed(cfg.seed + rank)
+    common.set_worker_threads(cfg.cpus_per_worker)
     device = ray.train.torch.get_device()
     train_set = data.load_dataset("mnist", "train", normalization="symmetric",
                                   subset=cfg.train_subset, seed=cfg.seed)
@@ -130,7 +134,7 @@ def train_func(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["extra"]["lr_scheduler"])
         start_epoch, history = state["epoch"] + 1, state["extra"]["history"]
-    model = ray.train.torch.prepare_model(model)
+    model = common.prepare_model(model)
     ema_model = copy.deepcopy(unwrap(model))
     schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(device)
     autocast = torch.bfloat16 if device.type == "cuda" else None

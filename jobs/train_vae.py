@@ -42,6 +42,8 @@ class VAEJobConfig:
     name: str = field(default="vae", metadata=h("run name; the same name resumes"))
     storage_path: str = field(default="results", metadata=h("where runs, artifacts, registry live"))
     num_workers: int = field(default=1, metadata=h("Ray Train workers (data parallel)"))
+    cpus_per_worker: int | None = field(default=None, metadata=h(
+        "CPUs (and torch threads) per worker; default: the cluster's CPUs shared out"))
     gpu: bool | None = field(default=None, metadata=h("use GPUs; default: when the cluster has them"))
     seed: int = field(default=0, metadata=h("seed for init, data order, sampling"))
     train_subset: int | None = field(default=None, metadata=h("train on this many images"))
@@ -71,6 +73,7 @@ class VAEJobConfig:
         c(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
         c(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
         c(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        c(self.cpus_per_worker is None or self.cpus_per_worker >= 1, "--cpus-per-worker must be >= 1")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         c(self.classifier_epochs >= 0, "--classifier-epochs must be >= 0")
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
@@ -139,6 +142,7 @@ def train_func(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.seed + rank)
+    common.set_worker_threads(cfg.cpus_per_worker)
     device = ray.train.torch.get_device()
     train_set = data.load_dataset("fashion_mnist", "train", subset=cfg.train_subset, seed=cfg.seed)
     val_set = data.load_dataset("fashion_mnist", "test", subset=cfg.val_subset, seed=cfg.seed)
@@ -157,7 +161,7 @@ def train_func(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step_count = state["epoch"] + 1, state["step"]
         history, clf_state = state["extra"]["history"], state["extra"].get("classifiers")
-    model = ray.train.torch.prepare_model(vae)
+    model = common.prepare_model(vae)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     writer = SummaryWriter(str(common.run_dir(cfg.storage_path, cfg.name) / "tensorboard")) \
         if rank == 0 else None

@@ -1,0 +1,50 @@
+"""Pinned small models shipped with the package: the per-dataset CNN classifiers whose
+penultimate features define this project's FID, verified by SHA-256 on every load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from hw4.checkpoint import CheckpointError, load_checkpoint, load_state, write_json_atomic
+from hw4.models import config_from_dict
+from hw4.models.classifier import ClassifierConfig, ConvClassifier
+
+ASSETS = Path(__file__).resolve().parent
+MANIFEST = ASSETS / "manifest.json"
+
+
+def classifier_path(dataset: str) -> Path:
+    return ASSETS / f"{dataset}_classifier.pt"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest() -> dict:
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+
+
+def pin(dataset: str, metrics: dict) -> None:
+    """Record the SHA-256 (and the metrics) of the freshly trained classifier."""
+    entries = manifest()
+    path = classifier_path(dataset)
+    entries[dataset] = {"file": path.name, "sha256": sha256(path), "metrics": metrics}
+    write_json_atomic(MANIFEST, entries)
+
+
+def load_classifier(dataset: str) -> ConvClassifier:
+    """The pinned classifier in eval mode; a missing or altered file is a clear error."""
+    path = classifier_path(dataset)
+    entry = manifest().get(dataset)
+    if entry is None or not path.is_file():
+        raise CheckpointError(f"no pinned classifier for {dataset}; run "
+                              f"`python jobs/train_classifier.py --dataset {dataset}`")
+    if sha256(path) != entry["sha256"]:
+        raise CheckpointError(f"{path} does not match the SHA-256 pinned in {MANIFEST}; FID "
+                              f"features would not be comparable (retrain and re-pin, or restore it)")
+    state = load_checkpoint(path)
+    model = ConvClassifier(config_from_dict(ClassifierConfig, state["config"]))
+    return load_state(model, state["model"], str(path)).eval()
