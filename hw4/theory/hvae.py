@@ -136,7 +136,10 @@ def diagnose(model: HVAE, x: torch.Tensor) -> dict[str, float]:
     mu1, mu2, prior_var1 = model.posterior_means(x)
     return {"elbo": float(terms.elbo.mean()), "recon": float(terms.recon.mean()),
             "kl_top": float(terms.kl_top.mean()), "kl_bottom": float(terms.kl_bottom.mean()),
-            "active_top": active_units(mu2), "active_bottom": active_units(mu1, prior_var=prior_var1)}
+            "active_top": active_units(mu2), "active_bottom": active_units(mu1, prior_var=prior_var1),
+            # a second, stricter reading: dimensions that carry more than 0.05 nats on average
+            "informative_top": int((terms.kl_top_dim.mean(0) > 0.05).sum()),
+            "informative_bottom": int((terms.kl_bottom_dim.mean(0) > 0.05).sum())}
 
 
 def train_hvae(x: torch.Tensor, cfg: HVAEConfig, *, epochs: int = 10, batch: int = 128,
