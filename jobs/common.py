@@ -29,6 +29,38 @@ from hw4.registry import record_best
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+# --- options every job shares ------------------------------------------------------------------
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field whose help text becomes the ``--flag``'s help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The Ray side of a training run: where it lives, how it scales, how it survives faults."""
+
+    name: str = opt("run", "run name; the same name resumes")
+    storage_path: str = opt("results", "where runs, artifacts and the registry live")
+    num_workers: int = opt(1, "Ray Train workers (data parallel)")
+    cpus_per_worker: int | None = opt(
+        None, "CPUs (and torch threads) per worker; default: the cluster's CPUs shared out")
+    gpu: bool | None = opt(None, "use GPUs; default: when the cluster has them")
+    seed: int = opt(0, "seed for init, data order and noise")
+    keep_checkpoints: int = opt(3, "checkpoints kept (the best by the validation metric)")
+    max_failures: int = opt(2, "worker-group restarts after a crash")
+    inject_fault: Literal["raise", "kill"] | None = opt(None, "test: fail once")
+    fault_epoch: int = opt(1, "test: the epoch at which to fail")
+    smoke_test: bool = opt(False, "tiny data and model, a few steps (for tests)")
+
+    def validate(self) -> None:
+        check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        check(self.cpus_per_worker is None or self.cpus_per_worker >= 1,
+              "--cpus-per-worker must be >= 1")
+        check(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
+        check(self.max_failures >= 0, "--max-failures must be >= 0")
+
+
 # --- CLI --------------------------------------------------------------------------------------
 
 class ArgumentParser(argparse.ArgumentParser):

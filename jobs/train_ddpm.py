@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,52 +27,37 @@ from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
 from jobs import common
-
-
-def h(text: str) -> dict:
-    return {"help": text}
+from jobs.common import opt
 
 
 @dataclass
-class DDPMJobConfig:
-    name: str = field(default="ddpm", metadata=h("run name; the same name resumes"))
-    storage_path: str = field(default="results", metadata=h("where runs, artifacts, registry live"))
-    num_workers: int = field(default=1, metadata=h("Ray Train workers (data parallel)"))
-    cpus_per_worker: int | None = field(default=None, metadata=h(
-        "CPUs (and torch threads) per worker; default: the cluster's CPUs shared out"))
-    gpu: bool | None = field(default=None, metadata=h("use GPUs; default: when the cluster has them"))
-    seed: int = field(default=0, metadata=h("seed for init, data order, noise"))
-    train_subset: int | None = field(default=None, metadata=h("train on this many MNIST images"))
-    val_subset: int = field(default=2000, metadata=h("held-out images for the validation loss"))
-    base_channels: int = field(default=32, metadata=h("U-Net width"))
-    channel_mults: tuple[int, ...] = field(default=(1, 2, 2), metadata=h("width per level"))
-    num_res_blocks: int = field(default=1, metadata=h("ResNet blocks per level"))
-    attention_resolutions: tuple[int, ...] = field(default=(4,), metadata=h("downsample factors that attend"))
-    num_heads: int = field(default=4, metadata=h("attention heads"))
-    dropout: float = field(default=0.1, metadata=h("dropout in ResNet blocks"))
-    groups: int = field(default=8, metadata=h("GroupNorm groups"))
-    schedule: Literal["linear", "cosine", "sigmoid"] = field(default="linear", metadata=h("noise schedule"))
-    timesteps: int = field(default=1000, metadata=h("diffusion steps T"))
-    prediction: Literal["eps", "x0", "v"] = field(default="eps", metadata=h("network target"))
-    epochs: int = field(default=20, metadata=h("passes over the training set"))
-    batch_size: int = field(default=128, metadata=h("global batch size (split over workers)"))
-    lr: float = field(default=2e-4, metadata=h("AdamW learning rate"))
-    warmup_steps: int = field(default=500, metadata=h("linear LR warm-up steps"))
-    grad_clip: float = field(default=1.0, metadata=h("gradient-norm clip"))
-    ema_decay: float = field(default=0.999, metadata=h("EMA decay of the weights"))
-    keep_checkpoints: int = field(default=3, metadata=h("best checkpoints kept (by val loss)"))
-    sample_every: int = field(default=5, metadata=h("epochs between TensorBoard sample grids"))
-    num_samples: int = field(default=64, metadata=h("images in samples.png"))
-    sample_steps: int = field(default=50, metadata=h("DDIM steps for sample grids"))
-    max_failures: int = field(default=2, metadata=h("worker-group restarts after a crash"))
-    inject_fault: Literal["raise", "kill"] | None = field(default=None, metadata=h("test: fail once"))
-    fault_epoch: int = field(default=1, metadata=h("test: the epoch at which to fail"))
-    smoke_test: bool = field(default=False, metadata=h("tiny data and model, a few steps"))
+class DDPMJobConfig(common.RunOptions):
+    name: str = opt("ddpm", "run name; the same name resumes")
+    train_subset: int | None = opt(None, "train on this many MNIST images")
+    val_subset: int = opt(2000, "held-out images for the validation loss")
+    base_channels: int = opt(32, "U-Net width")
+    channel_mults: tuple[int, ...] = opt((1, 2, 2), "width per level")
+    num_res_blocks: int = opt(1, "ResNet blocks per level")
+    attention_resolutions: tuple[int, ...] = opt((4,), "downsample factors that attend")
+    num_heads: int = opt(4, "attention heads")
+    dropout: float = opt(0.1, "dropout in ResNet blocks")
+    groups: int = opt(8, "GroupNorm groups")
+    schedule: Literal["linear", "cosine", "sigmoid"] = opt("linear", "noise schedule")
+    timesteps: int = opt(1000, "diffusion steps T")
+    prediction: Literal["eps", "x0", "v"] = opt("eps", "network target")
+    epochs: int = opt(20, "passes over the training set")
+    batch_size: int = opt(128, "global batch size (split over workers)")
+    lr: float = opt(2e-4, "AdamW learning rate")
+    warmup_steps: int = opt(500, "linear LR warm-up steps")
+    grad_clip: float = opt(1.0, "gradient-norm clip")
+    ema_decay: float = opt(0.999, "EMA decay of the weights")
+    sample_every: int = opt(5, "epochs between TensorBoard sample grids")
+    num_samples: int = opt(64, "images in samples.png")
+    sample_steps: int = opt(50, "DDIM steps for sample grids")
 
     def validate(self) -> None:
+        super().validate()
         c = common.check
-        c(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
-        c(self.cpus_per_worker is None or self.cpus_per_worker >= 1, "--cpus-per-worker must be >= 1")
         c(self.timesteps >= 2, f"--timesteps must be >= 2, got {self.timesteps}")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")

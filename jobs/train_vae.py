@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,42 +31,27 @@ from hw4.models.autoencoder import (
     LatentClassifierConfig,
 )
 from jobs import common
-
-
-def h(text: str) -> dict:
-    return {"help": text}
+from jobs.common import opt
 
 
 @dataclass
-class VAEJobConfig:
-    name: str = field(default="vae", metadata=h("run name; the same name resumes"))
-    storage_path: str = field(default="results", metadata=h("where runs, artifacts, registry live"))
-    num_workers: int = field(default=1, metadata=h("Ray Train workers (data parallel)"))
-    cpus_per_worker: int | None = field(default=None, metadata=h(
-        "CPUs (and torch threads) per worker; default: the cluster's CPUs shared out"))
-    gpu: bool | None = field(default=None, metadata=h("use GPUs; default: when the cluster has them"))
-    seed: int = field(default=0, metadata=h("seed for init, data order, sampling"))
-    train_subset: int | None = field(default=None, metadata=h("train on this many images"))
-    val_subset: int | None = field(default=None, metadata=h("evaluate on this many test images"))
-    model: Literal["ae", "vae"] = field(default="vae", metadata=h("autoencoder or VAE"))
-    latent_dim: int = field(default=16, metadata=h("latent size"))
-    channels: int = field(default=32, metadata=h("conv width"))
-    hidden: int = field(default=256, metadata=h("fully connected width"))
-    beta: float = field(default=1.0, metadata=h("weight of the KL term"))
-    reconstruction: Literal["bernoulli", "gaussian"] = field(default="bernoulli",
-                                                            metadata=h("decoder likelihood"))
-    kl_warmup_steps: int = field(default=0, metadata=h("steps of linear KL warm-up (0: none)"))
-    free_bits: float = field(default=0.0, metadata=h("nats per latent dim free of KL penalty"))
-    epochs: int = field(default=10, metadata=h("AE/VAE epochs"))
-    classifier_epochs: int = field(default=5, metadata=h("epochs of the latent classifiers"))
-    batch_size: int = field(default=128, metadata=h("global batch size (split over workers)"))
-    lr: float = field(default=1e-3, metadata=h("Adam learning rate"))
-    classifier_lr: float = field(default=1e-3, metadata=h("Adam learning rate of the classifiers"))
-    keep_checkpoints: int = field(default=2, metadata=h("checkpoints kept"))
-    max_failures: int = field(default=2, metadata=h("worker-group restarts after a crash"))
-    inject_fault: Literal["raise", "kill"] | None = field(default=None, metadata=h("test: fail once"))
-    fault_epoch: int = field(default=1, metadata=h("test: the epoch at which to fail"))
-    smoke_test: bool = field(default=False, metadata=h("tiny data, a few steps"))
+class VAEJobConfig(common.RunOptions):
+    name: str = opt("vae", "run name; the same name resumes")
+    train_subset: int | None = opt(None, "train on this many images")
+    val_subset: int | None = opt(None, "evaluate on this many test images")
+    model: Literal["ae", "vae"] = opt("vae", "autoencoder or VAE")
+    latent_dim: int = opt(16, "latent size")
+    channels: int = opt(32, "conv width")
+    hidden: int = opt(256, "fully connected width")
+    beta: float = opt(1.0, "weight of the KL term")
+    reconstruction: Literal["bernoulli", "gaussian"] = opt("bernoulli", "decoder likelihood")
+    kl_warmup_steps: int = opt(0, "steps of linear KL warm-up (0: none)")
+    free_bits: float = opt(0.0, "nats per latent dim free of KL penalty")
+    epochs: int = opt(10, "AE/VAE epochs")
+    classifier_epochs: int = opt(5, "epochs of the latent classifiers")
+    batch_size: int = opt(128, "global batch size (split over workers)")
+    lr: float = opt(1e-3, "Adam learning rate")
+    classifier_lr: float = opt(1e-3, "Adam learning rate of the classifiers")
 
     def validate(self) -> None:
         c = common.check

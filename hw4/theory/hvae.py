@@ -70,18 +70,24 @@ class HVAE(nn.Module):
         self.dec = nn.Sequential(nn.Linear(cfg.z1, cfg.hidden), nn.SiLU(),
                                  nn.Linear(cfg.hidden, cfg.data_dim))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> HVAETerms:
-        """One-sample ELBO terms for x (N, ...) in [0, 1]."""
+    def _sample(self, x: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """One joint draw z2 ~ q(z2|x), z1 ~ q(z1|x,z2) with every distribution's parameters."""
         h = self.enc(x)
         mu2, lv2 = split(self.q_z2(h))
         z2 = reparameterize(mu2, lv2, generator)
         mu1, lv1 = split(self.q_z1(torch.cat([h, z2], -1)))
         z1 = reparameterize(mu1, lv1, generator)
         pm1, plv1 = split(self.p_z1(z2))
-        kl_top_dim = gaussian_kl_per_dim(mu2, lv2)
-        kl_bottom_dim = gaussian_kl_two_per_dim(mu1, lv1, pm1, plv1)
-        recon = bernoulli_nll(self.dec(z1), x.flatten(1))
-        return HVAETerms(recon, kl_top_dim.sum(1), kl_bottom_dim.sum(1), kl_top_dim,
+        recon = bernoulli_nll(self.dec(z1), x.flatten(1))  # (N,) -log p(x | z1)
+        return dict(mu2=mu2, lv2=lv2, z2=z2, mu1=mu1, lv1=lv1, z1=z1, pm1=pm1, plv1=plv1,
+                    recon=recon)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> HVAETerms:
+        """One-sample ELBO terms for x (N, ...) in [0, 1], with the KLs in closed form."""
+        d = self._sample(x, generator)
+        kl_top_dim = gaussian_kl_per_dim(d["mu2"], d["lv2"])
+        kl_bottom_dim = gaussian_kl_two_per_dim(d["mu1"], d["lv1"], d["pm1"], d["plv1"])
+        return HVAETerms(d["recon"], kl_top_dim.sum(1), kl_bottom_dim.sum(1), kl_top_dim,
                          kl_bottom_dim)
 
     def posterior_means(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,16 +101,11 @@ class HVAE(nn.Module):
     def log_weight(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """log p(x, z1, z2) - log q(z1, z2 | x) at one joint sample: (N,). Its mean is the ELBO,
         computed from densities only (no analytic KL): an independent check of ``forward``."""
-        h = self.enc(x)
-        mu2, lv2 = split(self.q_z2(h))
-        z2 = reparameterize(mu2, lv2, generator)
-        mu1, lv1 = split(self.q_z1(torch.cat([h, z2], -1)))
-        z1 = reparameterize(mu1, lv1, generator)
-        pm1, plv1 = split(self.p_z1(z2))
-        zeros = torch.zeros_like(z2)
-        log_p = (-bernoulli_nll(self.dec(z1), x.flatten(1)) + log_normal(z1, pm1, plv1)
-                 + log_normal(z2, zeros, zeros))
-        return log_p - log_normal(z1, mu1, lv1) - log_normal(z2, mu2, lv2)
+        d = self._sample(x, generator)
+        zeros = torch.zeros_like(d["z2"])
+        log_p = (-d["recon"] + log_normal(d["z1"], d["pm1"], d["plv1"])
+                 + log_normal(d["z2"], zeros, zeros))
+        return log_p - log_normal(d["z1"], d["mu1"], d["lv1"]) - log_normal(d["z2"], d["mu2"], d["lv2"])
 
 
 def hvae_loss(terms: HVAETerms, *, beta: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
