@@ -208,14 +208,17 @@ def restore_state(map_location: torch.device | str = "cpu") -> dict | None:
         return load_checkpoint(Path(d) / CHECKPOINT_FILE, map_location=map_location)
 
 
-def report(metrics: dict, save: Callable[[Path], None] | None) -> None:
-    """Every rank reports; rank 0 attaches a checkpoint written by ``save(path)``."""
+def report(metrics: dict, save: Callable[[Path], None] | None, config: Any = None) -> None:
+    """Every rank reports; rank 0 attaches a checkpoint folder: ``checkpoint.pt`` written by
+    ``save(path)``, with ``metrics.json`` and the job's ``config.json`` beside it."""
     if save is None or world_rank() != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
         save(Path(d) / CHECKPOINT_FILE)
         write_json_atomic(Path(d) / "metrics.json", metrics)
+        if config is not None:
+            write_json_atomic(Path(d) / "config.json", dataclasses.asdict(config))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 

@@ -165,7 +165,7 @@ def train_func(config: dict) -> None:
                             epoch=epoch, metrics=metrics,
                             extra={"lr_scheduler": lr_sched.state_dict(), "history": history})
 
-        common.report(metrics, save)
+        common.report(metrics, save, cfg)
     if writer is not None:
         writer.close()
 

@@ -211,7 +211,7 @@ def train_func(config: dict) -> None:
                             optimizer=optimizer, step=step_count, epoch=epoch, metrics=metrics,
                             extra=extra)
 
-        common.report(metrics, save)
+        common.report(metrics, save, cfg)
     if writer is not None:
         writer.close()
 

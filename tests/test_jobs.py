@@ -57,6 +57,8 @@ def test_ddpm_smoke_two_workers(tmp_path):
     assert Path(best["checkpoint"]) == art / "checkpoint.pt"
     assert best["value"] == min(h["val_loss"] for h in summary["history"])
     assert list((tmp_path / "d" / "tensorboard").glob("events.out.tfevents.*"))
+    for ckpt in checkpoints(tmp_path / "d"):  # the config travels with every checkpoint
+        assert json.loads((ckpt.parent / "config.json").read_text())["name"] == "d"
 
 
 @needs_data
