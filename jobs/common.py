@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -222,8 +223,15 @@ def report(metrics: dict, save: Callable[[Path], None] | None, config: Any = Non
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+# Ray Train's controller collects reports every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): a worker
+# killed sooner after a report can take that report's checkpoint with it, and the run then resumes
+# from the one before. The injected fault waits past that window, like a crash mid-epoch.
+FAULT_DELAY_S = 5.0
+
+
 def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: Path) -> None:
-    """Fail once (a marker file remembers it) on the last rank at the start of ``fault_epoch``."""
+    """Fail once (a marker file remembers it) on the last rank, ``FAULT_DELAY_S`` into
+    ``fault_epoch``: raise an exception, or SIGKILL the worker process."""
     ctx = ray.train.get_context()
     if fault is None or epoch != fault_epoch or ctx.get_world_rank() != ctx.get_world_size() - 1:
         return
@@ -231,6 +239,7 @@ def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: 
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{fault} at epoch {epoch}\n")
+    time.sleep(FAULT_DELAY_S)
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected fault at epoch {epoch}")
