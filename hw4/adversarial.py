@@ -13,30 +13,34 @@ import torch
 import torch.nn.functional as F
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _loss_grad(model: Classifier, x: torch.Tensor, y: torch.Tensor,
-               targeted: bool) -> torch.Tensor:
+def _loss_grad(model: Classifier, x: torch.Tensor, y: torch.Tensor, targeted: bool,
+               loss_fn: Loss) -> torch.Tensor:
     """Gradient of the attacker's objective: raise the loss of y, or lower that of a target."""
     with torch.enable_grad():  # attacks need gradients even when called under no_grad
         x = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
     return grad
 
 
 def fgsm(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-         targeted: bool = False) -> torch.Tensor:
-    """x + eps * sign(grad): one step of size eps. ``targeted``: y are the target classes."""
+         targeted: bool = False, loss_fn: Loss = F.cross_entropy) -> torch.Tensor:
+    """x + eps * sign(grad): one step of size eps. ``targeted``: y are the target classes.
+
+    ``loss_fn(model(x), y)`` is cross-entropy by default; e.g. ``F.mse_loss`` with a
+    reconstruction model and y = the clean images attacks the reconstruction instead."""
     if eps == 0:
         return x.detach().clone()
-    grad = _loss_grad(model, x, y, targeted)
+    grad = _loss_grad(model, x, y, targeted, loss_fn)
     return (x + eps * grad.sign()).clamp(0, 1).detach()
 
 
 def pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 20,
         step_size: float | None = None, random_start: bool = True, targeted: bool = False,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, loss_fn: Loss = F.cross_entropy) -> torch.Tensor:
     """Projected gradient ascent in the eps-ball around x (L-infinity), clamped to [0, 1]."""
     if eps == 0:
         return x.detach().clone()
@@ -46,7 +50,7 @@ def pgd(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float, *, step
         noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
         adv = (adv + eps * noise).clamp(0, 1)
     for _ in range(steps):
-        grad = _loss_grad(model, adv, y, targeted)
+        grad = _loss_grad(model, adv, y, targeted, loss_fn)
         adv = adv + alpha * grad.sign()
         adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1).detach()
     return adv
@@ -61,22 +65,30 @@ def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def robustness_curve(model: Classifier, x: torch.Tensor, y: torch.Tensor, epsilons: list[float],
-                     attack: str = "fgsm", *, batch: int = 500,
+                     attack: str = "fgsm", *, targets: torch.Tensor | None = None, batch: int = 500,
                      on_adversarial: Callable[[float, torch.Tensor], None] | None = None,
-                     **attack_kwargs) -> dict[float, float]:
-    """Accuracy under ``attack`` at each epsilon (untargeted), computed ``batch`` images at a time.
+                     **attack_kwargs) -> dict[float, dict[str, float]]:
+    """Accuracy on the true labels ``y`` under ``attack`` at each epsilon, ``batch`` images at a
+    time. With ``targets`` the attack is targeted and the rate of hitting the target is reported
+    too: ``{eps: {"accuracy": a, "target_rate": r}}``.
 
     ``on_adversarial(eps, adv_batch)`` sees the first batch's adversarial images (for plots or
     reconstruction error)."""
     fn = ATTACKS[attack]
     curve = {}
     for eps in epsilons:
-        correct = 0
+        correct = hit = 0
         for i in range(0, len(x), batch):
-            adv = fn(model, x[i:i + batch], y[i:i + batch], eps, **attack_kwargs)
+            goal = y[i:i + batch] if targets is None else targets[i:i + batch]
+            adv = fn(model, x[i:i + batch], goal, eps, targeted=targets is not None,
+                     **attack_kwargs)
             if i == 0 and on_adversarial is not None:
                 on_adversarial(eps, adv)
             with torch.no_grad():
-                correct += int((model(adv).argmax(1) == y[i:i + batch]).sum())
-        curve[eps] = correct / len(x)
+                pred = model(adv).argmax(1)
+            correct += int((pred == y[i:i + batch]).sum())
+            hit += int((pred == goal).sum())
+        curve[eps] = {"accuracy": correct / len(x)}
+        if targets is not None:
+            curve[eps]["target_rate"] = hit / len(x)
     return curve

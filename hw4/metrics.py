@@ -10,6 +10,7 @@ dataset itself and pinned by SHA-256, so numbers compare across runs of this pro
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +42,9 @@ def stats_from_features(features: torch.Tensor) -> FeatureStats:
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """Frechet distance between N(a.mu, a.sigma) and N(b.mu, b.sigma)."""
     diff = a.mu - b.mu
-    covmean = linalg.sqrtm(a.sigma @ b.sigma)
+    with warnings.catch_warnings():  # n below the feature size: singular, handled just below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(a.sigma @ b.sigma)
     if not np.isfinite(covmean).all():  # singular product: nudge both diagonals, as pytorch-fid does
         offset = np.eye(a.sigma.shape[0]) * 1e-6
         covmean = linalg.sqrtm((a.sigma + offset) @ (b.sigma + offset))

@@ -34,3 +34,24 @@ def pairs(originals: torch.Tensor, reconstructions: torch.Tensor, nrow: int = 8)
     for start in range(0, originals.shape[0], nrow):
         rows += [originals[start:start + nrow], reconstructions[start:start + nrow]]
     return torch.cat(rows)
+
+
+def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os.PathLike, *,
+              xlabel: str, ylabel: str, title: str = "") -> None:
+    """One line per label (dashed when the label mentions PGD) saved as a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", ms=3, ls="--" if "pgd" in label.lower() else "-", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())

@@ -67,7 +67,28 @@ def test_robustness_curve_is_monotone_and_starts_at_clean_accuracy(trained):
     seen = {}
     curve = A.robustness_curve(model, x, y, [0.0, 0.05, 0.1, 0.2], "fgsm", batch=32,
                                on_adversarial=lambda e, a: seen.setdefault(e, a.shape))
-    assert curve[0.0] == A.accuracy(model, x, y)
-    vals = list(curve.values())
+    assert curve[0.0]["accuracy"] == A.accuracy(model, x, y)
+    vals = [c["accuracy"] for c in curve.values()]
     assert vals == sorted(vals, reverse=True) and vals[-1] < vals[0]
     assert seen[0.1] == (32, 1, 28, 28)
+
+
+def test_targeted_curve_reports_the_target_rate(trained):
+    model, x, y = trained
+    curve = A.robustness_curve(model, x, y, [0.0, 0.1], "pgd", targets=(y + 1) % 10, steps=10,
+                               generator=torch.Generator().manual_seed(0))
+    assert curve[0.1]["target_rate"] > curve[0.0]["target_rate"] + 0.3
+    assert curve[0.1]["accuracy"] < curve[0.0]["accuracy"]
+
+
+def test_reconstruction_attack_raises_the_reconstruction_error():
+    """FGSM with an MSE loss against y = the clean images attacks a reconstruction model."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 8), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 784), torch.nn.Sigmoid(),
+                              torch.nn.Unflatten(1, (1, 28, 28)))
+    x = torch.rand(16, 1, 28, 28)
+    adv = A.fgsm(net, x, x, 0.1, loss_fn=F.mse_loss)
+    with torch.no_grad():
+        assert F.mse_loss(net(adv), x) > F.mse_loss(net(x), x)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6

@@ -1,0 +1,235 @@
+"""Evaluation of trained models: sample quality (FID with the data floor), likelihood bounds of
+the VAE, and adversarial robustness of three classifiers. Pure functions of models and tensors;
+``jobs/evaluate.py`` spreads the sampling over Ray workers and writes the report folder."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hw4 import adversarial, data, metrics, objectives
+from hw4.assets import classifier_path, load_classifier, sha256
+from hw4.checkpoint import write_bytes_atomic
+from hw4.errors import HW4Error
+from hw4.models.autoencoder import Autoencoder
+from hw4.trained import Purified, TrainedDDPM, TrainedVAE, load_ddpm, reconstruction
+
+# --- sample quality ---------------------------------------------------------------------------
+
+
+def reference_stats(dataset: str, n: int, cache_dir: str | os.PathLike,
+                    split: str = "train") -> metrics.FeatureStats:
+    """Feature statistics of ``n`` real images (a seed-0 subset of ``split``), cached on disk
+    under a name that includes the pinned classifier's hash, so a new extractor never reuses them."""
+    key = sha256(classifier_path(dataset))[:12]
+    path = Path(cache_dir) / f"{dataset}-{split}-{n}-{key}.pt"
+    if path.is_file():
+        return metrics.FeatureStats.from_dict(torch.load(path, weights_only=True))
+    x = data.load_dataset(dataset, split, subset=n, seed=0).tensors[0]
+    if len(x) < n:
+        raise HW4Error(f"{dataset} {split} has {len(x)} images, fewer than the {n} asked for")
+    stats = metrics.stats_from_features(
+        metrics.extract_features(load_classifier(dataset).features, x))
+    buf = io.BytesIO()
+    torch.save(stats.to_dict(), buf)
+    write_bytes_atomic(path, buf.getvalue())
+    return stats
+
+
+def sample_quality(images: torch.Tensor, dataset: str, reference: metrics.FeatureStats) -> dict:
+    """FID against ``reference``, and what the pinned classifier makes of the images: its mean
+    confidence, the share it is sure of (p > 0.9), and the entropy of its class histogram."""
+    clf = load_classifier(dataset)
+    with torch.no_grad():
+        feats = metrics.extract_features(clf.features, images)
+        probs = clf.head(feats).softmax(1)
+    hist = metrics.class_histogram(probs)
+    conf = probs.max(1).values
+    return {"fid": metrics.frechet_distance(metrics.stats_from_features(feats), reference),
+            "n": len(images), "confidence": float(conf.mean()),
+            "confident_fraction": float((conf > 0.9).float().mean()),
+            "class_entropy": hist["entropy"], "class_histogram": hist["histogram"]}
+
+
+def data_floor(dataset: str, n: int, reference: metrics.FeatureStats) -> float:
+    """FID of ``n`` real test images against the train reference: the best a model can score."""
+    x = data.load_dataset(dataset, "test", subset=n, seed=0).tensors[0]
+    return sample_quality(x, dataset, reference)["fid"]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One setting of the sampler grid: ``ddpm`` (all T steps) or ``ddim`` with steps and eta."""
+
+    method: str
+    steps: int | None = None
+    eta: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Sampler:
+        """``ddpm`` | ``ddim:STEPS`` | ``ddim:STEPS:ETA``."""
+        parts = spec.split(":")
+        try:
+            if parts[0] == "ddpm" and len(parts) == 1:
+                return cls("ddpm")
+            if parts[0] == "ddim" and len(parts) in (2, 3):
+                steps, eta = int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
+                if steps >= 1 and 0 <= eta <= 1:
+                    return cls("ddim", steps, eta)
+        except ValueError:
+            pass
+        raise HW4Error(f"bad sampler {spec!r}: use ddpm, ddim:STEPS or ddim:STEPS:ETA "
+                       "(STEPS >= 1, 0 <= ETA <= 1)")
+
+    @property
+    def label(self) -> str:
+        return "DDPM-T" if self.method == "ddpm" else f"DDIM-{self.steps} eta={self.eta:g}"
+
+    def run(self, ddpm: TrainedDDPM, n: int, seed: int) -> torch.Tensor:
+        return ddpm.sample(n, method=self.method, steps=self.steps, eta=self.eta, seed=seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_ddpm(path: str) -> TrainedDDPM:  # one load per process, reused across its chunks
+    return load_ddpm(path)
+
+
+def sample_chunk(path: str, spec: str, count: int, seed: int,
+                 threads: int | None = None) -> torch.Tensor:
+    """``count`` images of the DDPM at ``path`` with sampler ``spec``: one unit of work."""
+    if threads:
+        torch.set_num_threads(threads)
+    return Sampler.parse(spec).run(_cached_ddpm(path), count, seed)
+
+
+def chunks(n: int, size: int, seed: int) -> list[tuple[int, int]]:
+    """(count, seed) of each chunk: the images depend on ``seed`` and ``size``, not on how many
+    workers draw the chunks."""
+    return [(min(size, n - start), seed * 100_003 + i)
+            for i, start in enumerate(range(0, n, size))]
+
+
+# --- likelihood -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def likelihood(vae: Autoencoder, x: torch.Tensor, ks: list[int], *, batch: int = 100,
+               chunk: int = 500, seed: int = 0,
+               progress: Callable[[str], None] | None = None) -> dict:
+    """Test ELBO (beta = 1, one posterior sample; recon + KL in nats) and IWAE_k for each k.
+
+    IWAE_k is a lower bound of log p(x) that tightens with k (Burda et al. 2016). Each k uses
+    its own seeded generator; images are processed ``batch`` at a time, samples ``chunk`` at a
+    time, so k = 5000 fits in memory."""
+    if not vae.config.variational:
+        raise HW4Error("likelihood bounds need a VAE; this checkpoint is a plain autoencoder")
+    gen = torch.Generator().manual_seed(seed)
+    mu, log_var = vae.encoder(x)
+    z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=gen)
+    recon = objectives.bernoulli_nll(vae.decoder(z), x)
+    kl = objectives.gaussian_kl(mu, log_var)
+    out = {"n": len(x), "recon": float(recon.mean()), "kl": float(kl.mean()),
+           "elbo": float(-(recon + kl).mean()), "iwae": {}, "iwae_seconds": {}}
+    for k in ks:
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(seed + k)
+        vals = [objectives.vae_iwae(vae, x[i:i + batch], k, chunk=chunk, generator=gen)
+                for i in range(0, len(x), batch)]
+        out["iwae"][k] = float(torch.cat(vals).mean())
+        out["iwae_seconds"][k] = time.time() - t0
+        if progress:
+            progress(f"IWAE k={k}: {out['iwae'][k]:.3f} nats ({out['iwae_seconds'][k]:.1f}s)")
+    return out
+
+
+# --- adversarial robustness -------------------------------------------------------------------
+
+def attack_targets(vae: TrainedVAE, pixel: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The three models under attack: the pixel CNN, the classifier on the VAE latent (the
+    fine-tuned one, else the probe), and reconstruct-then-classify with the pixel CNN."""
+    latent = vae.finetune or vae.probe
+    out = {"pixel_cnn": pixel}
+    if latent is not None:
+        out["latent_classifier"] = latent
+    out["reconstruct_then_classify"] = Purified(vae.vae, pixel).eval()
+    return out
+
+
+def robustness(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
+               epsilons: list[float], attacks: list[str], *, pgd_steps: int = 20, seed: int = 0,
+               batch: int = 250, examples_eps: float | None = None,
+               progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Accuracy vs eps for each model and attack, untargeted and targeted (target = y + 1 mod 10).
+
+    Returns (curves, examples): curves[model][attack][untargeted|targeted] = {eps: {...}};
+    examples[model] = the first 8 adversarial images (untargeted, first attack) at
+    ``examples_eps`` (default: the largest eps)."""
+    examples_eps = max(epsilons) if examples_eps is None else examples_eps
+    targets = (y + 1) % 10
+    curves: dict = {}
+    examples: dict = {}
+    for name, model in models.items():
+        curves[name] = {}
+        for attack in attacks:
+            kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
+                if attack == "pgd" else {}
+
+            def keep(eps: float, adv: torch.Tensor, name: str = name, attack: str = attack) -> None:
+                if eps == examples_eps and attack == attacks[0]:
+                    examples[name] = adv[:8].detach()
+
+            t0 = time.time()
+            curves[name][attack] = {
+                "untargeted": adversarial.robustness_curve(model, x, y, epsilons, attack, batch=batch,
+                                                           on_adversarial=keep, **kw),
+                "targeted": adversarial.robustness_curve(model, x, y, epsilons, attack,
+                                                         targets=targets, batch=batch, **kw),
+            }
+            if progress:
+                acc = curves[name][attack]["untargeted"][max(epsilons)]["accuracy"]
+                progress(f"{name} {attack}: accuracy {acc:.3f} at eps={max(epsilons)} "
+                         f"({time.time() - t0:.0f}s)")
+    return curves, examples
+
+
+def reconstruction_under_attack(vae: Autoencoder, x: torch.Tensor, epsilons: list[float],
+                                attacks: list[str], *, pgd_steps: int = 20, seed: int = 0) -> dict:
+    """Mean squared error (per pixel) between the clean image and the VAE's reconstruction of
+    an attacked one, for an attack that maximises exactly that error, next to uniform +-eps
+    sign noise of the same size (the error a non-adversarial perturbation causes)."""
+    out: dict = {}
+    noise_gen = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, x.shape, generator=noise_gen).float() * 2 - 1
+    with torch.no_grad():
+        out["random_sign_noise"] = {
+            eps: float(F.mse_loss(vae.reconstruct((x + eps * sign).clamp(0, 1)), x))
+            for eps in epsilons}
+    for attack in attacks:
+        kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
+            if attack == "pgd" else {}
+        out[attack] = {}
+        for eps in epsilons:
+            adv = adversarial.ATTACKS[attack](functools.partial(reconstruction, vae), x, x, eps, loss_fn=F.mse_loss, **kw)
+            with torch.no_grad():
+                out[attack][eps] = float(F.mse_loss(vae.reconstruct(adv), x))
+    return out
+
+
+def most_robust(curves: dict, attack: str) -> tuple[str, float]:
+    """The model with the largest area under its untargeted accuracy-vs-eps curve (trapezoids)."""
+    def area(curve: dict) -> float:
+        eps = sorted(curve)
+        return sum((b - a) * (curve[a]["accuracy"] + curve[b]["accuracy"]) / 2
+                   for a, b in zip(eps[:-1], eps[1:], strict=True))
+
+    scores = {name: area(c[attack]["untargeted"]) for name, c in curves.items()}
+    best = max(scores, key=scores.get)
+    return best, scores[best]
+

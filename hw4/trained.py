@@ -1,0 +1,133 @@
+"""Trained models rebuilt from the checkpoints the training jobs write: the one place that knows
+how a job's saved config maps to a model, which weights to use (EMA for the DDPM), and which
+extra heads a VAE checkpoint carries. Evaluation, Serve and the theory report all load here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from hw4 import diffusion
+from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
+from hw4.diffusion import DiffusionSchedule
+from hw4.models import config_from_dict
+from hw4.models.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    LatentClassifier,
+    LatentClassifierConfig,
+)
+from hw4.models.unet import UNet, UNetConfig
+from hw4.registry import read_best
+
+
+def resolve_checkpoint(storage: str | os.PathLike, kind: str,
+                       checkpoint: str | os.PathLike | None = None) -> Path:
+    """An explicit checkpoint path, else the registry's best of ``kind`` under ``storage``."""
+    path = Path(checkpoint) if checkpoint else Path(read_best(storage, kind)["checkpoint"])
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def _expect_kind(state: dict, kind: str, path: Path) -> None:
+    if state.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {state.get('kind')!r} model, not a {kind!r} one")
+
+
+@dataclass
+class TrainedVAE:
+    """An AE/VAE with the latent classifiers trained on it (``None`` when the run had none)."""
+
+    vae: Autoencoder
+    probe: LatentClassifier | None
+    finetune: LatentClassifier | None
+    config: dict
+    metrics: dict
+    path: Path
+
+
+def reconstruction(vae: Autoencoder, x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(decoder(mu(x))) with gradients (``Autoencoder.reconstruct`` runs without)."""
+    return torch.sigmoid(vae.decoder(vae.encoder(x)[0]))
+
+
+class Purified(torch.nn.Module):
+    """Reconstruct-then-classify: the VAE as a purifier in front of a pixel classifier,
+    ``classifier(sigmoid(decoder(mu(x))))``; differentiable, so attacks see through both."""
+
+    def __init__(self, vae: Autoencoder, classifier: torch.nn.Module):
+        super().__init__()
+        self.vae, self.classifier = vae, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(reconstruction(self.vae, x))
+
+
+def load_vae(path: str | os.PathLike) -> TrainedVAE:
+    path = Path(path)
+    state = load_checkpoint(path)
+    _expect_kind(state, "autoencoder", path)
+    cfg = state["config"]
+    ae_cfg = config_from_dict(AutoencoderConfig, cfg)
+    if "model" in cfg:  # a training job's config: --model ae|vae
+        ae_cfg.variational = cfg["model"] == "vae"
+    vae = load_state(Autoencoder(ae_cfg), state["model"], str(path)).eval()
+    probe = finetune = None
+    heads = state.get("extra", {}).get("classifiers")
+    if heads:
+        probe = LatentClassifier(vae.encoder, ae_cfg.latent_dim, LatentClassifierConfig(mode="probe"))
+        load_state(probe.head, heads["probe_head"], f"{path} (probe head)")
+        finetune = LatentClassifier(Autoencoder(ae_cfg).encoder, ae_cfg.latent_dim,
+                                    LatentClassifierConfig(mode="finetune"))
+        load_state(finetune, heads["finetune"], f"{path} (fine-tuned classifier)")
+        probe.eval(), finetune.eval()
+    return TrainedVAE(vae, probe, finetune, cfg, state.get("metrics", {}), path)
+
+
+@dataclass
+class TrainedDDPM:
+    """A U-Net with its EMA weights, the schedule it was trained with and its target."""
+
+    model: UNet
+    schedule: DiffusionSchedule
+    prediction: Literal["eps", "x0", "v"]
+    config: dict
+    metrics: dict
+    path: Path
+
+    @property
+    def timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def sample(self, n: int, *, method: Literal["ddpm", "ddim"] = "ddim", steps: int | None = 50,
+               eta: float = 0.0, seed: int = 0, device: str | torch.device = "cpu",
+               progress: bool = False) -> torch.Tensor:
+        """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images."""
+        x = diffusion.sample(self.model.to(device).eval(), self.schedule, (n, 1, 28, 28),
+                             method=method, steps=steps, eta=eta, prediction=self.prediction,
+                             generator=torch.Generator(device=device).manual_seed(seed),
+                             device=device, progress=progress)
+        return ((x + 1) / 2).clamp(0, 1).cpu()
+
+
+def unet_from_state(state: dict, source: str = "checkpoint") -> UNet:
+    """The U-Net of a DDPM checkpoint with its EMA weights (the raw weights if it has no EMA)."""
+    model = UNet(config_from_dict(UNetConfig, state["config"]))
+    ema = state.get("ema")
+    weights, what = (ema["shadow"], "EMA weights") if ema else (state["model"], "weights")
+    return load_state(model, weights, f"{source} ({what})").eval()
+
+
+def load_ddpm(path: str | os.PathLike) -> TrainedDDPM:
+    path = Path(path)
+    state = load_checkpoint(path)
+    _expect_kind(state, "unet", path)
+    cfg = state["config"]
+    sched = DiffusionSchedule.named(cfg.get("schedule", "linear"), int(cfg.get("timesteps", 1000)))
+    return TrainedDDPM(unet_from_state(state, str(path)), sched, cfg.get("prediction", "eps"),
+                       cfg, state.get("metrics", {}), path)
