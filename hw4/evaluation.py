@@ -215,8 +215,9 @@ def reconstruction_under_attack(vae: Autoencoder, x: torch.Tensor, epsilons: lis
         kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
             if attack == "pgd" else {}
         out[attack] = {}
+        recon = functools.partial(reconstruction, vae)
         for eps in epsilons:
-            adv = adversarial.ATTACKS[attack](functools.partial(reconstruction, vae), x, x, eps, loss_fn=F.mse_loss, **kw)
+            adv = adversarial.ATTACKS[attack](recon, x, x, eps, loss_fn=F.mse_loss, **kw)
             with torch.no_grad():
                 out[attack][eps] = float(F.mse_loss(vae.reconstruct(adv), x))
     return out

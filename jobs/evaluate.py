@@ -7,7 +7,8 @@
 Writes ``<storage-path>/eval/<name>/``: report.json, report.md, robustness.png,
 reconstruction_attack.png, adversarial_examples.png and a sample grid per sampler. DDPM sampling
 is cut into seeded chunks that Ray tasks draw (``--num-workers`` at a time; 0 samples in this
-process), so the images depend on the seed and chunk size only, never on the worker count.
+process), so the images depend on the seed, chunk size and threads (--cpus-per-worker) only,
+never on the worker count.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def draw_samples(cfg: EvalConfig, path: Path, spec: str) -> torch.Tensor:
     """``cfg.fid_samples`` images from ``spec``, chunk by chunk (Ray tasks or in-process)."""
     parts = evaluation.chunks(cfg.fid_samples, cfg.chunk_size, cfg.seed)
     if cfg.num_workers == 0:
-        return torch.cat([evaluation.sample_chunk(str(path), spec, n, s, None) for n, s in parts])
+        return torch.cat([evaluation.sample_chunk(str(path), spec, n, s, cfg.cpus_per_worker)
+                          for n, s in parts])
     import ray
 
     common.init_ray()

@@ -26,6 +26,7 @@ from hw4 import data, diffusion, train, viz
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
+from hw4.trained import unet_from_state
 from jobs import common
 from jobs.common import opt
 
@@ -173,8 +174,7 @@ def train_func(config: dict) -> None:
 def render(state: dict, out: Path) -> None:
     """samples.png from the EMA weights of the best checkpoint."""
     cfg = common.config_from_state(DDPMJobConfig, state)
-    model = UNet(cfg.unet())
-    load_state(model, state["ema"]["shadow"], "EMA weights")
+    model = unet_from_state(state)
     viz.save_grid(render_samples(model, cfg, cfg.num_samples, cfg.seed), out / "samples.png")
 
 

@@ -214,15 +214,11 @@ def ddim_section(out: Path, ddpm_registry: Path | None) -> str:
 
 def ddpm_inversion(record: dict, out: Path) -> list[list]:
     """Encode MNIST test digits with the trained DDPM's EMA weights and decode them back."""
-    from hw4.checkpoint import load_checkpoint, load_state
-    from hw4.models import config_from_dict
-    from hw4.models.unet import UNet, UNetConfig
+    from hw4.trained import load_ddpm
     from hw4.viz import save_grid
 
-    state = load_checkpoint(record["checkpoint"])
-    cfg = state["config"]
-    model = load_state(UNet(config_from_dict(UNetConfig, cfg)), state["ema"]["shadow"]).eval()
-    s = D.DiffusionSchedule.named(cfg["schedule"], cfg["timesteps"])
+    ddpm = load_ddpm(record["checkpoint"])
+    model, s, cfg = ddpm.model, ddpm.schedule, ddpm.config
     x = data.load_dataset("mnist", "test", normalization="symmetric", subset=16, seed=0).tensors[0]
     rows = []
     for steps in (20, 50, 100):
