@@ -23,6 +23,8 @@ Prediction = Literal["eps", "x0", "v"]
 SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTIONS = ("eps", "x0", "v")
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# one generator, or (generator, rows) blocks: a batch made of several independently seeded requests
+Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
 
 
 # --- 1. schedules: name -> betas, float64 ------------------------------------------------------
@@ -180,7 +182,16 @@ class StepOutput:
     pred_original_sample: torch.Tensor  # x0_hat used to build it
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """N(0, I) noise shaped like x. ``generator`` may be a list of (generator, rows) blocks that
+    cover x's rows: each block draws its own rows, so several requests sampled as one batch get
+    exactly the noise each would get alone."""
+    if isinstance(generator, list):
+        if sum(rows for _, rows in generator) != x.shape[0]:
+            raise HW4Error(f"generator blocks cover {sum(r for _, r in generator)} rows, "
+                           f"the batch has {x.shape[0]}")
+        return torch.cat([_noise_like(torch.empty((rows, *x.shape[1:]), device=x.device,
+                                                  dtype=x.dtype), g) for g, rows in generator])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -197,7 +208,7 @@ def _x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor, 
 
 def ddpm_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, xt: torch.Tensor, *,
               prediction: Prediction = "eps", clip: bool = True,
-              generator: torch.Generator | None = None) -> StepOutput:
+              generator: Generators = None) -> StepOutput:
     """One ancestral step x_t -> x_{t-1} ~ N(mu~(x_t, x0_hat), beta~_t I) (DDPM Alg. 2)."""
     tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
     x0, _ = _x0_eps(s, model_output, xt, tt, prediction, clip)
@@ -216,7 +227,7 @@ def ddim_sigma(s: DiffusionSchedule, t: int, t_prev: int, eta: float) -> float:
 
 def ddim_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: int,
               xt: torch.Tensor, *, eta: float = 0.0, prediction: Prediction = "eps",
-              clip: bool = True, generator: torch.Generator | None = None) -> StepOutput:
+              clip: bool = True, generator: Generators = None) -> StepOutput:
     """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12); ``t_prev = -1`` means the clean image."""
     tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
     # 1. predicted x_0 and the noise direction it implies
@@ -244,7 +255,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 def sample_progressive(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], *,
                        method: Literal["ddpm", "ddim"] = "ddpm", steps: int | None = None,
                        eta: float = 0.0, prediction: Prediction = "eps", clip: bool = True,
-                       generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                       generator: Generators = None, device: str | torch.device = "cpu",
                        x_T: torch.Tensor | None = None,
                        progress: bool = False) -> Iterator[StepOutput]:
     """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM ``steps`` of them."""

@@ -105,13 +105,14 @@ class TrainedDDPM:
         return self.schedule.num_timesteps
 
     def sample(self, n: int, *, method: Literal["ddpm", "ddim"] = "ddim", steps: int | None = 50,
-               eta: float = 0.0, seed: int = 0, device: str | torch.device = "cpu",
-               progress: bool = False) -> torch.Tensor:
-        """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images."""
+               eta: float = 0.0, seed: int = 0, generator: diffusion.Generators = None,
+               device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
+        """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
+        ``generator`` (e.g. per-request blocks of a served batch) replaces the seed."""
+        gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
         x = diffusion.sample(self.model.to(device).eval(), self.schedule, (n, 1, 28, 28),
                              method=method, steps=steps, eta=eta, prediction=self.prediction,
-                             generator=torch.Generator(device=device).manual_seed(seed),
-                             device=device, progress=progress)
+                             generator=gen, device=device, progress=progress)
         return ((x + 1) / 2).clamp(0, 1).cpu()
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from hw4.checkpoint import write_bytes_atomic
+from hw4.errors import HW4Error
 
 
 def grid_image(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:
@@ -26,6 +27,41 @@ def png_bytes(images: torch.Tensor, nrow: int = 8) -> bytes:
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
     write_bytes_atomic(path, png_bytes(images, nrow))
+
+
+MAX_UPLOAD_SIDE = 1024
+
+
+def image_from_png(data: bytes, size: int = 28) -> torch.Tensor:
+    """An uploaded PNG (any mode, up to ``MAX_UPLOAD_SIDE`` px a side) as a grey (1, 1, size, size)
+    tensor in [0, 1], resized when it is not already ``size`` x ``size``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "PNG":
+                raise HW4Error(f"expected a PNG image, got {im.format}")
+            if max(im.size) > MAX_UPLOAD_SIDE:
+                raise HW4Error(f"image is {im.size[0]}x{im.size[1]}; at most "
+                               f"{MAX_UPLOAD_SIDE} px a side")
+            grey = im.convert("L")
+            if grey.size != (size, size):
+                grey = grey.resize((size, size), Image.Resampling.BILINEAR)
+            arr = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying "not an image"
+        raise HW4Error(f"not a readable PNG image: {err}") from err
+    return arr.float().div(255).view(1, 1, size, size)
+
+
+def image_from_pixels(pixels: list, size: int = 28) -> torch.Tensor:
+    """A ``size`` x ``size`` nested list of grey values in [0, 1] as (1, 1, size, size)."""
+    try:
+        x = torch.tensor(pixels, dtype=torch.float32)
+    except (ValueError, TypeError) as err:  # ragged rows
+        raise HW4Error(f"pixels must be a {size}x{size} grid of numbers: {err}") from err
+    if x.shape != (size, size):
+        raise HW4Error(f"pixels must be {size}x{size}, got {'x'.join(map(str, x.shape))}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise HW4Error("pixels must be finite values in [0, 1]")
+    return x.view(1, 1, size, size)
 
 
 def pairs(originals: torch.Tensor, reconstructions: torch.Tensor, nrow: int = 8) -> torch.Tensor:

@@ -10,54 +10,20 @@ import torch
 from PIL import Image
 
 from hw4 import evaluation
-from hw4.checkpoint import CheckpointError, save_checkpoint
+from hw4.checkpoint import CheckpointError
 from hw4.models.autoencoder import (
     Autoencoder,
     AutoencoderConfig,
-    LatentClassifier,
-    LatentClassifierConfig,
 )
 from hw4.models.classifier import ClassifierConfig, ConvClassifier
-from hw4.models.unet import UNet, UNetConfig
-from hw4.registry import record_best
 from hw4.trained import Purified, load_ddpm, load_vae, resolve_checkpoint
 
-from .conftest import ROOT, needs_data
-
-VAE_CFG = dict(model="vae", latent_dim=4, channels=8, hidden=32, beta=1.0)
-DDPM_CFG = dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[2],
-                num_heads=2, groups=4, dropout=0.0, schedule="linear", timesteps=20, prediction="eps")
-
-
-def write_vae(path, with_heads=True):
-    vae = Autoencoder(AutoencoderConfig(latent_dim=4, channels=8, hidden=32))
-    extra = {}
-    if with_heads:
-        probe = LatentClassifier(vae.encoder, 4, LatentClassifierConfig(mode="probe"))
-        fine = LatentClassifier(Autoencoder(vae.config).encoder, 4,
-                                LatentClassifierConfig(mode="finetune"))
-        extra["classifiers"] = {"probe_head": probe.head.state_dict(),
-                                "finetune": fine.state_dict(), "optimizers": {}}
-    return save_checkpoint(path, kind="autoencoder", config=VAE_CFG, model=vae,
-                           metrics={"val_loss": 1.0}, extra=extra)
-
-
-def write_ddpm(path):
-    unet = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,),
-                           num_heads=2, groups=4, dropout=0.0))
-    ema = {"decay": 0.9, "shadow": {k: v + 0.01 for k, v in unet.state_dict().items()}}
-    return save_checkpoint(path, kind="unet", config=DDPM_CFG, model=unet, ema=ema,
-                           metrics={"val_loss": 1.0})
+from .conftest import ROOT, make_storage, needs_data, write_vae
 
 
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory):
-    root = tmp_path_factory.mktemp("storage")
-    for kind, write in (("vae", write_vae), ("ddpm", write_ddpm)):
-        path = write(root / kind / "checkpoint.pt")
-        record_best(root, kind, checkpoint=path, metric="val_loss", value=1.0, mode="min",
-                    config={}, source=str(root / kind))
-    return root
+    return make_storage(tmp_path_factory.mktemp("storage"))
 
 
 def test_loaders_rebuild_models_with_ema_weights_and_heads(storage):

@@ -16,7 +16,7 @@ from PIL import Image
 from hw4.checkpoint import load_checkpoint
 from hw4.registry import read_best
 
-from .conftest import ROOT, needs_data
+from .conftest import ROOT, needs_data, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
@@ -158,7 +158,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
         assert f"job '{job_id}' succeeded" in status.stdout.lower(), status.stdout  # SUCCEEDED
         assert (tmp_path / "ddpm" / "artifacts" / "samples.png").is_file()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_head(6390)
 
 
 def test_cluster_yaml_passes_ray_validation():

@@ -1,0 +1,1 @@
+"""The Ray Serve app (see serve/app.py)."""

@@ -1,0 +1,220 @@
+"""The Serve app for real: a local Ray in this process, Serve on loopback, tiny checkpoints.
+
+Two apps run side by side: ``/`` (no token) and ``/secured`` (token from an environment
+variable). The fixture stops Serve and Ray at the end."""
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from .conftest import make_storage, needs_data
+
+pytestmark = [pytest.mark.ray]
+
+PORT = 8311
+URL = f"http://127.0.0.1:{PORT}"
+TOKEN_ENV, TOKEN = "HW4_TEST_SERVE_TOKEN", "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from serve.app import build_app
+
+    storage = make_storage(tmp_path_factory.mktemp("serve"))
+    os.environ[TOKEN_ENV] = TOKEN  # before ray.init: the replicas inherit the environment
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        args = {"storage_path": str(storage)}
+        serve.run(build_app(args), name="open", route_prefix="/")
+        serve.run(build_app({**args, "token_env": TOKEN_ENV}), name="secured",
+                  route_prefix="/secured")
+        yield {"storage": storage, "args": args, "serve": serve, "build": build_app}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop(TOKEN_ENV, None)
+
+
+def post(path, body, **kw):
+    return requests.post(URL + path, json=body, timeout=120, **kw)
+
+
+def png(content: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(content))
+    assert im.format == "PNG"
+    return im
+
+
+def pixels(value=0.5):
+    return [[value] * 28 for _ in range(28)]
+
+
+def test_every_endpoint_returns_png_or_json(app):
+    r = post("/ddpm/sample", {"n": 4, "steps": 5})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert png(r.content).size == (4 * 30 + 2, 32)
+    j = post("/ddpm/sample", {"n": 2, "steps": 5, "format": "json"}).json()
+    assert j["shape"] == [2, 1, 28, 28] and len(j["images_png_base64"]) == 2
+    png(base64.b64decode(j["grid_png_base64"]))
+    png(post("/vae/sample", {"n": 8}).content)
+    png(post("/vae/reconstruct", {"image": {"pixels": pixels()}}).content)
+    rec = post("/vae/reconstruct", {"image": {"pixels": pixels()}, "format": "json"}).json()
+    assert len(rec["mu"]) == 4 and len(rec["log_var"]) == 4
+    assert png(post("/vae/traverse", {"image": {"pixels": pixels()}, "dims": [0, 1],
+                                      "steps": 5}).content).size == (5 * 30 + 2, 2 * 30 + 2)
+    png(post("/vae/decode", {"z": [0.0, 1.0, -1.0, 0.5]}).content)
+    upload = base64.b64encode(post("/vae/decode", {"z": [0, 0, 0, 0]}).content).decode()
+    c = post("/vae/classify", {"images": [{"png_base64": upload}, {"pixels": pixels(0.2)}]}).json()
+    assert set(c["models"]) == {"pixel_cnn", "latent_classifier", "reconstruct_then_classify"}
+    assert all(len(m["prediction"]) == 2 for m in c["models"].values())
+    info = requests.get(URL + "/info", timeout=30).json()
+    assert info["ddpm"]["loaded"] and info["ddpm"]["config"]["timesteps"] == 20
+    assert info["vae"]["checkpoint"].endswith("vae/checkpoint.pt")
+    assert requests.get(URL + "/healthz", timeout=30).json()["models"] == {"ddpm": True, "vae": True}
+    assert requests.get(URL + "/docs", timeout=30).status_code == 200
+
+
+def test_same_seed_gives_the_same_image(app):
+    for body in ({"n": 3, "steps": 5, "seed": 5}, {"n": 3, "steps": 5, "eta": 1.0, "seed": 5},
+                 {"n": 2, "sampler": "ddpm", "seed": 5}):
+        a, b = post("/ddpm/sample", body).content, post("/ddpm/sample", body).content
+        assert a == b
+        assert post("/ddpm/sample", {**body, "seed": 6}).content != a
+    assert post("/vae/sample", {"n": 4, "seed": 1}).content == post("/vae/sample",
+                                                                    {"n": 4, "seed": 1}).content
+
+
+def test_concurrent_requests_are_batched(app):
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda s: post("/ddpm/sample", {"n": 2, "steps": 10, "seed": s})
+                              .status_code, range(16)))
+    assert codes == [200] * 16
+    sizes = requests.get(URL + "/info", timeout=30).json()["ddpm"]["recent_batch_sizes"]
+    assert max(sizes) > 1, sizes
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/ddpm/sample", {"n": 0}, 422),
+    ("/ddpm/sample", {"n": 65}, 422),
+    ("/ddpm/sample", {"steps": 21}, 400),  # the tiny model has T = 20
+    ("/ddpm/sample", {"eta": 1.5}, 422),
+    ("/ddpm/sample", {"sampler": "euler"}, 422),
+    ("/ddpm/sample", {"format": "gif"}, 422),
+    ("/ddpm/sample", {"surprise": 1}, 422),
+    ("/vae/decode", {"z": [0, 0]}, 400),
+    ("/vae/decode", {"z": [0, 0, 0, 99]}, 422),
+    ("/vae/reconstruct", {"image": {}}, 422),
+    ("/vae/reconstruct", {"image": {"pixels": [[0.5] * 27] * 28}}, 400),
+    ("/vae/reconstruct", {"image": {"pixels": [[2.0] * 28] * 28}}, 400),
+    ("/vae/reconstruct", {"image": {"png_base64": "not base64!"}}, 400),
+    ("/vae/reconstruct", {"image": {"png_base64": base64.b64encode(b"GIF89a").decode()}}, 400),
+    ("/vae/traverse", {"image": {"pixels": [[0.5] * 28] * 28}, "dims": [9]}, 400),
+    ("/vae/traverse", {"image": {"pixels": [[0.5] * 28] * 28}, "low": 1, "high": 0}, 422),
+    ("/adversarial", {"epsilons": [0.9]}, 422),
+    ("/adversarial", {"images": [{"pixels": [[0.5] * 28] * 28}]}, 400),  # no labels
+    ("/adversarial", {"models": ["svm"]}, 422),
+    ("/adversarial", {"start": 9990, "n": 20}, 422),
+])
+def test_bad_input_gets_a_4xx_with_a_message(app, path, body, status):
+    r = post(path, body)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+
+
+def test_oversized_body_and_bad_json_are_4xx(app):
+    r = requests.post(URL + "/vae/classify", data=b"x" * (5 * 1024 * 1024), timeout=60,
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = requests.post(URL + "/ddpm/sample", data=b"{", headers={"content-type": "application/json"},
+                      timeout=30)
+    assert r.status_code == 422
+
+
+def test_token_is_required_on_every_route_when_set(app):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for method, path in (("get", "/healthz"), ("get", "/info"), ("get", "/docs"),
+                         ("get", "/openapi.json"), ("post", "/ddpm/sample")):
+        assert requests.request(method, URL + "/secured" + path, timeout=30).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert requests.request(method, URL + "/secured" + path, headers=wrong,
+                                timeout=30).status_code == 401
+    assert requests.get(URL + "/secured/healthz", headers=auth, timeout=30).status_code == 200
+    r = requests.post(URL + "/secured/ddpm/sample", json={"n": 1, "steps": 3}, headers=auth,
+                      timeout=60)
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+
+
+@needs_data
+def test_test_images_and_adversarial_evaluation(app):
+    r = requests.get(URL + "/vae/test-image/7", timeout=30)
+    assert r.status_code == 200 and png(r.content).size == (28, 28)
+    label = int(r.headers["x-hw4-label"])
+    assert 0 <= label <= 9
+    out = post("/adversarial", {"attack": "pgd", "epsilons": [0.0, 0.2], "n": 16, "pgd_steps": 3,
+                                "examples": 4}).json()
+    assert set(out["accuracy"]) == {"pixel_cnn", "latent_classifier", "reconstruct_then_classify"}
+    for acc in out["accuracy"].values():
+        assert set(acc) == {"0.0", "0.2"} and all(0 <= a <= 1 for a in acc.values())
+    assert out["accuracy"]["pixel_cnn"]["0.2"] <= out["accuracy"]["pixel_cnn"]["0.0"]
+    assert set(out["reconstruction_error"]) == {"0.0", "0.2"}
+    png(base64.b64decode(out["examples"]["pixel_cnn"]["0.2"]))
+    assert len(out["predictions"]["latent_classifier"]["0.2"]["class"]) == 4
+    up = post("/adversarial", {"images": [{"pixels": pixels()}], "labels": [3],
+                               "models": ["pixel_cnn"], "epsilons": [0.1], "targeted": True})
+    assert up.status_code == 200 and set(up.json()["accuracy"]) == {"pixel_cnn"}
+
+
+def test_schemathesis_finds_no_server_errors(app):
+    """Property-based requests from the OpenAPI schema (bounded; /adversarial is left out
+    because its largest valid requests take minutes on a CPU and is covered above)."""
+    st = os.path.join(os.path.dirname(sys.executable), "st")
+    out = subprocess.run(
+        [st, "run", URL + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
+         "--exclude-path", "/adversarial", "--request-timeout", "120", "--seed", "1"],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_a_killed_replica_comes_back(app):
+    pid = requests.get(URL + "/info", timeout=30).json()["ddpm"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline, ok = time.time() + 120, False
+    while time.time() < deadline and not ok:
+        try:
+            ok = post("/ddpm/sample", {"n": 1, "steps": 3}).status_code == 200
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    assert ok, "the DDPM replica did not come back within 120 s"
+    info = requests.get(URL + "/info", timeout=30).json()["ddpm"]
+    assert info["pid"] != pid and info["loaded"]
+
+
+def test_reconfigure_in_place_keeps_the_model_when_the_new_checkpoint_fails(app, tmp_path):
+    """What ``serve deploy`` with a changed user_config does to a running replica."""
+    from serve.app import DDPMModel
+
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(app["storage"])})
+    good = replica.path
+    replica.reconfigure({"storage_path": str(app["storage"]), "checkpoint": str(bad)})
+    assert replica.path == good and replica.model is not None
+    assert "not a readable checkpoint" in replica.load_error
+    empty = DDPMModel.func_or_class()
+    empty.reconfigure({"storage_path": str(tmp_path)})  # nothing registered: starts, answers 503
+    assert empty.model is None and "no registered ddpm" in empty.load_error

@@ -1,0 +1,104 @@
+"""`serve deploy serve/config.yaml` on a local head: a changed checkpoint reloads in place while
+requests keep succeeding, and a corrupt one is reported while the previous model keeps serving."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from .conftest import ROOT, make_storage, stop_ray_head
+
+pytestmark = [pytest.mark.ray]
+
+GCS_PORT, DASHBOARD_PORT, HTTP_PORT = 6391, 8276, 8312
+URL = f"http://127.0.0.1:{HTTP_PORT}"
+
+
+def deploy(config: dict, path: Path, env: dict) -> None:
+    path.write_text(yaml.safe_dump(config))
+    serve = shutil.which("serve", path=str(Path(sys.executable).parent))
+    out = subprocess.run([serve, "deploy", str(path), "-a", f"http://127.0.0.1:{DASHBOARD_PORT}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def wait_for(predicate, timeout: float = 180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def ddpm_info() -> dict:
+    return requests.get(URL + "/info", timeout=30).json()["ddpm"]
+
+
+def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
+    storage = make_storage(tmp_path / "storage")
+    second = tmp_path / "second.pt"
+    shutil.copyfile(storage / "ddpm" / "checkpoint.pt", second)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a checkpoint")
+
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    config["http_options"]["port"] = HTTP_PORT
+    app = config["applications"][0]
+    app["runtime_env"] = {}
+    deployments = {d["name"]: d for d in app["deployments"]}
+    deployments["DDPMModel"].pop("autoscaling_config")
+    deployments["DDPMModel"].update(num_replicas=1, ray_actor_options={"num_cpus": 1})
+    for d in ("DDPMModel", "VAEModel"):
+        deployments[d]["user_config"]["storage_path"] = str(storage)
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    subprocess.run([ray, "start", "--head", "--num-cpus=4", f"--port={GCS_PORT}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
+                    "--include-dashboard=true"], check=True, env=env, capture_output=True,
+                   timeout=120)
+    try:
+        deploy(config, tmp_path / "serve.yaml", env)
+        first = wait_for(lambda: ddpm_info()["loaded"] and ddpm_info())
+        body = {"n": 1, "steps": 3}
+
+        codes: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:  # keeps requests flowing during the reload
+            while not stop.is_set():
+                codes.append(requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code)
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            deployments["DDPMModel"]["user_config"]["checkpoint"] = str(second)
+            deploy(config, tmp_path / "serve.yaml", env)
+            reloaded = wait_for(lambda: ddpm_info()["checkpoint"] == str(second) and ddpm_info())
+        finally:
+            stop.set()
+            worker.join()
+        assert reloaded["pid"] == first["pid"], "the replica was restarted, not reconfigured"
+        assert codes and set(codes) == {200}, codes
+
+        deployments["DDPMModel"]["user_config"]["checkpoint"] = str(corrupt)
+        deploy(config, tmp_path / "serve.yaml", env)
+        failed = wait_for(lambda: ddpm_info()["load_error"] and ddpm_info())
+        assert "not a readable checkpoint" in failed["load_error"]
+        assert failed["checkpoint"] == str(second) and failed["pid"] == first["pid"]
+        assert requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code == 200
+    finally:
+        stop_ray_head(GCS_PORT)
