@@ -184,7 +184,7 @@ class DDPMModel(Reloadable):
                 "recent_batch_sizes": list(self.batch_sizes)}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16,
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16,
                   max_constructor_retry_count=3,
                   user_config={"storage_path": "results", "checkpoint": None})
 class VAEModel(Reloadable):

@@ -1,0 +1,118 @@
+"""Serve's DDPM endpoint under loopback load: throughput and p50/p99 latency at 1, 4 and 16
+concurrent clients, with and without ``@serve.batch``, against a direct in-process call of the
+same sampler (same checkpoint, request size and torch threads as the replica).
+
+    python bench/serve_latency.py                        # the registry's DDPM under ./results
+    python bench/serve_latency.py --tiny                 # a tiny random model (seconds; for tests)
+
+Writes bench/results/serve_latency.json (or --out) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import torch
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def load(url: str, body: dict, clients: int, per_client: int) -> dict:
+    """``clients`` threads, each sending ``per_client`` requests back to back."""
+    def client(i: int) -> list[float]:
+        out = []
+        for k in range(per_client):
+            t0 = time.perf_counter()
+            r = requests.post(url, json={**body, "seed": i * 1000 + k}, timeout=600)
+            r.raise_for_status()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        lat = [x for xs in pool.map(client, range(clients)) for x in xs]
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(lat), "images_per_s": len(lat) * body["n"] / wall,
+            "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage-path", default="results")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=8, help="requests per client")
+    parser.add_argument("--n", type=int, default=4, help="images per request")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per request")
+    parser.add_argument("--port", type=int, default=8314)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model, 2 requests")
+    parser.add_argument("--out", default="bench/results/serve_latency.json")
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from hw4.trained import load_ddpm, resolve_checkpoint
+    from serve.app import build_app
+
+    storage = args.storage_path
+    if args.tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.conftest import make_storage
+
+        storage = str(make_storage(Path(tempfile.mkdtemp(prefix="hw4-bench-"))))
+        args.requests, args.steps, args.clients = 2, 3, [1, 4]
+    body = {"n": args.n, "sampler": "ddim", "steps": args.steps, "eta": 0.0}
+    url = f"http://127.0.0.1:{args.port}/ddpm/sample"
+    results: dict = {"body": body, "requests_per_client": args.requests, "serve": {}}
+
+    # the direct call: same checkpoint, one torch thread like the replica (num_cpus=1)
+    torch.set_num_threads(1)
+    ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm"))
+    ddpm.sample(args.n, steps=args.steps)  # warm-up
+    direct = []
+    for k in range(max(args.requests, 5)):
+        t0 = time.perf_counter()
+        ddpm.sample(args.n, steps=args.steps, seed=k)
+        direct.append(time.perf_counter() - t0)
+    results["direct_ms"] = {"p50": 1000 * statistics.median(direct),
+                            "p99": 1000 * percentile(direct, 99)}
+
+    ray.init(address="local", include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        for batching in (True, False):
+            serve.run(build_app({"storage_path": storage, "batching": str(batching).lower()}),
+                      name="bench", route_prefix="/")
+            load(url, body, 1, 3)  # warm-up
+            results["serve"]["batched" if batching else "unbatched"] = [
+                load(url, body, c, args.requests) for c in args.clients]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    d = results["direct_ms"]
+    print(f"direct in-process call: p50 {d['p50']:.1f} ms, p99 {d['p99']:.1f} ms "
+          f"(n={args.n}, DDIM-{args.steps})\n")
+    print("| mode | clients | images/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
+    for mode, rows in results["serve"].items():
+        for r in rows:
+            print(f"| {mode} | {r['clients']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} "
+                  f"| {r['p99_ms']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
