@@ -161,9 +161,10 @@ def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> An
 
 
 def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
-        mode: Literal["min", "max"]) -> ray.train.Result:
+        mode: Literal["min", "max"], callbacks: list | None = None) -> ray.train.Result:
     """Build and run the TorchTrainer every job uses: keep the best ``keep_checkpoints`` by
-    ``metric``, restart from the latest checkpoint up to ``max_failures`` times."""
+    ``metric``, restart from the latest checkpoint up to ``max_failures`` times. ``callbacks``:
+    e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run."""
     init_ray()
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
     if cfg.cpus_per_worker is None:
@@ -180,6 +181,7 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric,
                 checkpoint_score_order=mode),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()
@@ -265,10 +267,10 @@ def progress_bar() -> Callable[..., Any] | bool:
 
 def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
              mode: Literal["min", "max"], render: Callable[[dict, Path], None],
-             select: Literal["best", "final"] = "best") -> dict:
+             select: Literal["best", "final"] = "best", register: bool = True) -> dict:
     """Copy the selected (best by ``metric``, or final) and the final checkpoint into
     ``<run>/artifacts``, render images, write ``metrics.json`` and ``config.json``, and register
-    the selected checkpoint."""
+    the selected checkpoint (a sweep registers only its best trial, at the end)."""
     if result.error is not None:
         raise result.error
     out = run_dir(cfg.storage_path, cfg.name) / "artifacts"
@@ -290,7 +292,7 @@ def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
     }
     write_json_atomic(out / "metrics.json", summary)
     write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
-    summary["registered"] = record_best(
+    summary["registered"] = register and record_best(
         cfg.storage_path, kind, checkpoint=out / "checkpoint.pt", metric=metric,
         value=state["metrics"][metric], mode=mode, config=dataclasses.asdict(cfg),
         source=str(run_dir(cfg.storage_path, cfg.name)))
