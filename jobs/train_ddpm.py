@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from hw4 import data, diffusion, train, viz
+from hw4 import data, diffusion, evaluation, train, viz
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
@@ -54,7 +54,9 @@ class DDPMJobConfig(common.RunOptions):
     ema_decay: float = opt(0.999, "EMA decay of the weights")
     sample_every: int = opt(5, "epochs between TensorBoard sample grids")
     num_samples: int = opt(64, "images in samples.png")
-    sample_steps: int = opt(50, "DDIM steps for sample grids")
+    sample_steps: int = opt(50, "DDIM steps for sample grids and FID")
+    fid_every: int = opt(0, "epochs between FIDs of DDIM samples (0: none; sweeps use it)")
+    fid_samples: int = opt(500, "samples (and real images) per FID")
 
     def validate(self) -> None:
         super().validate()
@@ -66,6 +68,7 @@ class DDPMJobConfig(common.RunOptions):
         c(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         c(1 <= self.sample_steps <= self.timesteps, "--sample-steps must be in 1..--timesteps")
         c(len(self.channel_mults) >= 1, "--channel-mults needs at least one level")
+        c(self.fid_every >= 0 and self.fid_samples >= 2, "--fid-every >= 0, --fid-samples >= 2")
         widths = [self.base_channels * m for m in self.channel_mults] + [self.base_channels]
         c(all(w % self.groups == 0 and w % self.num_heads == 0 for w in widths),
           f"--groups {self.groups} and --num-heads {self.num_heads} must divide every width {widths}")
@@ -90,6 +93,15 @@ def render_samples(model: torch.nn.Module, cfg: DDPMJobConfig, n: int, seed: int
                          prediction=cfg.prediction, generator=torch.Generator().manual_seed(seed),
                          device=device)
     return (x + 1) / 2
+
+
+def sample_fid(model: torch.nn.Module, cfg: DDPMJobConfig, device: torch.device) -> dict:
+    """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features)."""
+    images = render_samples(model, cfg, cfg.fid_samples, cfg.seed, device).cpu()
+    ref = evaluation.reference_stats("mnist", cfg.fid_samples,
+                                     Path(cfg.storage_path) / "eval" / "fid_stats")
+    q = evaluation.sample_quality(images, "mnist", ref)
+    return {"fid": q["fid"], "fid_confident": q["confident_fraction"]}
 
 
 def train_func(config: dict) -> None:
@@ -151,9 +163,14 @@ def train_func(config: dict) -> None:
                    "grad_norm": tr["grad_norm"], "val_loss": val["loss"],
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - t0,
                    "resumed_from_epoch": start_epoch}
+        fid_epoch = cfg.fid_every and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs)
+        if fid_epoch and rank == 0:  # Tune reads rank 0's report
+            metrics.update(sample_fid(ema_model, cfg, device))
         history.append(metrics)
         if writer is not None:
-            for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s"):
+            for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s", "fid"):
+                if k not in metrics:
+                    continue
                 writer.add_scalar(k, metrics[k], metrics["step"])
             if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
                 grid = render_samples(ema_model, cfg, 16, cfg.seed, device)
