@@ -15,6 +15,7 @@ variable named by ``token_env``), every route wants ``Authorization: Bearer <tok
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import secrets
@@ -105,12 +106,12 @@ class Reloadable:
 
 def guarded(method):
     """Return ``HW4Error``s as values: exceptions crossing a Ray handle carry tracebacks."""
+    @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
         except HW4Error as err:
             return err
-    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
     return wrapper
 
 
