@@ -177,6 +177,7 @@ def test_test_images_and_adversarial_evaluation(app):
     assert up.status_code == 200 and set(up.json()["accuracy"]) == {"pixel_cnn"}
 
 
+@needs_data  # without the test images, /vae/test-image answers 503 (correctly, but a 5xx)
 def test_schemathesis_finds_no_server_errors(app):
     """Property-based requests from the OpenAPI schema (bounded; /adversarial is left out
     because its largest valid requests take minutes on a CPU and is covered above)."""
