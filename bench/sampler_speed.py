@@ -26,6 +26,7 @@ from hw4.trained import load_ddpm, resolve_checkpoint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage-path", default="results")
+    parser.add_argument("--checkpoint", default=None, help="a DDPM checkpoint (default: registry)")
     parser.add_argument("--samplers", nargs="+", default=["ddpm", "ddim:10", "ddim:20", "ddim:50",
                                                           "ddim:100", "ddim:50:1"])
     parser.add_argument("--n", type=int, default=64, help="images per call")
@@ -43,7 +44,7 @@ def main() -> None:
 
         storage = str(make_storage(Path(tempfile.mkdtemp(prefix="hw4-bench-"))))
         args.samplers, args.n, args.repeats = ["ddpm", "ddim:5"], 4, 1
-    ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm"))
+    ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm", args.checkpoint))
     Sampler.parse("ddim:2").run(ddpm, args.n, 0)  # warm-up
     rows = []
     for spec in args.samplers:

@@ -50,6 +50,7 @@ def load(url: str, body: dict, clients: int, per_client: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage-path", default="results")
+    parser.add_argument("--checkpoint", default=None, help="a DDPM checkpoint (default: registry)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--n", type=int, default=4, help="images per request")
@@ -78,7 +79,7 @@ def main() -> None:
 
     # the direct call: same checkpoint, one torch thread like the replica (num_cpus=1)
     torch.set_num_threads(1)
-    ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm"))
+    ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm", args.checkpoint))
     ddpm.sample(args.n, steps=args.steps)  # warm-up
     direct = []
     for k in range(max(args.requests, 5)):
@@ -92,7 +93,8 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for batching in (True, False):
-            serve.run(build_app({"storage_path": storage, "batching": str(batching).lower()}),
+            serve.run(build_app({"storage_path": storage, "batching": str(batching).lower(),
+                                 "ddpm_checkpoint": str(ddpm.path)}),
                       name="bench", route_prefix="/")
             load(url, body, 1, 3)  # warm-up
             results["serve"]["batched" if batching else "unbatched"] = [
