@@ -19,7 +19,7 @@ from hw4 import adversarial, data, metrics, objectives
 from hw4.assets import classifier_path, load_classifier, sha256
 from hw4.checkpoint import write_bytes_atomic
 from hw4.errors import HW4Error
-from hw4.models.autoencoder import Autoencoder
+from hw4.models.autoencoder import Autoencoder, reparameterize
 from hw4.trained import Purified, TrainedDDPM, TrainedVAE, load_ddpm, reconstruction
 
 # --- sample quality ---------------------------------------------------------------------------
@@ -132,8 +132,7 @@ def likelihood(vae: Autoencoder, x: torch.Tensor, ks: list[int], *, batch: int =
         raise HW4Error("likelihood bounds need a VAE; this checkpoint is a plain autoencoder")
     gen = torch.Generator().manual_seed(seed)
     mu, log_var = vae.encoder(x)
-    z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=gen)
-    recon = objectives.bernoulli_nll(vae.decoder(z), x)
+    recon = objectives.bernoulli_nll(vae.decoder(reparameterize(mu, log_var, gen)), x)
     kl = objectives.gaussian_kl(mu, log_var)
     out = {"n": len(x), "recon": float(recon.mean()), "kl": float(kl.mean()),
            "elbo": float(-(recon + kl).mean()), "iwae": {}, "iwae_seconds": {}}
