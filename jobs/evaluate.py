@@ -99,12 +99,13 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
     ref = evaluation.reference_stats("mnist", cfg.fid_samples, cache)
     floor = evaluation.data_floor("mnist", cfg.fid_samples, ref)
     log(f"DDPM {path}: data floor FID {floor:.2f} at n={cfg.fid_samples}")
+    for spec in cfg.samplers:  # all of them before the first, slow one runs
+        steps = Sampler.parse(spec).steps
+        check(steps is None or steps <= ddpm.timesteps,
+              f"sampler {spec}: the model has only {ddpm.timesteps} steps")
     rows = []
     for spec in cfg.samplers:
         sampler = Sampler.parse(spec)
-        if sampler.steps is not None:
-            check(sampler.steps <= ddpm.timesteps, f"sampler {spec}: the model has only "
-                                                   f"{ddpm.timesteps} steps")
         t0 = time.time()
         images = draw_samples(cfg, path, spec)
         wall = time.time() - t0
