@@ -73,8 +73,10 @@ def pairs(originals: torch.Tensor, reconstructions: torch.Tensor, nrow: int = 8)
 
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os.PathLike, *,
-              xlabel: str, ylabel: str, title: str = "") -> None:
-    """One line per label (dashed when the label mentions PGD) saved as a PNG, atomically."""
+              xlabel: str, ylabel: str, title: str = "",
+              point_labels: dict[str, list[str]] | None = None) -> None:
+    """One line per label (dashed when the label mentions PGD) saved as a PNG, atomically;
+    ``point_labels[label]`` writes a text beside each point of that line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +85,8 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", ms=3, ls="--" if "pgd" in label.lower() else "-", label=label)
+        for x, y, text in zip(xs, ys, (point_labels or {}).get(label, []), strict=False):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

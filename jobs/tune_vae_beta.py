@@ -60,13 +60,14 @@ TRIAL_SMOKE = dict(train_vae.SMOKE, train_subset=256, val_subset=128, epochs=1,
 
 
 def rate_distortion_plot(rows: list[dict], out: Path) -> None:
-    series = {}
+    series, betas = {}, {}
     for d in sorted({r["latent_dim"] for r in rows}):
-        pts = sorted((r["val_kl"], r["val_recon"]) for r in rows
+        pts = sorted((r["val_kl"], r["val_recon"], r["beta"]) for r in rows
                      if r["latent_dim"] == d and r["val_kl"] is not None)
         series[f"latent {d}"] = ([p[0] for p in pts], [p[1] for p in pts])
+        betas[f"latent {d}"] = [f"β={p[2]:.3g}" for p in pts]
     viz.line_plot(series, out / "rate_distortion.png", xlabel="rate: KL(q(z|x) || p(z)) (nats)",
-                  ylabel="distortion: reconstruction NLL (nats)",
+                  ylabel="distortion: reconstruction NLL (nats)", point_labels=betas,
                   title="beta-VAE rate-distortion on Fashion-MNIST (one point per trial)")
 
 
