@@ -178,14 +178,14 @@ def test_test_images_and_adversarial_evaluation(app):
 
 
 @needs_data  # without the test images, /vae/test-image answers 503 (correctly, but a 5xx)
-def test_schemathesis_finds_no_server_errors(app):
+def test_schemathesis_finds_no_server_errors(app, tmp_path):
     """Property-based requests from the OpenAPI schema (bounded; /adversarial is left out
     because its largest valid requests take minutes on a CPU and is covered above)."""
     st = os.path.join(os.path.dirname(sys.executable), "st")
     out = subprocess.run(
         [st, "run", URL + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
          "--exclude-path", "/adversarial", "--request-timeout", "120", "--seed", "1"],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its cache goes to tmp_path
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
