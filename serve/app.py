@@ -551,7 +551,8 @@ class Api:
         out = unwrap_reply(await self.vae.attack.remote(
             spec, body.attack, body.epsilons, body.models, body.targeted, body.pgd_steps,
             body.seed, body.examples))
-        out["originals_png_base64"] = b64png(out.pop("originals")) if body.examples else None
+        originals = out.pop("originals")  # a tensor: never into the JSON as it is
+        out["originals_png_base64"] = b64png(originals) if body.examples else None
         out["examples"] = {name: {str(e): b64png(adv) for e, adv in per_eps.items()}
                            for name, per_eps in out["examples"].items()} if body.examples else {}
         return json.loads(json.dumps(out))  # eps keys become strings, as JSON has them

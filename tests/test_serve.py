@@ -175,6 +175,8 @@ def test_test_images_and_adversarial_evaluation(app):
     up = post("/adversarial", {"images": [{"pixels": pixels()}], "labels": [3],
                                "models": ["pixel_cnn"], "epsilons": [0.1], "targeted": True})
     assert up.status_code == 200 and set(up.json()["accuracy"]) == {"pixel_cnn"}
+    bare = post("/adversarial", {"n": 4, "epsilons": [0.1], "examples": 0})
+    assert bare.status_code == 200 and bare.json()["examples"] == {}
 
 
 @needs_data  # without the test images, /vae/test-image answers 503 (correctly, but a 5xx)
