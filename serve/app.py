@@ -69,9 +69,10 @@ class Reloadable:
 
     def reconfigure(self, config: dict) -> None:
         """Load the configured checkpoint (or the registry's best). A replica that already
-        serves a model keeps it when the new one fails to load; a new replica fails to start,
-        so Serve keeps the old replicas and ``serve status`` shows the error. With nothing
-        registered and no explicit checkpoint, the replica starts empty and answers 503."""
+        serves a model keeps it when the new one fails to load (a ``user_config`` change); a new
+        replica fails to start and ``serve status`` shows the error (after a code redeploy the
+        old replicas are gone by then). With nothing registered and no explicit checkpoint, the
+        replica starts empty and answers 503."""
         storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
         if not explicit and not registry_path(storage, self.kind).is_file():
             self.load_error = (f"no registered {self.kind} checkpoint under {storage}; train one "
@@ -87,8 +88,7 @@ class Reloadable:
             print(f"[hw4] {self.kind}: keeping {self.path}; the new checkpoint failed: {err}",
                   flush=True)
             return
-        summary = path.parent / "metrics.json"  # written by the training job beside the artifact
-        self.history = json.loads(summary.read_text()).get("history", []) if summary.is_file() else []
+        self.history = training_history(path)
         self.model, self.path, self.load_error, self.loaded_at = model, path, None, time.time()
 
     def require(self) -> Any:
@@ -102,6 +102,14 @@ class Reloadable:
                 "load_error": self.load_error, "loaded_at": self.loaded_at,
                 "metrics": m.metrics if m else None, "config": m.config if m else None,
                 "history": self.history, "pid": os.getpid()}
+
+
+def training_history(path: Path) -> list:
+    """The per-epoch metrics the training job wrote beside the artifact (none if absent)."""
+    try:
+        return json.loads((path.parent / "metrics.json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def guarded(method):
@@ -221,6 +229,11 @@ class VAEModel(Reloadable):
                for kind, b in spec["uploads"]]
         labels = spec.get("labels")
         return torch.cat(out), torch.tensor(labels) if labels is not None else None
+
+    @guarded
+    async def test_image(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.images({"test_indices": [index]})
+        return x, int(y[0])
 
     def classifiers(self) -> dict[str, torch.nn.Module]:
         return attack_targets(self.require(), self.pixel_cnn)
@@ -535,9 +548,8 @@ class Api:
         """A Fashion-MNIST test image (its label in the x-hw4-label header)."""
         if not 0 <= index <= 9999:
             raise HTTPException(422, "index must be in 0..9999")
-        out = unwrap_reply(await self.vae.reconstruct.remote({"test_indices": [index]}))
-        label = unwrap_reply(await self.vae.classify.remote({"test_indices": [index]}))["labels"][0]
-        return image_reply(out["input"], "png", nrow=1, label=label)
+        image, label = unwrap_reply(await self.vae.test_image.remote(index))
+        return image_reply(image, "png", nrow=1, label=label)
 
     @api.post("/adversarial")
     async def adversarial_eval(self, body: AttackIn) -> dict:
