@@ -101,8 +101,14 @@ class DiffusionSchedule:
         return DiffusionSchedule(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
-def extract(arr: torch.Tensor, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """arr[t] reshaped to (N, 1, 1, ...) so it broadcasts against a batch of ``shape``."""
+def extract(arr: torch.Tensor, t: torch.Tensor | int, shape: torch.Size) -> torch.Tensor | float:
+    """arr[t] reshaped to (N, 1, 1, ...) so it broadcasts against a batch of ``shape``.
+
+    An int ``t`` (one timestep for the whole batch, as in sampling) gives a Python float: no
+    gather and, with the schedule on the CPU, no device round trip.
+    """
+    if isinstance(t, int):
+        return float(arr[t])
     out = arr.to(t.device)[t]
     return out.view(t.shape[0], *([1] * (len(shape) - 1)))
 
@@ -124,7 +130,7 @@ def q_mean_variance(s: DiffusionSchedule, x0: torch.Tensor,
 
 
 def q_posterior(s: DiffusionSchedule, x0: torch.Tensor, xt: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."""
     mean = (extract(s.posterior_mean_coef1, t, xt.shape) * x0
             + extract(s.posterior_mean_coef2, t, xt.shape) * xt)
@@ -135,7 +141,7 @@ def q_posterior(s: DiffusionSchedule, x0: torch.Tensor, xt: torch.Tensor,
 # --- 3. parameterisations: eps, x0 and v ------------------------------------------------------
 
 def predict_x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor,
-                   t: torch.Tensor, prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor]:
+                   t: torch.Tensor | int, prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a model output of any parameterisation into (x0_hat, eps_hat)."""
     a = extract(s.sqrt_alphas_cumprod, t, xt.shape)
     b = extract(s.sqrt_one_minus_alphas_cumprod, t, xt.shape)
@@ -196,7 +202,7 @@ def _noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def _x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+def _x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor | int,
             prediction: Prediction, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x0, eps = predict_x0_eps(s, model_output, xt, t, prediction)
     if clip:  # keep x0 in the data range and keep eps consistent with the clipped x0
@@ -210,12 +216,11 @@ def ddpm_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, xt: torc
               prediction: Prediction = "eps", clip: bool = True,
               generator: Generators = None) -> StepOutput:
     """One ancestral step x_t -> x_{t-1} ~ N(mu~(x_t, x0_hat), beta~_t I) (DDPM Alg. 2)."""
-    tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
-    x0, _ = _x0_eps(s, model_output, xt, tt, prediction, clip)
-    mean, _, log_var = q_posterior(s, x0, xt, tt)
+    x0, _ = _x0_eps(s, model_output, xt, t, prediction, clip)
+    mean, _, log_var = q_posterior(s, x0, xt, t)
     if t == 0:
         return StepOutput(mean, x0)
-    return StepOutput(mean + torch.exp(0.5 * log_var) * _noise_like(xt, generator), x0)
+    return StepOutput(mean + math.exp(0.5 * log_var) * _noise_like(xt, generator), x0)
 
 
 def ddim_sigma(s: DiffusionSchedule, t: int, t_prev: int, eta: float) -> float:
@@ -229,9 +234,8 @@ def ddim_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: 
               xt: torch.Tensor, *, eta: float = 0.0, prediction: Prediction = "eps",
               clip: bool = True, generator: Generators = None) -> StepOutput:
     """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12); ``t_prev = -1`` means the clean image."""
-    tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
     # 1. predicted x_0 and the noise direction it implies
-    x0, eps = _x0_eps(s, model_output, xt, tt, prediction, clip)
+    x0, eps = _x0_eps(s, model_output, xt, t, prediction, clip)
     # 2. abar at the previous step (abar_{-1} = 1: the last step lands on x_0 itself)
     ab_prev = float(s.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
     sigma = ddim_sigma(s, t, t_prev, eta)
@@ -258,11 +262,15 @@ def sample_progressive(model: Model, s: DiffusionSchedule, shape: tuple[int, ...
                        generator: Generators = None, device: str | torch.device = "cpu",
                        x_T: torch.Tensor | None = None,
                        progress: bool = False) -> Iterator[StepOutput]:
-    """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM ``steps`` of them."""
+    """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM ``steps`` of them.
+
+    The schedule stays on the CPU: every step reads its coefficients as Python floats, so the
+    loop never waits on the accelerator between steps.
+    """
     if method not in ("ddpm", "ddim"):
         raise HW4Error(f"unknown sampler {method!r}; use ddpm or ddim")
     T = s.num_timesteps
-    s = s.to(device)
+    s = s.to("cpu")
     x = x_T.to(device) if x_T is not None else _noise_like(torch.empty(shape, device=device),
                                                            generator)
     ts = list(range(T - 1, -1, -1)) if method == "ddpm" else ddim_timesteps(T, steps or 50)
@@ -297,13 +305,13 @@ def ddim_invert(model: Model, s: DiffusionSchedule, x0: torch.Tensor, *, steps: 
     at the current, lower step: x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next) eps_hat
     (Song et al. 2021 sec. 4.3). The clean image stands in for x at t = 0 (abar_0 ~ 1).
     """
-    s = s.to(device)
+    s = s.to("cpu")  # coefficients as Python floats, as in sampling
     ts = ddim_timesteps(s.num_timesteps, steps)[::-1]  # ascending: 0, ..., T-1
     x = x0.to(device)
     for t_cur, t_next in tqdm(list(zip(ts[:-1], ts[1:], strict=True)), desc="ddim inversion",
                               disable=not progress):
         tt = torch.full((x.shape[0],), t_cur, device=device, dtype=torch.long)
-        x0_hat, eps = predict_x0_eps(s, model(x, tt), x, tt, prediction)
+        x0_hat, eps = predict_x0_eps(s, model(x, tt), x, t_cur, prediction)
         ab_next = float(s.alphas_cumprod[t_next])
         x = math.sqrt(ab_next) * x0_hat + math.sqrt(1 - ab_next) * eps
     return x

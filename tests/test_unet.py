@@ -86,3 +86,18 @@ def test_resnet_block_projects_residual_only_when_channels_change():
     blocks = [model.down[0].res[0], model.down[1].res[0]]
     assert isinstance(blocks[0].skip, torch.nn.Identity)
     assert isinstance(blocks[1].skip, torch.nn.Conv2d) and blocks[1].skip.kernel_size == (1, 1)
+
+
+def test_fast_paths_keep_the_float64_answer_and_the_callers_layout():
+    """Channels-last activations and the fused q/k/v matmul change speed, not results: the
+    float32 forward matches the same network run in float64 (NCHW), and the output comes back
+    in the caller's contiguous NCHW layout."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_resolutions=(1, 2),
+                            num_heads=4, groups=4)).eval()
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        fast = model(x, t)
+        exact = model.double()(x.double(), t)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast.double(), exact, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,166 @@
+"""Our U-Net against diffusers' ``UNet2DModel`` at matched parameter count and resolution:
+training step (forward + backward + AdamW, through the same ``hw4.train.ddpm_step``) and
+inference, interleaved in one process; plus the training step's achieved FLOP/s against this
+machine's measured float32 matmul peak.
+
+    python -m bench.unet_speed                  # the DDPM job's default U-Net, batch 128
+    python -m bench.unet_speed --tiny           # tiny models, 2 repeats (seconds; for tests)
+
+Writes bench/results/unet_speed.json (or --out) and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import RESULTS, device, fmt, interleaved, ratio, sync, write_result
+from hw4 import train
+from hw4.diffusion import DiffusionSchedule
+from hw4.models.unet import UNet, UNetConfig
+
+DEFAULT = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), num_heads=4, dropout=0.1, groups=8)  # train_ddpm's
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
+                  groups=4, dropout=0.1)
+
+
+class DiffusersEps(nn.Module):
+    """diffusers' UNet2DModel behind our model signature ``(x_t, t) -> output``."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def diffusers_unet(cfg: UNetConfig, last_width: int) -> DiffusersEps:
+    """The same layout as ``UNet(cfg)`` in diffusers' blocks: levels, ResNet blocks per level,
+    attention at the same resolutions, heads, groups and dropout; the last level ``last_width``
+    wide."""
+    from diffusers import UNet2DModel
+
+    widths = [cfg.base_channels * m for m in cfg.channel_mults[:-1]] + [last_width]
+    attend = [2**lvl in cfg.attention_resolutions for lvl in range(len(widths))]
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attend)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend))
+    return DiffusersEps(UNet2DModel(
+        sample_size=28, in_channels=cfg.in_channels, out_channels=cfg.in_channels,
+        block_out_channels=tuple(widths), layers_per_block=cfg.num_res_blocks,
+        down_block_types=down, up_block_types=up, norm_num_groups=cfg.groups,
+        attention_head_dim=last_width // cfg.num_heads, dropout=cfg.dropout))
+
+
+def matched_diffusers(cfg: UNetConfig, target: int) -> DiffusersEps:
+    """Widen diffusers' last level (in steps that keep groups and heads whole) until its
+    parameter count is closest to ``target``: our attention blocks carry a feed-forward layer
+    that diffusers' do not, so the same widths would give diffusers fewer parameters."""
+    step = math.lcm(cfg.groups, cfg.num_heads)
+    base = cfg.base_channels * cfg.channel_mults[-1]
+    widths = range(base, 3 * base + 1, step)
+    return min((diffusers_unet(cfg, w) for w in widths), key=lambda m: abs(n_params(m) - target))
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(n: int, repeats: int, dev: torch.device) -> dict:
+    """Best float32 GEMM rate of this machine: 2 n^3 FLOPs per (n x n) @ (n x n)."""
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+
+    def mm():
+        torch.mm(a, b)
+        sync(dev)
+
+    t = interleaved({"mm": mm}, repeats, warmup=2)["mm"]
+    return {"n": n, "seconds": t, "flops_per_s": 2 * n**3 / t["min"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "unet_speed.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, mm_n = (TINY, 256) if args.tiny else (DEFAULT, 2048)
+    if args.tiny:
+        args.batch, args.repeats = 4, 2
+    dev = device(args.device)
+    torch.manual_seed(0)
+    models = {"ours": UNet(cfg)}
+    models["diffusers"] = matched_diffusers(cfg, n_params(models["ours"]))
+    schedule = DiffusionSchedule.named("linear", 1000).to(dev)
+    x0 = torch.rand(args.batch, 1, 28, 28, device=dev) * 2 - 1
+    t = torch.randint(0, 1000, (args.batch,), device=dev)
+
+    def train_step(model, opt):
+        def step():
+            train.ddpm_step(model, schedule, x0, opt, generator=torch.Generator().manual_seed(0))
+            sync(dev)
+        return step
+
+    def infer(model):
+        def call():
+            model.eval()  # the training step left it in train mode (dropout on)
+            with torch.inference_mode():
+                model(x0, t)
+            sync(dev)
+        return call
+
+    train_fns, infer_fns, info = {}, {}, {}
+    for name, model in models.items():
+        model.to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
+        train_fns[name], infer_fns[name] = train_step(model, opt), infer(model)
+        model.train()
+        flops = count_flops(train_fns[name])
+        model.eval()
+        info[name] = {"params": n_params(model), "train_flops_per_image": flops / args.batch,
+                      "forward_flops_per_image": count_flops(infer_fns[name]) / args.batch}
+    timings = {"train": interleaved(train_fns, args.repeats), "infer": interleaved(infer_fns, args.repeats)}
+    peak = matmul_peak(mm_n, args.repeats, dev)
+    rows = []
+    for phase, t_ in timings.items():
+        r = ratio(t_["diffusers"], t_["ours"])
+        rows.append({"phase": phase, "ours": t_["ours"], "diffusers": t_["diffusers"],
+                     "speedup": r, "images_per_s": {k: args.batch / v["median"] for k, v in t_.items()}})
+    for name in models:
+        step = timings["train"][name]["median"]
+        achieved = info[name]["train_flops_per_image"] * args.batch / step
+        info[name]["train_flops_per_s"] = achieved
+        info[name]["fraction_of_matmul_peak"] = achieved / peak["flops_per_s"]
+    write_result(args.out, {"batch": args.batch, "config": cfg.__dict__, "models": info,
+                            "rows": rows, "matmul_peak": peak})
+    print(f"batch {args.batch}, median (min–max) of {args.repeats} interleaved repeats, {dev}\n")
+    print("| model | parameters | forward MFLOP/image | train step GFLOP/s | of matmul peak |")
+    print("|---|---:|---:|---:|---:|")
+    for name, i in info.items():
+        print(f"| {name} | {i['params']:,} | {i['forward_flops_per_image'] / 1e6:.1f} "
+              f"| {i['train_flops_per_s'] / 1e9:.1f} | {100 * i['fraction_of_matmul_peak']:.0f}% |")
+    print(f"\nfloat32 matmul peak ({mm_n}²): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s\n")
+    print("| phase | ours s | diffusers s | ours × faster |\n|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['phase']} | {fmt(r['ours'])} | {fmt(r['diffusers'])} | "
+              f"{r['speedup']['median']:.2f} ({r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}) |")
+
+
+if __name__ == "__main__":
+    main()
