@@ -180,7 +180,8 @@ class UNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels))  # (B, tdim)
+        emb = sinusoidal_embedding(t, self.config.base_channels).to(self.conv_in.weight.dtype)
+        temb = self.time_mlp(emb)  # (B, tdim)
         # channels-last (NHWC) activations: oneDNN's convolutions and GroupNorm run faster on
         # them, and the attention blocks' (B, HW, C) tokens become views instead of copies
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
