@@ -1,0 +1,142 @@
+"""Our samplers against diffusers' ``DDIMScheduler`` / ``DDPMScheduler`` driving the same
+network with the same betas, interleaved in one process: DDIM-20, DDIM-50 and DDPM-1000, and
+the wall-time ratio DDPM-1000 / DDIM-50. A cross-check runs our ``ddim_step`` on diffusers'
+own timestep pairs from the same x_T and reports the largest difference of the outputs.
+
+    python -m bench.samplers                          # default U-Net (random weights), n = 16
+    python -m bench.samplers --checkpoint results/demo-ddpm/artifacts/checkpoint.pt
+    python -m bench.samplers --tiny                   # tiny model, 20 steps (seconds; for tests)
+
+Writes bench/results/samplers.json (or --out) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.common import RESULTS, device, fmt, interleaved, ratio, sync, write_result
+from bench.unet_speed import DEFAULT, TINY
+from hw4 import diffusion
+from hw4.diffusion import DiffusionSchedule
+from hw4.models.unet import UNet
+from hw4.trained import load_ddpm
+
+
+def diffusers_sampler(model, schedule: DiffusionSchedule, shape, method: str, steps: int,
+                      generator: torch.Generator, dev: torch.device) -> torch.Tensor:
+    """The loop from diffusers' pipelines (DDPMPipeline / DDIMPipeline), without the pipeline's
+    image post-processing: same betas, clipping on, fixed-small variance, eta = 0, and DDIM's
+    direction from the clipped x0 as ours (``use_clipped_model_output``)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=schedule.num_timesteps,
+                  trained_betas=schedule.betas.double().numpy(), clip_sample=True,
+                  prediction_type="epsilon")
+    if method == "ddpm":
+        sched = DDPMScheduler(variance_type="fixed_small", **common)
+    else:
+        sched = DDIMScheduler(set_alpha_to_one=True, timestep_spacing="linspace", **common)
+    sched.set_timesteps(steps, device=dev)
+    x = torch.randn(shape, generator=generator).to(dev)
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            eps = model(x, t.expand(shape[0]).to(dev))
+            if method == "ddpm":
+                x = sched.step(eps, t, x, generator=generator).prev_sample
+            else:
+                x = sched.step(eps, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+    return x
+
+
+def cross_check(model, schedule: DiffusionSchedule, steps: int, dev: torch.device) -> float:
+    """Max |ours - diffusers| after a DDIM (eta = 0) run on diffusers' timestep pairs."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=schedule.num_timesteps,
+                          trained_betas=schedule.betas.double().numpy(), clip_sample=True,
+                          set_alpha_to_one=True, timestep_spacing="linspace")
+    sched.set_timesteps(steps)
+    x_ours = x_theirs = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(0)).to(dev)
+    stride = schedule.num_timesteps // steps
+    with torch.inference_mode():
+        for t in sched.timesteps.tolist():
+            tt = torch.full((4,), t, device=dev, dtype=torch.long)
+            x_theirs = sched.step(model(x_theirs, tt), t, x_theirs, eta=0.0,
+                                  use_clipped_model_output=True).prev_sample
+            t_prev = max(t - stride, -1)
+            x_ours = diffusion.ddim_step(schedule, model(x_ours, tt), t, t_prev, x_ours).prev_sample
+    return float((x_ours - x_theirs).abs().max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="a DDPM checkpoint (default: random "
+                        "weights of the DDPM job's default U-Net; speed does not depend on them)")
+    parser.add_argument("--n", type=int, default=16, help="images per call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "samplers.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = device(args.device)
+    torch.manual_seed(0)
+    if args.checkpoint:
+        trained = load_ddpm(args.checkpoint)
+        model, schedule = trained.model, trained.schedule
+    else:
+        model = UNet(TINY if args.tiny else DEFAULT)
+        schedule = DiffusionSchedule.named("linear", 20 if args.tiny else 1000)
+    model = model.to(dev).eval()
+    T = schedule.num_timesteps
+    if args.tiny:
+        args.n, args.repeats = 2, 1
+    shape = (args.n, 1, 28, 28)
+    settings = [("ddim", 5), ("ddim", 10), ("ddpm", T)] if args.tiny else [
+        ("ddim", 20), ("ddim", 50), ("ddpm", T)]
+
+    def ours(method, steps):
+        def run():
+            diffusion.sample(model, schedule, shape, method=method, steps=steps, eta=0.0,
+                             generator=torch.Generator().manual_seed(0), device=dev)
+            sync(dev)
+        return run
+
+    def theirs(method, steps):
+        def run():
+            diffusers_sampler(model, schedule, shape, method, steps,
+                              torch.Generator().manual_seed(0), dev)
+            sync(dev)
+        return run
+
+    rows = []
+    for method, steps in settings:
+        t = interleaved({"ours": ours(method, steps), "diffusers": theirs(method, steps)},
+                        args.repeats)
+        rows.append({"sampler": f"{method.upper()}-{steps}", "method": method, "steps": steps,
+                     "ours": t["ours"], "diffusers": t["diffusers"],
+                     "speedup": ratio(t["diffusers"], t["ours"])})
+    ddim50 = rows[1]
+    ddpm = rows[2]
+    fewer = {k: ddpm[k]["median"] / ddim50[k]["median"] for k in ("ours", "diffusers")}
+    diff = cross_check(model, schedule, 10 if not args.tiny else 5, dev)
+    write_result(args.out, {"n": args.n, "timesteps": T, "checkpoint": args.checkpoint,
+                            "rows": rows, "ddpm_over_ddim": fewer, "ddpm_steps_over_ddim_steps":
+                            ddpm["steps"] / ddim50["steps"], "cross_check_max_abs_diff": diff})
+    print(f"{args.n} images per call, median (min–max) of {args.repeats} interleaved repeats, {dev}\n")
+    print("| sampler | ours s | diffusers s | ours × faster |\n|---|---:|---:|---:|")
+    for r in rows:
+        s = r["speedup"]
+        print(f"| {r['sampler']} | {fmt(r['ours'], digits=2)} | {fmt(r['diffusers'], digits=2)} "
+              f"| {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) |")
+    print(f"\n{ddpm['sampler']} / {ddim50['sampler']} wall time: ours {fewer['ours']:.1f}×, "
+          f"diffusers {fewer['diffusers']:.1f}× (step ratio {ddpm['steps'] / ddim50['steps']:.0f}×)")
+    print(f"cross-check, DDIM on diffusers' timesteps: max |ours − diffusers| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
