@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +22,15 @@ test: lint
 
 demo: $(STAMP)
 	$(PY) -m jobs.demo
+
+# Performance against plain PyTorch and diffusers (about 15 minutes on 2 CPU cores); the tables
+# in BENCHMARKS.md are regenerated from bench/results/*.json at the end.
+bench: $(STAMP)
+	$(PY) -m bench.ray_overhead
+	$(PY) -m bench.unet_speed
+	$(PY) -m bench.samplers
+	$(PY) -m bench.memory
+	$(PY) -m bench.tables
 
 clean:
 	rm -rf $(VENV) results

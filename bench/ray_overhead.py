@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, summary, write_result
+from bench.common import RESULTS, fmt, summary, write_result
 from bench.unet_speed import DEFAULT, TINY
 
 
@@ -178,18 +178,23 @@ def main() -> None:
               "ray_fixed_overhead_s": statistics.median(fit_s) - timed_s,
               "cpu_seconds_during_fit": cpu}
     write_result(args.out, result)
-    print(f"batch {args.batch}, {args.steps} timed steps, {args.threads} threads, "
-          f"median (min–max) of {args.repeats} alternating runs\n")
-    print("| loop | images/s |\n|---|---:|")
-    for name, s in (("plain PyTorch", plain), ("Ray TorchTrainer, 1 worker", in_ray)):
-        print(f"| {name} | {statistics.median(s):.1f} ({min(s):.1f}–{max(s):.1f}) |")
-    r = result["ratio"]
-    print(f"\nRay / plain: {r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f}); "
-          f"fixed cost per fit(): {result['ray_fixed_overhead_s']:.1f} s "
-          f"(fit() {statistics.median(fit_s):.1f} s in all)")
-    print("\nCPU seconds per process during the last fit():",
-          ", ".join(f"{k} {v:.1f}" for k, v in cpu[-1].items()))
+    print(markdown(result))
 
+
+def markdown(result: dict) -> str:
+    c = result["config"]
+    lines = [f"batch {c['batch']}, {c['steps']} timed steps, {c['threads']} threads, "
+             f"median (min–max) of {result['plain_images_per_s']['repeats']} alternating runs", "",
+             "| loop | images/s |", "|---|---:|"]
+    for name, key in (("plain PyTorch", "plain_images_per_s"),
+                      ("Ray TorchTrainer, 1 worker", "ray_images_per_s")):
+        lines.append(f"| {name} | {fmt(result[key], digits=1)} |")
+    r, fit = result["ratio"], result["ray_fit_wall_s"]
+    lines += ["", f"Ray / plain: {r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f}); fixed cost per "
+              f"fit(): {result['ray_fixed_overhead_s']:.1f} s (fit() {fit['median']:.1f} s in all)", "",
+              "CPU seconds per process during the last fit(): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_seconds_during_fit"][-1].items())]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

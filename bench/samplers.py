@@ -124,19 +124,29 @@ def main() -> None:
     ddpm = rows[2]
     fewer = {k: ddpm[k]["median"] / ddim50[k]["median"] for k in ("ours", "diffusers")}
     diff = cross_check(model, schedule, 10 if not args.tiny else 5, dev)
-    write_result(args.out, {"n": args.n, "timesteps": T, "checkpoint": args.checkpoint,
-                            "rows": rows, "ddpm_over_ddim": fewer, "ddpm_steps_over_ddim_steps":
-                            ddpm["steps"] / ddim50["steps"], "cross_check_max_abs_diff": diff})
-    print(f"{args.n} images per call, median (min–max) of {args.repeats} interleaved repeats, {dev}\n")
-    print("| sampler | ours s | diffusers s | ours × faster |\n|---|---:|---:|---:|")
+    result = {"n": args.n, "repeats": args.repeats, "device": str(dev), "timesteps": T,
+              "checkpoint": args.checkpoint, "rows": rows, "ddpm_over_ddim": fewer,
+              "ddpm_steps_over_ddim_steps": ddpm["steps"] / ddim50["steps"],
+              "cross_check_max_abs_diff": diff}
+    write_result(args.out, result)
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    lines = [f"{result['n']} images per call, median (min–max) of {result['repeats']} interleaved "
+             f"repeats, {result['device']}", "",
+             "| sampler | ours s | diffusers s | ours × faster |", "|---|---:|---:|---:|"]
     for r in rows:
         s = r["speedup"]
-        print(f"| {r['sampler']} | {fmt(r['ours'], digits=2)} | {fmt(r['diffusers'], digits=2)} "
-              f"| {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) |")
-    print(f"\n{ddpm['sampler']} / {ddim50['sampler']} wall time: ours {fewer['ours']:.1f}×, "
-          f"diffusers {fewer['diffusers']:.1f}× (step ratio {ddpm['steps'] / ddim50['steps']:.0f}×)")
-    print(f"cross-check, DDIM on diffusers' timesteps: max |ours − diffusers| = {diff:.2e}")
-
+        lines.append(f"| {r['sampler']} | {fmt(r['ours'], digits=2)} | {fmt(r['diffusers'], digits=2)} "
+                     f"| {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) |")
+    fewer = result["ddpm_over_ddim"]
+    lines += ["", f"{rows[2]['sampler']} / {rows[1]['sampler']} wall time: ours {fewer['ours']:.1f}×, "
+              f"diffusers {fewer['diffusers']:.1f}× (step ratio {result['ddpm_steps_over_ddim_steps']:.0f}×)",
+              f"cross-check, DDIM on diffusers' timesteps: max |ours − diffusers| = "
+              f"{result['cross_check_max_abs_diff']:.2e}"]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -147,20 +147,29 @@ def main() -> None:
         achieved = info[name]["train_flops_per_image"] * args.batch / step
         info[name]["train_flops_per_s"] = achieved
         info[name]["fraction_of_matmul_peak"] = achieved / peak["flops_per_s"]
-    write_result(args.out, {"batch": args.batch, "config": cfg.__dict__, "models": info,
-                            "rows": rows, "matmul_peak": peak})
-    print(f"batch {args.batch}, median (min–max) of {args.repeats} interleaved repeats, {dev}\n")
-    print("| model | parameters | forward MFLOP/image | train step GFLOP/s | of matmul peak |")
-    print("|---|---:|---:|---:|---:|")
-    for name, i in info.items():
-        print(f"| {name} | {i['params']:,} | {i['forward_flops_per_image'] / 1e6:.1f} "
-              f"| {i['train_flops_per_s'] / 1e9:.1f} | {100 * i['fraction_of_matmul_peak']:.0f}% |")
-    print(f"\nfloat32 matmul peak ({mm_n}²): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s\n")
-    print("| phase | ours s | diffusers s | ours × faster |\n|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['phase']} | {fmt(r['ours'])} | {fmt(r['diffusers'])} | "
-              f"{r['speedup']['median']:.2f} ({r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}) |")
+    result = {"batch": args.batch, "repeats": args.repeats, "device": str(dev),
+              "config": cfg.__dict__, "models": info, "rows": rows, "matmul_peak": peak}
+    write_result(args.out, result)
+    print(markdown(result))
 
+
+def markdown(result: dict) -> str:
+    """The tables of BENCHMARKS.md from a result."""
+    lines = [f"batch {result['batch']}, median (min–max) of {result['repeats']} interleaved "
+             f"repeats, {result['device']}", "",
+             "| model | parameters | forward MFLOP/image | train step GFLOP/s | of matmul peak |",
+             "|---|---:|---:|---:|---:|"]
+    for name, i in result["models"].items():
+        lines.append(f"| {name} | {i['params']:,} | {i['forward_flops_per_image'] / 1e6:.1f} "
+                     f"| {i['train_flops_per_s'] / 1e9:.1f} | {100 * i['fraction_of_matmul_peak']:.0f}% |")
+    peak = result["matmul_peak"]
+    lines += ["", f"float32 matmul peak ({peak['n']}²): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", "",
+              "| phase | ours s | diffusers s | ours × faster |", "|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        sp = r["speedup"]
+        lines.append(f"| {r['phase']} | {fmt(r['ours'])} | {fmt(r['diffusers'])} | "
+                     f"{sp['median']:.2f} ({sp['min']:.2f}–{sp['max']:.2f}) |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -31,3 +31,52 @@ def test_sampler_speed_bench_runs_tiny(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["sampler"] for r in rows] == ["ddpm", "ddim:5"]
     assert rows[0]["speedup_vs_ddpm"] == 1.0 and all(r["median_s"] > 0 for r in rows)
+
+
+def run_tiny(module: str, out, timeout: int = 300) -> dict:
+    run = subprocess.run([sys.executable, "-m", f"bench.{module}", "--tiny", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "|---|" in run.stdout  # printed its Markdown table
+    return json.loads(out.read_text())
+
+
+def test_unet_speed_bench_runs_tiny(tmp_path):
+    result = run_tiny("unet_speed", tmp_path / "unet.json")
+    assert {r["phase"] for r in result["rows"]} == {"train", "infer"}
+    ours, theirs = result["models"]["ours"]["params"], result["models"]["diffusers"]["params"]
+    assert abs(ours - theirs) / ours < 0.2  # matched as closely as the tiny widths allow
+    assert result["matmul_peak"]["flops_per_s"] > 0
+    assert 0 < result["models"]["ours"]["fraction_of_matmul_peak"]
+
+
+def test_samplers_bench_runs_tiny_and_matches_diffusers(tmp_path):
+    result = run_tiny("samplers", tmp_path / "samplers.json")
+    assert [r["sampler"] for r in result["rows"]] == ["DDIM-5", "DDIM-10", "DDPM-20"]
+    assert result["cross_check_max_abs_diff"] < 1e-4  # our DDIM step = diffusers' on their steps
+
+
+def test_memory_bench_runs_tiny(tmp_path):
+    rows = run_tiny("memory", tmp_path / "memory.json")["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == [("train", 4), ("sample", 2)]
+    assert all(r["peak_rss_mib"] >= r["baseline_rss_mib"] > 0 for r in rows)
+
+
+@pytest.mark.ray
+def test_ray_overhead_bench_runs_tiny(tmp_path):
+    result = run_tiny("ray_overhead", tmp_path / "ray.json", timeout=600)
+    assert result["plain_images_per_s"]["median"] > 0 and result["ray_images_per_s"]["median"] > 0
+    assert result["cpu_seconds_during_fit"][0]  # the per-process CPU meter saw processes
+
+
+def test_tables_are_regenerated_from_results(tmp_path):
+    from bench import tables
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# B\n\nbefore\n\n{tables.BEGIN}\nstale\n{tables.END}\n\nafter\n")
+    run = subprocess.run([sys.executable, "-m", "bench.tables", "--file", str(doc)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    text = doc.read_text()
+    assert "stale" not in text and "before" in text and "after" in text
+    assert "### Samplers against diffusers' schedulers, same network" in text
