@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -44,6 +44,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
 MAX_TEST_IMAGES = 256
 MAX_UPLOADS = 64
+STATIC = Path(__file__).resolve().parent / "static"  # the web page at /
+STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
 class Unavailable(HW4Error):
@@ -63,6 +65,7 @@ class Reloadable:
         self.history: list = []
         self.load_error: str | None = None
         self.loaded_at: float | None = None
+        self.storage = "results"
 
     def load(self, path: Path) -> Any:
         raise NotImplementedError
@@ -74,6 +77,7 @@ class Reloadable:
         old replicas are gone by then). With nothing registered and no explicit checkpoint, the
         replica starts empty and answers 503."""
         storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
+        self.storage = storage
         if not explicit and not registry_path(storage, self.kind).is_file():
             self.load_error = (f"no registered {self.kind} checkpoint under {storage}; train one "
                                "or set the checkpoint in the deployment's user_config")
@@ -102,6 +106,24 @@ class Reloadable:
                 "load_error": self.load_error, "loaded_at": self.loaded_at,
                 "metrics": m.metrics if m else None, "config": m.config if m else None,
                 "history": self.history, "pid": os.getpid()}
+
+
+def evaluation_summary(storage: str, checkpoint: Path | None) -> dict | None:
+    """Robustness curves of the newest ``jobs/evaluate.py`` report on this VAE checkpoint."""
+    if checkpoint is None:
+        return None
+    reports = sorted(Path(storage).glob("eval/*/report.json"), key=lambda p: p.stat().st_mtime,
+                     reverse=True)
+    for path in reports:
+        try:
+            vae = json.loads(path.read_text()).get("vae") or {}
+            if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() == checkpoint.resolve():
+                return {"report": str(path), "robustness": vae["robustness"],
+                        "clean_accuracy": vae.get("clean_accuracy"),
+                        "most_robust": vae.get("most_robust")}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+    return None
 
 
 def training_history(path: Path) -> list:
@@ -316,7 +338,7 @@ class VAEModel(Reloadable):
         return result
 
     async def info(self) -> dict:
-        return Reloadable.info(self)
+        return {**Reloadable.info(self), "evaluation": evaluation_summary(self.storage, self.path)}
 
 
 # --- the HTTP API ---------------------------------------------------------------------------------
@@ -465,11 +487,20 @@ api = FastAPI(title="hw4", version="1.0",
 api.state.token = None
 
 
+def is_page(request: Request) -> bool:
+    """The web page and its two files: public, so a browser can load them and ask for the token."""
+    path, prefix = request.url.path, request.scope.get("root_path") or ""
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):]
+    return request.method == "GET" and (path in ("", "/") or path.removeprefix("/static/")
+                                        in STATIC_TYPES)
+
+
 @api.middleware("http")
 async def guard(request: Request, call_next):
-    """Every route: the bearer token when one is set, and the body-size limit."""
+    """Every route but the page: the bearer token when one is set; the body-size limit."""
     token = request.app.state.token
-    if token is not None:
+    if token is not None and not is_page(request):
         given = request.headers.get("authorization", "")
         if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return JSONResponse({"detail": "missing or wrong bearer token"}, 401,
@@ -487,6 +518,19 @@ class Api:
                  token_env: str = TOKEN_ENV) -> None:
         self.ddpm, self.vae = ddpm, vae
         api.state.token = os.environ.get(token_env) or None  # read by ``guard``
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The playground: sampler, latent explorer, adversarial demo and model info, all
+        through this API (serve/static/)."""
+        return HTMLResponse((STATIC / "index.html").read_text(), headers={"Cache-Control": "no-cache"})
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name],
+                        headers={"Cache-Control": "no-cache"})
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -1,0 +1,203 @@
+"""The web page at ``/`` in a real browser: headless Chromium from the distribution's packages
+(``/usr/bin/chromium``, installed by ``.ci/run``), driven by Playwright, against the real Serve
+app on loopback with tiny checkpoints.
+
+``HW4_WEB_STORAGE=results HW4_WEB_SHOTS=docs/web pytest tests/test_web.py`` serves the trained
+models under ./results instead and saves the README's screenshots into docs/web/.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_storage, needs_data
+
+pytestmark = [pytest.mark.ray, needs_data]
+
+PORT = 8316
+URL = f"http://127.0.0.1:{PORT}"
+TOKEN_ENV, TOKEN = "HW4_TEST_WEB_TOKEN", "web-s3cret"
+CHROMIUM = os.environ.get("HW4_CHROMIUM", "/usr/bin/chromium")
+# as root in a container, with this machine's closed network: no sandbox, no background traffic
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def fake_report(storage: Path) -> None:
+    """An evaluation report on the served VAE, shaped as jobs/evaluate.py writes it."""
+    curve = {"untargeted": {str(e): {"accuracy": round(0.9 - 2 * e, 3)} for e in (0.0, 0.1, 0.2, 0.3)}}
+    report = {"vae": {"checkpoint": str(storage / "vae" / "checkpoint.pt"),
+                      "robustness": {m: {"fgsm": curve, "pgd": curve}
+                                     for m in ("pixel_cnn", "latent_classifier",
+                                               "reconstruct_then_classify")}}}
+    (storage / "eval" / "web").mkdir(parents=True)
+    (storage / "eval" / "web" / "report.json").write_text(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from serve.app import build_app
+
+    if os.environ.get("HW4_WEB_STORAGE"):
+        storage = Path(os.environ["HW4_WEB_STORAGE"]).resolve()
+    else:
+        storage = make_storage(tmp_path_factory.mktemp("web"))
+        fake_report(storage)
+    os.environ[TOKEN_ENV] = TOKEN
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        serve.run(build_app({"storage_path": str(storage)}), name="open", route_prefix="/")
+        serve.run(build_app({"storage_path": str(storage), "token_env": TOKEN_ENV}),
+                  name="secured", route_prefix="/secured")
+        yield storage
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop(TOKEN_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert shutil.which(CHROMIUM) or Path(CHROMIUM).is_file(), \
+        f"{CHROMIUM} missing: install Debian's chromium package (.ci/run does)"
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(server, browser):
+    """A fresh page at / that records console errors and uncaught exceptions."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(URL + "/")
+    pg.wait_for_selector("#l-preds tr")  # start-up done: info loaded, test image 0 decoded
+    yield pg
+    context.close()
+
+
+def shot(pg, selector: str, name: str, tmp_path: Path) -> None:
+    """Screenshot of one panel (into HW4_WEB_SHOTS when set, else the test's temp folder)."""
+    folder = Path(os.environ.get("HW4_WEB_SHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    pg.locator(selector).screenshot(path=str(path))
+    assert path.stat().st_size > 2000
+
+
+def test_page_loads_with_no_console_errors_and_shows_the_models(page, tmp_path):
+    assert page.title() == "hw4: VAE and DDPM playground"
+    assert page.locator("#status").inner_text() == "DDPM loaded, VAE loaded"
+    cards = page.locator("#i-out article")
+    assert cards.count() == 2 and "checkpoint" in cards.nth(0).inner_text()
+    assert page.locator("#i-out svg.chart").count() >= 1  # training curves from the history
+    assert page.locator("#a-curves svg.chart polyline").count() == 3  # robustness curves
+    unlabeled = page.evaluate("""[...document.querySelectorAll('input, select')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).length""")
+    assert unlabeled == 0
+    shot(page, "#info", "info", tmp_path)
+    assert page.errors == []
+
+
+def test_a_sample_is_generated_and_shown(page, tmp_path):
+    page.fill("#s-steps", "5")
+    page.fill("#s-n", "8")
+    page.click("#s-go")
+    img = page.wait_for_selector("#s-out figure img")
+    page.wait_for_function("document.querySelector('#s-out img').naturalWidth > 0")
+    assert "DDIM-5" in page.inner_text("#s-out figcaption") and " s on the server" in page.inner_text(
+        "#s-out figcaption")
+    assert img.get_attribute("src").startswith("data:image/png;base64,")
+    page.click("#s-compare")  # DDPM over all T steps and DDIM-50 (or T) with the same seed
+    page.wait_for_function("document.querySelectorAll('#s-out figure').length === 2", timeout=300_000)
+    assert page.inner_text("#s-out figure:nth-child(1) figcaption").startswith("DDPM-")
+    assert page.inner_text("#s-out figure:nth-child(2) figcaption").startswith("DDIM-")
+    shot(page, "#sampler", "sampler", tmp_path)
+    assert page.errors == []
+
+
+def test_a_latent_slider_changes_the_decoded_image(page, tmp_path):
+    before = page.get_attribute("#l-decoded", "src")
+    page.focus("#z0")
+    for _ in range(30):  # the keyboard alone moves the slider: +1.5 on z0
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"document.querySelector('#l-decoded').src !== {json.dumps(before)}")
+    assert page.locator("#l-preds tr").count() == 4  # header + three classifiers
+    page.fill("#l-dims", "0,1")
+    page.click("#l-traverse")
+    page.wait_for_selector("#l-traversal:not([hidden])")
+    shot(page, "#latent", "latent", tmp_path)
+    assert page.errors == []
+
+
+def test_an_attack_runs_and_shows_predictions(page, tmp_path):
+    page.fill("#a-index", "3")
+    page.select_option("#a-attack", "pgd")
+    page.locator("#a-eps").fill("0.1")
+    page.click("#a-go")
+    page.wait_for_selector(".attack-grid")
+    cards = page.locator(".attack-grid > div")
+    assert cards.count() == 3  # one per classifier, beside the original
+    text = page.inner_text(".attack-grid")
+    assert "clean:" in text and "attacked:" in text and "ε=0.1" in text
+    assert page.locator(".attack-grid canvas").count() == 3  # the amplified perturbations
+    shot(page, "#attack", "attack", tmp_path)
+    assert page.errors == []
+
+
+def test_bad_input_shows_a_readable_error(page):
+    page.fill("#s-n", "500")  # caught in the page
+    page.click("#s-go")
+    assert page.inner_text("#sampler-error") == "Error: Images must be a whole number from 1 to 64"
+    page.fill("#s-n", "2")
+    page.fill("#s-steps", "1000")  # more DDIM steps than the model has: the API's 400, in words
+    page.click("#s-go")
+    page.wait_for_function("document.querySelector('#sampler-error').innerText.includes('steps')")
+    message = page.inner_text("#sampler-error")
+    assert message.startswith("Error: steps must be at most") and "HTTP" not in message
+    page.fill("#l-index", "")  # an empty number field
+    page.click("#l-load")
+    assert "Test image must be a whole number" in page.inner_text("#latent-error")
+    # the API's own validation (422) read out as field: message
+    page.evaluate("document.querySelector('#l-dims').value = '0,99'")
+    page.click("#l-traverse")
+    page.wait_for_function("!document.querySelector('#latent-error').hidden")
+    assert "dims must be below the latent size" in page.inner_text("#latent-error")
+    # only the API's 4xx answers were logged by the browser
+    assert all("status of 4" in e for e in page.errors), page.errors
+
+
+def test_the_page_asks_for_the_token_when_the_server_wants_one(server, browser):
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.goto(URL + "/secured/")  # the page itself is public
+    pg.wait_for_function("document.querySelector('#status').innerText.includes('token')")
+    assert pg.is_visible("#token-needed")
+    pg.fill("#token", TOKEN)
+    pg.click("#token-form button")
+    pg.wait_for_function("document.querySelector('#status').innerText === 'DDPM loaded, VAE loaded'")
+    pg.wait_for_selector("#l-preds tr")
+    context.close()
+
+
+def test_phone_width_has_no_sideways_scroll(server, browser, tmp_path):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    pg = context.new_page()
+    pg.goto(URL + "/")
+    pg.wait_for_selector("#l-preds tr")
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 391
+    folder = Path(os.environ.get("HW4_WEB_SHOTS") or tmp_path)
+    pg.screenshot(path=str(folder / "phone.png"))
+    context.close()
