@@ -1,7 +1,9 @@
 """Our samplers against diffusers' ``DDIMScheduler`` / ``DDPMScheduler`` driving the same
 network with the same betas, interleaved in one process: DDIM-20, DDIM-50 and DDPM-1000, and
-the wall-time ratio DDPM-1000 / DDIM-50. A cross-check runs our ``ddim_step`` on diffusers'
-own timestep pairs from the same x_T and reports the largest difference of the outputs.
+the wall-time ratio DDPM-1000 / DDIM-50. Each setting is also timed with a network that costs
+next to nothing, which isolates the sampler loops' own cost per step (the only part that differs
+between the two). A cross-check runs our ``ddim_step`` on diffusers' own timestep pairs from the
+same x_T and reports the largest difference of the outputs.
 
     python -m bench.samplers                          # default U-Net (random weights), n = 16
     python -m bench.samplers --checkpoint results/demo-ddpm/artifacts/checkpoint.pt
@@ -99,27 +101,35 @@ def main() -> None:
     settings = [("ddim", 5), ("ddim", 10), ("ddpm", T)] if args.tiny else [
         ("ddim", 20), ("ddim", 50), ("ddpm", T)]
 
-    def ours(method, steps):
+    def ours(method, steps, net=model):
         def run():
-            diffusion.sample(model, schedule, shape, method=method, steps=steps, eta=0.0,
+            diffusion.sample(net, schedule, shape, method=method, steps=steps, eta=0.0,
                              generator=torch.Generator().manual_seed(0), device=dev)
             sync(dev)
         return run
 
-    def theirs(method, steps):
+    def theirs(method, steps, net=model):
         def run():
-            diffusers_sampler(model, schedule, shape, method, steps,
+            diffusers_sampler(net, schedule, shape, method, steps,
                               torch.Generator().manual_seed(0), dev)
             sync(dev)
         return run
 
+    def null_net(x, t):  # costs next to nothing: what is left is the sampler's own loop
+        return 0.1 * x
+
+    ours("ddim", 2)()  # warm-up: the network's first calls, both loops' imports
+    theirs("ddim", 2)()
     rows = []
     for method, steps in settings:
         t = interleaved({"ours": ours(method, steps), "diffusers": theirs(method, steps)},
-                        args.repeats)
+                        args.repeats, warmup=0)
+        loop = interleaved({"ours": ours(method, steps, null_net),
+                            "diffusers": theirs(method, steps, null_net)}, 5)
         rows.append({"sampler": f"{method.upper()}-{steps}", "method": method, "steps": steps,
                      "ours": t["ours"], "diffusers": t["diffusers"],
-                     "speedup": ratio(t["diffusers"], t["ours"])})
+                     "speedup": ratio(t["diffusers"], t["ours"]),
+                     "loop_ms_per_step": {k: 1000 * v["median"] / steps for k, v in loop.items()}})
     ddim50 = rows[1]
     ddpm = rows[2]
     fewer = {k: ddpm[k]["median"] / ddim50[k]["median"] for k in ("ours", "diffusers")}
@@ -136,11 +146,13 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     lines = [f"{result['n']} images per call, median (min–max) of {result['repeats']} interleaved "
              f"repeats, {result['device']}", "",
-             "| sampler | ours s | diffusers s | ours × faster |", "|---|---:|---:|---:|"]
+             "| sampler | ours s | diffusers s | ours × faster | loop alone, ms/step: ours | diffusers |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        s = r["speedup"]
+        s, loop = r["speedup"], r["loop_ms_per_step"]
         lines.append(f"| {r['sampler']} | {fmt(r['ours'], digits=2)} | {fmt(r['diffusers'], digits=2)} "
-                     f"| {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) |")
+                     f"| {s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f}) "
+                     f"| {loop['ours']:.3f} | {loop['diffusers']:.3f} |")
     fewer = result["ddpm_over_ddim"]
     lines += ["", f"{rows[2]['sampler']} / {rows[1]['sampler']} wall time: ours {fewer['ours']:.1f}×, "
               f"diffusers {fewer['diffusers']:.1f}× (step ratio {result['ddpm_steps_over_ddim_steps']:.0f}×)",

@@ -62,16 +62,22 @@ async function run(button, errorId, work) {
 }
 
 function intIn(id, lo, hi, name) {
-  const v = Number($(id).value);
-  if (!Number.isInteger(v) || v < lo || v > hi) {
+  const text = $(id).value.trim(), v = Number(text);
+  if (text === "" || !Number.isInteger(v) || v < lo || v > hi) {
     throw new Error(`${name} must be a whole number from ${lo} to ${hi}`);
   }
   return v;
 }
 
-function figure(src, caption, alt) {
+// Show a 28-px-per-image PNG ``scale`` times larger (crisp: style.css renders pixelated).
+function enlarge(img, scale) {
+  img.addEventListener("load", () => { img.style.width = img.naturalWidth * scale + "px"; });
+}
+
+function figure(src, caption, alt, scale = 3) {
   const f = document.createElement("figure");
   const img = new Image();
+  enlarge(img, scale);
   img.src = src;
   img.alt = alt || caption;
   const c = document.createElement("figcaption");
@@ -167,6 +173,7 @@ async function reconstruct(image) {
     input.setAttribute("aria-label", "latent dimension " + i);
     out.value = m.toFixed(2);
     input.addEventListener("input", () => { out.value = Number(input.value).toFixed(2); scheduleDecode(); });
+    label.htmlFor = input.id;
     label.append(`z${i} `, out, input);
     box.append(label);
   });
@@ -264,11 +271,10 @@ async function attack() {
     const said = (p) => `${CLASSES[p.class[0]]} ${(100 * p.confidence[0]).toFixed(0)}%`;
     const ok = adv.class[0] === label;
     card.innerHTML = `<h4>${MODEL_NAMES[name] || name}</h4>`;
-    card.append(figure(advSrc, `adversarial (ε=${eps})`),
-                Object.assign(document.createElement("figure"), {}));
-    const pf = card.lastChild;
-    pf.append(await perturbation(orig, advSrc, gain),
-              Object.assign(document.createElement("figcaption"), {textContent: `perturbation ×${gain.toFixed(1)}`}));
+    const pf = document.createElement("figure");
+    pf.append(await perturbation(orig, advSrc, gain), Object.assign(
+      document.createElement("figcaption"), {textContent: `perturbation ×${gain.toFixed(1)}`}));
+    card.append(figure(advSrc, `adversarial (ε=${eps})`), pf);
     const p = document.createElement("p");
     p.innerHTML = `clean: ${said(clean)}<br>attacked: <span class="${ok ? "ok" : "wrong"}">${said(adv)} ` +
                   `${ok ? "(still right)" : "(fooled)"}</span>`;
@@ -360,6 +366,10 @@ async function loadInfo() {
 }
 
 // --- start ----------------------------------------------------------------------------------------
+
+enlarge($("l-recon"), 3);
+enlarge($("l-decoded"), 4);
+enlarge($("l-traversal"), 2);
 
 async function start() {
   try {
