@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -71,6 +75,20 @@ def matched_diffusers(cfg: UNetConfig, target: int) -> DiffusersEps:
     return min((diffusers_unet(cfg, w) for w in widths), key=lambda m: abs(n_params(m) - target))
 
 
+def unet_at(ref: str, cfg: UNetConfig, like: nn.Module) -> nn.Module:
+    """Our U-Net as ``hw4/models/unet.py`` was at git commit ``ref``, with ``like``'s weights:
+    the before side of an optimisation, timed in the same run."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "show", f"{ref}:hw4/models/unet.py"], cwd=root, check=True,
+                         capture_output=True, text=True).stdout
+    module = types.ModuleType(f"unet_at_{ref}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(src, f"{ref}:hw4/models/unet.py", "exec"), module.__dict__)
+    old = module.UNet(module.UNetConfig(**cfg.__dict__))
+    old.load_state_dict(like.state_dict())
+    return old
+
+
 def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -95,6 +113,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--against-ref", default=None, metavar="COMMIT",
+                        help="also time our U-Net as it was at this git commit")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "unet_speed.json"))
     args = parser.parse_args()
@@ -107,6 +127,8 @@ def main() -> None:
     torch.manual_seed(0)
     models = {"ours": UNet(cfg)}
     models["diffusers"] = matched_diffusers(cfg, n_params(models["ours"]))
+    if args.against_ref:
+        models[f"ours@{args.against_ref}"] = unet_at(args.against_ref, cfg, models["ours"])
     schedule = DiffusionSchedule.named("linear", 1000).to(dev)
     x0 = torch.rand(args.batch, 1, 28, 28, device=dev) * 2 - 1
     t = torch.randint(0, 1000, (args.batch,), device=dev)
@@ -140,14 +162,17 @@ def main() -> None:
     rows = []
     for phase, t_ in timings.items():
         r = ratio(t_["diffusers"], t_["ours"])
+        if args.against_ref:
+            r["ours_vs_ref"] = ratio(t_[f"ours@{args.against_ref}"], t_["ours"])
         rows.append({"phase": phase, "ours": t_["ours"], "diffusers": t_["diffusers"],
+                     "ref": t_.get(f"ours@{args.against_ref}"),
                      "speedup": r, "images_per_s": {k: args.batch / v["median"] for k, v in t_.items()}})
     for name in models:
         step = timings["train"][name]["median"]
         achieved = info[name]["train_flops_per_image"] * args.batch / step
         info[name]["train_flops_per_s"] = achieved
         info[name]["fraction_of_matmul_peak"] = achieved / peak["flops_per_s"]
-    result = {"batch": args.batch, "repeats": args.repeats, "device": str(dev),
+    result = {"batch": args.batch, "repeats": args.repeats, "device": str(dev), "ref": args.against_ref,
               "config": cfg.__dict__, "models": info, "rows": rows, "matmul_peak": peak}
     write_result(args.out, result)
     print(markdown(result))
@@ -169,6 +194,14 @@ def markdown(result: dict) -> str:
         sp = r["speedup"]
         lines.append(f"| {r['phase']} | {fmt(r['ours'])} | {fmt(r['diffusers'])} | "
                      f"{sp['median']:.2f} ({sp['min']:.2f}–{sp['max']:.2f}) |")
+    if result.get("ref"):
+        lines += ["", f"Ours against ours at commit {result['ref']} (before this round of "
+                  "optimisations), same weights, same run:", "",
+                  f"| phase | at {result['ref']} s | now s | now × faster |", "|---|---:|---:|---:|"]
+        for r in result["rows"]:
+            v = r["speedup"]["ours_vs_ref"]
+            lines.append(f"| {r['phase']} | {fmt(r['ref'])} | {fmt(r['ours'])} | "
+                         f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}) |")
     return "\n".join(lines)
 
 if __name__ == "__main__":
