@@ -15,6 +15,7 @@ import argparse
 import math
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -89,6 +90,30 @@ def unet_at(ref: str, cfg: UNetConfig, like: nn.Module) -> nn.Module:
     return old
 
 
+PROFILE_GROUPS = [  # (group, substrings of aten op names), first match wins
+    ("convolutions", ("conv",)), ("dropout", ("bernoulli", "dropout")), ("GroupNorm", ("group_norm",)),
+    ("SiLU / GELU", ("silu", "gelu")), ("matmuls and attention", ("mm", "softmax", "attention")),
+    ("optimizer", ("_foreach", "adam")),
+]
+
+
+def profile_shares(step, steps: int = 2) -> dict[str, float]:
+    """Share of the training step's self CPU time by kind of op (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    shares: dict[str, float] = {}
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    for e in events:
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in e.key.lower() for k in keys)),
+                     "everything else")
+        shares[group] = shares.get(group, 0.0) + e.self_cpu_time_total / total
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -115,6 +140,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--against-ref", default=None, metavar="COMMIT",
                         help="also time our U-Net as it was at this git commit")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our U-Net under torch.compile (minutes of compiling)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "unet_speed.json"))
     args = parser.parse_args()
@@ -129,6 +156,10 @@ def main() -> None:
     models["diffusers"] = matched_diffusers(cfg, n_params(models["ours"]))
     if args.against_ref:
         models[f"ours@{args.against_ref}"] = unet_at(args.against_ref, cfg, models["ours"])
+    if args.compile:
+        twin = UNet(cfg)
+        twin.load_state_dict(models["ours"].state_dict())
+        models["ours+compile"] = torch.compile(twin)
     schedule = DiffusionSchedule.named("linear", 1000).to(dev)
     x0 = torch.rand(args.batch, 1, 28, 28, device=dev) * 2 - 1
     t = torch.randint(0, 1000, (args.batch,), device=dev)
@@ -152,6 +183,12 @@ def main() -> None:
         model.to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
         train_fns[name], infer_fns[name] = train_step(model, opt), infer(model)
+        if name == "ours+compile":  # same network as ours: same FLOPs; time the compiling
+            t0 = time.perf_counter()
+            train_fns[name]()
+            infer_fns[name]()
+            info[name] = {**info["ours"], "compile_s": time.perf_counter() - t0}
+            continue
         model.train()
         flops = count_flops(train_fns[name])
         model.eval()
@@ -159,20 +196,21 @@ def main() -> None:
                       "forward_flops_per_image": count_flops(infer_fns[name]) / args.batch}
     timings = {"train": interleaved(train_fns, args.repeats), "infer": interleaved(infer_fns, args.repeats)}
     peak = matmul_peak(mm_n, args.repeats, dev)
+    profiles = {name: profile_shares(train_fns[name]) for name in ("ours", "diffusers")}
     rows = []
     for phase, t_ in timings.items():
-        r = ratio(t_["diffusers"], t_["ours"])
-        if args.against_ref:
-            r["ours_vs_ref"] = ratio(t_[f"ours@{args.against_ref}"], t_["ours"])
         rows.append({"phase": phase, "ours": t_["ours"], "diffusers": t_["diffusers"],
-                     "ref": t_.get(f"ours@{args.against_ref}"),
-                     "speedup": r, "images_per_s": {k: args.batch / v["median"] for k, v in t_.items()}})
+                     "speedup": ratio(t_["diffusers"], t_["ours"]),
+                     "variants": {k: {**v, "vs_ours": ratio(t_["ours"], v)} for k, v in t_.items()
+                                  if k not in ("ours", "diffusers")},
+                     "images_per_s": {k: args.batch / v["median"] for k, v in t_.items()}})
     for name in models:
         step = timings["train"][name]["median"]
         achieved = info[name]["train_flops_per_image"] * args.batch / step
         info[name]["train_flops_per_s"] = achieved
         info[name]["fraction_of_matmul_peak"] = achieved / peak["flops_per_s"]
     result = {"batch": args.batch, "repeats": args.repeats, "device": str(dev), "ref": args.against_ref,
+              "train_step_profile": profiles,
               "config": cfg.__dict__, "models": info, "rows": rows, "matmul_peak": peak}
     write_result(args.out, result)
     print(markdown(result))
@@ -194,15 +232,28 @@ def markdown(result: dict) -> str:
         sp = r["speedup"]
         lines.append(f"| {r['phase']} | {fmt(r['ours'])} | {fmt(r['diffusers'])} | "
                      f"{sp['median']:.2f} ({sp['min']:.2f}–{sp['max']:.2f}) |")
-    if result.get("ref"):
-        lines += ["", f"Ours against ours at commit {result['ref']} (before this round of "
-                  "optimisations), same weights, same run:", "",
-                  f"| phase | at {result['ref']} s | now s | now × faster |", "|---|---:|---:|---:|"]
+    if result.get("train_step_profile"):
+        prof = result["train_step_profile"]
+        groups = list(prof["ours"])
+        lines += ["", "Where a training step's CPU time goes (torch.profiler, self time):", "",
+                  "| op kind | " + " | ".join(prof) + " |", "|---|" + "---:|" * len(prof)]
+        for g in groups:
+            lines.append(f"| {g} | " + " | ".join(f"{100 * p.get(g, 0):.1f}%" for p in prof.values()) + " |")
+    if "ours+compile" in result["models"]:
+        lines += ["", f"torch.compile: {result['models']['ours+compile']['compile_s']:.0f} s of "
+                  "compiling before the first training step and inference call."]
+    variants = list(result["rows"][0].get("variants", {}))
+    if variants:
+        lines += ["", "Variants of ours, same weights, same run (`ours@COMMIT`: the U-Net as it was at "
+                  "that commit, before this round of optimisations):", "",
+                  "| phase | variant | s | speed relative to ours now |", "|---|---|---:|---:|"]
         for r in result["rows"]:
-            v = r["speedup"]["ours_vs_ref"]
-            lines.append(f"| {r['phase']} | {fmt(r['ref'])} | {fmt(r['ours'])} | "
-                         f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}) |")
+            for name, v in r["variants"].items():
+                q = v["vs_ours"]
+                lines.append(f"| {r['phase']} | {name} | {fmt(v)} | "
+                             f"{q['median']:.2f} ({q['min']:.2f}–{q['max']:.2f}) |")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

@@ -157,3 +157,21 @@ def test_generator_blocks_give_each_request_its_own_noise(method, eta):
     assert torch.allclose(batched, torch.cat(alone), atol=1e-6)
     with pytest.raises(Exception, match="cover 5 rows"):
         D.sample(model, s, (4, 1, 4, 4), generator=blocks, **kw)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_one_timestep_as_an_int_gives_the_per_row_tensor_answer(prediction):
+    """Samplers pass t as an int (Python-float coefficients, no gathers or device syncs); the
+    result must equal the per-row tensor path that training uses."""
+    s = D.DiffusionSchedule.named("cosine", 100)
+    gen = torch.Generator().manual_seed(0)
+    xt, out, x0 = (torch.randn(3, 1, 4, 4, generator=gen) for _ in range(3))
+    for t in (0, 37, 99):
+        tt = torch.full((3,), t, dtype=torch.long)
+        for a, b in zip(D.predict_x0_eps(s, out, xt, t, prediction),
+                        D.predict_x0_eps(s, out, xt, tt, prediction), strict=True):
+            torch.testing.assert_close(a, b)
+        mean_i, var_i, logvar_i = D.q_posterior(s, x0, xt, t)
+        mean_t, var_t, logvar_t = D.q_posterior(s, x0, xt, tt)
+        torch.testing.assert_close(mean_i, mean_t)
+        assert var_i == pytest.approx(float(var_t[0])) and logvar_i == pytest.approx(float(logvar_t[0]))
