@@ -234,7 +234,7 @@ def markdown(result: dict) -> str:
                      f"{sp['median']:.2f} ({sp['min']:.2f}–{sp['max']:.2f}) |")
     if result.get("train_step_profile"):
         prof = result["train_step_profile"]
-        groups = list(prof["ours"])
+        groups = list(dict.fromkeys(g for p in prof.values() for g in p))
         lines += ["", "Where a training step's CPU time goes (torch.profiler, self time):", "",
                   "| op kind | " + " | ".join(prof) + " |", "|---|" + "---:|" * len(prof)]
         for g in groups:
