@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, fmt, summary, write_result
+from bench.common import RESULTS, fmt, ratio, summary, write_result
 from bench.unet_speed import DEFAULT, TINY
 
 
@@ -168,12 +168,10 @@ def main() -> None:
                 cpu.append(used)
     finally:
         ray.shutdown()
-    per_round = [r / p for r, p in zip(in_ray, plain, strict=True)]
     timed_s = args.batch * args.steps / statistics.median(in_ray)
     result = {"config": config, "plain_images_per_s": summary(plain),
               "ray_images_per_s": summary(in_ray),
-              "ratio": {"median": statistics.median(in_ray) / statistics.median(plain),
-                        "min": min(per_round), "max": max(per_round)},
+              "ratio": ratio(summary(in_ray), summary(plain)),  # Ray / plain, paired by round
               "ray_fit_wall_s": summary(fit_s),
               "ray_fixed_overhead_s": statistics.median(fit_s) - timed_s,
               "cpu_seconds_during_fit": cpu}
