@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,8 @@ def sync(dev: torch.device) -> None:
 def write_result(path: str | Path, result: dict) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(), **result}
+    command = " ".join([f"python -m bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
+    result = {"machine": machine(), "command": command, **result}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)

@@ -22,7 +22,7 @@ SECTIONS = [  # (title, command, goal, result file, module)
      "ours ≥ 1.0× in both phases", "unet_speed.json", unet_speed),
     ("Samplers against diffusers' schedulers, same network", "python -m bench.samplers",
      "ours ≥ 1.0×; DDPM-1000 / DDIM-50 ≥ 19×", "samplers.json", samplers),
-    ("Peak memory per batch size", "python -m bench.memory", "(measured, no goal)",
+    ("Peak memory per batch size", "python -m bench.memory", "none, measured",
      "memory.json", memory),
 ]
 
@@ -41,7 +41,8 @@ def block(results: Path = RESULTS) -> str:
             parts.append(f"\nMachine: {m['cpu']}, {m['cpus']} CPUs, {m['torch_threads']} torch "
                          f"threads, torch {m['torch']}, Python {m['python']}, device {m['device']}.")
             first = False
-        parts.append(f"\n### {title}\n\n`{command}` (goal: {goal})\n\n{module.markdown(result)}")
+        parts.append(f"\n### {title}\n\n`{result.get('command', command)}` (goal: {goal})\n\n"
+                     f"{module.markdown(result)}")
     parts.append(END)
     return "\n".join(parts) + "\n"
 
