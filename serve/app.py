@@ -112,9 +112,13 @@ def evaluation_summary(storage: str, checkpoint: Path | None) -> dict | None:
     """Robustness curves of the newest ``jobs/evaluate.py`` report on this VAE checkpoint."""
     if checkpoint is None:
         return None
-    reports = sorted(Path(storage).glob("eval/*/report.json"), key=lambda p: p.stat().st_mtime,
-                     reverse=True)
-    for path in reports:
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # deleted meanwhile
+            return 0.0
+
+    for path in sorted(Path(storage).glob("eval/*/report.json"), key=mtime, reverse=True):
         try:
             vae = json.loads(path.read_text()).get("vae") or {}
             if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() == checkpoint.resolve():
