@@ -338,20 +338,25 @@ function modelCard(kind, m) {
   details.innerHTML = "<summary>training config</summary>";
   details.append(Object.assign(document.createElement("pre"), {textContent: JSON.stringify(m.config, null, 2)}));
   card.append(details);
+  // one curve per (training phase, metric): the VAE job's classifier epochs follow its VAE epochs
   const hist = m.history || [];
-  const keys = [...new Set(hist.flatMap((h) => Object.keys(h)))]
-    .filter((k) => !SKIP.has(k) && hist.some((h) => typeof h[k] === "number"));
+  const curves = {};
+  for (const h of hist) {
+    for (const [k, v] of Object.entries(h)) {
+      if (SKIP.has(k) || typeof v !== "number") continue;
+      const name = h.phase ? `${k} (${h.phase})` : k;
+      (curves[name] = curves[name] || []).push([curves[name].length + 1, v]);
+    }
+  }
+  const keys = Object.keys(curves);
   if (keys.length) {
     const label = document.createElement("label");
     const select = document.createElement("select");
     select.innerHTML = keys.map((k) => `<option>${k}</option>`).join("");
-    select.value = keys.find((k) => k.includes("loss")) || keys[0];
+    select.value = keys.find((k) => k.startsWith("val_loss")) || keys.find((k) => k.includes("loss")) || keys[0];
     label.append("training curve ", select);
     const plot = document.createElement("div");
-    const draw = () => {
-      const pts = hist.map((h, i) => [i + 1, h[select.value]]).filter(([, v]) => typeof v === "number");
-      plot.replaceChildren(chart({[select.value]: pts}, "epoch", select.value));
-    };
+    const draw = () => plot.replaceChildren(chart({[select.value]: curves[select.value]}, "epoch", select.value));
     select.addEventListener("change", draw);
     draw();
     card.append(label, plot);
