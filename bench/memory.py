@@ -4,7 +4,7 @@
     python -m bench.memory                   # default U-Net; train 32/128/512, sample 16/64/256
     python -m bench.memory --tiny            # tiny model, one size each (seconds; for tests)
 
-Writes bench/results/memory.json (or --out) and prints a Markdown table.
+Writes bench/measurements/memory.json (or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations

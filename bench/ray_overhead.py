@@ -6,7 +6,7 @@ the throughput excludes Ray's start-up, which is reported on its own.
     python -m bench.ray_overhead                 # default U-Net, batch 128, 20 timed steps
     python -m bench.ray_overhead --tiny          # tiny model, random data (seconds; for tests)
 
-Writes bench/results/ray_overhead.json (or --out) and prints a Markdown table.
+Writes bench/measurements/ray_overhead.json (or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations

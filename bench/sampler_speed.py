@@ -4,7 +4,7 @@ column of the sampler-grid table (``jobs/evaluate.py`` gives the FID column).
     python bench/sampler_speed.py --n 64 --repeats 3
     python bench/sampler_speed.py --tiny        # a tiny random model (seconds; for tests)
 
-Writes bench/results/sampler_speed.json (or --out) and prints a Markdown table.
+Writes bench/measurements/sampler_speed.json (or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--out", default="bench/results/sampler_speed.json")
+    parser.add_argument("--out", default="bench/measurements/sampler_speed.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

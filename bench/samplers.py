@@ -9,7 +9,7 @@ same x_T and reports the largest difference of the outputs.
     python -m bench.samplers --checkpoint results/demo-ddpm/artifacts/checkpoint.pt
     python -m bench.samplers --tiny                   # tiny model, 20 steps (seconds; for tests)
 
-Writes bench/results/samplers.json (or --out) and prints a Markdown table.
+Writes bench/measurements/samplers.json (or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations

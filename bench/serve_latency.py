@@ -5,7 +5,7 @@ same sampler (same checkpoint, request size and torch threads as the replica).
     python bench/serve_latency.py                        # the registry's DDPM under ./results
     python bench/serve_latency.py --tiny                 # a tiny random model (seconds; for tests)
 
-Writes bench/results/serve_latency.json (or --out) and prints a Markdown table.
+Writes bench/measurements/serve_latency.json (or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps per request")
     parser.add_argument("--port", type=int, default=8314)
     parser.add_argument("--tiny", action="store_true", help="tiny random model, 2 requests")
-    parser.add_argument("--out", default="bench/results/serve_latency.json")
+    parser.add_argument("--out", default="bench/measurements/serve_latency.json")
     args = parser.parse_args()
 
     import ray

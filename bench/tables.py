@@ -1,4 +1,4 @@
-"""Regenerate BENCHMARKS.md's performance tables from bench/results/*.json.
+"""Regenerate BENCHMARKS.md's performance tables from bench/measurements/*.json.
 
     python -m bench.tables              # rewrite the block between the bench markers in place
     python -m bench.tables --print      # print it instead
@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import memory, ray_overhead, samplers, unet_speed
 from bench.common import RESULTS
 
-BEGIN = "<!-- bench:begin: `python -m bench.tables` writes this block from bench/results/ -->"
+BEGIN = "<!-- bench:begin: `python -m bench.tables` writes this block from bench/measurements/ -->"
 END = "<!-- bench:end -->"
 SECTIONS = [  # (title, command, goal, result file, module)
     ("Ray Train overhead", "python -m bench.ray_overhead",

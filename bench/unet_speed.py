@@ -6,7 +6,7 @@ machine's measured float32 matmul peak.
     python -m bench.unet_speed                  # the DDPM job's default U-Net, batch 128
     python -m bench.unet_speed --tiny           # tiny models, 2 repeats (seconds; for tests)
 
-Writes bench/results/unet_speed.json (or --out) and prints Markdown tables.
+Writes bench/measurements/unet_speed.json (or --out) and prints Markdown tables.
 """
 
 from __future__ import annotations
