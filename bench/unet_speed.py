@@ -27,9 +27,9 @@ from bench.common import RESULTS, device, fmt, interleaved, ratio, sync, write_r
 from hw4 import train
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
+from jobs.train_ddpm import DDPMJobConfig
 
-DEFAULT = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
-                     attention_resolutions=(4,), num_heads=4, dropout=0.1, groups=8)  # train_ddpm's
+DEFAULT = DDPMJobConfig().unet()  # the U-Net that jobs/train_ddpm.py trains by default
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
                   groups=4, dropout=0.1)
 

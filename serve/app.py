@@ -100,6 +100,9 @@ class Reloadable:
             raise Unavailable(f"no {self.kind} model is loaded: {self.load_error}")
         return self.model
 
+    async def loaded(self) -> bool:
+        return self.model is not None
+
     def info(self) -> dict:
         m = self.model
         return {"loaded": m is not None, "checkpoint": str(self.path) if self.path else None,
@@ -538,8 +541,8 @@ class Api:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        ddpm, vae = await asyncio.gather(self.ddpm.info.remote(), self.vae.info.remote())
-        return {"status": "ok", "models": {"ddpm": ddpm["loaded"], "vae": vae["loaded"]}}
+        ddpm, vae = await asyncio.gather(self.ddpm.loaded.remote(), self.vae.loaded.remote())
+        return {"status": "ok", "models": {"ddpm": ddpm, "vae": vae}}
 
     @api.get("/info")
     async def info(self) -> dict:

@@ -124,10 +124,13 @@ function chart(series, xlabel, ylabel) {
 
 // --- sampler --------------------------------------------------------------------------------------
 
+// the served DDPM's number of diffusion steps T (DDPM sampling always takes all of them)
+function servedT() { return (info && info.ddpm.config && info.ddpm.config.timesteps) || 1000; }
+
 async function sample(params) {
   const t0 = performance.now();
   const r = await api("ddpm/sample", {...params, format: "json"});
-  const label = params.sampler === "ddpm" ? "DDPM-all steps" : `DDIM-${params.steps}, η=${params.eta}`;
+  const label = params.sampler === "ddpm" ? `DDPM-${servedT()}` : `DDIM-${params.steps}, η=${params.eta}`;
   return figure(png(r.grid_png_base64),
                 `${label}, seed ${params.seed}: ${r.seconds.toFixed(2)} s on the server, ` +
                 `${((performance.now() - t0) / 1000).toFixed(2)} s here`, `${r.shape[0]} samples, ${label}`);
@@ -146,12 +149,9 @@ $("sample-form").addEventListener("submit", (e) => {
 });
 $("s-compare").addEventListener("click", () => run($("s-compare"), "sampler-error", async () => {
   const p = samplerParams();
-  const T = (info && info.ddpm.config && info.ddpm.config.timesteps) || 1000;
-  const figs = [await sample({...p, sampler: "ddpm", steps: T, eta: 1}),
-                await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0})];
-  figs[0].querySelector("figcaption").textContent =
-    figs[0].querySelector("figcaption").textContent.replace("DDPM-all steps", `DDPM-${T}`);
-  $("s-out").replaceChildren(...figs);
+  const T = servedT();
+  $("s-out").replaceChildren(await sample({...p, sampler: "ddpm", steps: T, eta: 1}),
+                             await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0}));
 }));
 
 // --- latent explorer ------------------------------------------------------------------------------
