@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from hw4.atomic_files import write_bytes_atomic
+
 RESULTS = Path(__file__).resolve().parent / "measurements"
 
 
@@ -80,10 +82,7 @@ def write_result(path: str | Path, result: dict) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join([f"python -m bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
     result = {"machine": machine(), "command": command, **result}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
-    return out
+    return write_bytes_atomic(out, (json.dumps(result, indent=2) + "\n").encode())
 
 
 def fmt(s: dict, unit: float = 1.0, digits: int = 3) -> str:

@@ -40,7 +40,7 @@ def child(mode: str, batch: int, tiny: bool, dev_name: str | None) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
         x0 = torch.rand(batch, 1, 28, 28, device=dev) * 2 - 1
         for _ in range(2):  # the second step also holds AdamW's state
-            train.ddpm_step(model, schedule.to(dev), x0, opt)
+            train.ddpm_train_step(model, schedule.to(dev), x0, opt)
     else:
         diffusion.sample(model.eval(), schedule, (batch, 1, 28, 28), method="ddim", steps=3,
                          generator=torch.Generator().manual_seed(0), device=dev)

@@ -58,7 +58,7 @@ def train_loop(config: dict) -> dict:
     for i, (x, _) in enumerate(loader):
         if i == config["warmup"]:
             t0 = time.perf_counter()
-        metrics = train.ddpm_step(model, schedule, x, opt, generator=gen)
+        metrics = train.ddpm_train_step(model, schedule, x, opt, generator=gen)
         if in_ray and (i + 1) % config["report_every"] == 0:
             ray.train.report(metrics)
     result = {"images_per_s": config["batch"] * config["steps"] / (time.perf_counter() - t0)}

@@ -1,5 +1,5 @@
 """Our U-Net against diffusers' ``UNet2DModel`` at matched parameter count and resolution:
-training step (forward + backward + AdamW, through the same ``hw4.train.ddpm_step``) and
+training step (forward + backward + AdamW, through the same ``hw4.train.ddpm_train_step``) and
 inference, interleaved in one process; plus the training step's achieved FLOP/s against this
 machine's measured float32 matmul peak.
 
@@ -166,7 +166,7 @@ def main() -> None:
 
     def train_step(model, opt):
         def step():
-            train.ddpm_step(model, schedule, x0, opt, generator=torch.Generator().manual_seed(0))
+            train.ddpm_train_step(model, schedule, x0, opt, generator=torch.Generator().manual_seed(0))
             sync(dev)
         return step
 

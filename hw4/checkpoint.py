@@ -1,22 +1,23 @@
 """One checkpoint format for every model: atomic writes, ``weights_only`` loads, clear errors.
 
 A checkpoint is a dict of tensors and plain Python values:
-``{"format": 1, "kind", "config", "model", "ema", "optimizer", "scaler", "step", "epoch", "metrics"}``
+``{"format": 1, "kind", "config", "model_config", "model", "ema", "optimizer", "scaler", "step",
+"epoch", "metrics", "extra"}``. ``model_config`` is the model's own constructor config (the
+fields of its config dataclass), kept apart from ``config``, the run's options: a loader rebuilds
+the model from it without knowing any job's flags. Older checkpoints have no ``model_config``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from hw4.atomic_files import write_atomic
 from hw4.errors import HW4Error
 
 FORMAT_VERSION = 1
@@ -27,30 +28,6 @@ class CheckpointError(HW4Error):
     """A checkpoint that is missing, unreadable, or does not fit the model."""
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` to a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare module under DDP / torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
@@ -59,19 +36,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | os.PathLike, *, kind: str, config: dict, model: nn.Module,
-                    step: int = 0, epoch: int = 0, metrics: dict | None = None,
+                    model_config: dict | None = None, step: int = 0, epoch: int = 0,
+                    metrics: dict | None = None,
                     ema: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
                     scaler: dict | None = None, extra: dict | None = None) -> Path:
     """Save atomically; a crash mid-write leaves the previous file intact."""
     state = {
-        "format": FORMAT_VERSION, "kind": kind, "config": config,
+        "format": FORMAT_VERSION, "kind": kind, "config": config, "model_config": model_config,
         "model": unwrap(model).state_dict(), "ema": ema,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler, "step": int(step), "epoch": int(epoch),
         "metrics": metrics or {}, "extra": extra or {},
     }
     path = Path(path)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f))
     return path
 
 

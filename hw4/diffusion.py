@@ -170,14 +170,57 @@ def training_target(s: DiffusionSchedule, x0: torch.Tensor, noise: torch.Tensor,
 
 
 def training_losses(model: Model, s: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor,
-                    noise: torch.Tensor | None = None,
-                    prediction: Prediction = "eps") -> torch.Tensor:
-    """DDPM's simple loss ||target - model(x_t, t)||^2 averaged per sample: (N,) (DDPM eq. 14)."""
+                    noise: torch.Tensor | None = None, prediction: Prediction = "eps",
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM's simple loss ||target - model(x_t, t[, y])||^2 averaged per sample: (N,) (DDPM
+    eq. 14). ``labels`` (N,) go to a class-conditional model as they are: drop them to the null
+    label beforehand (``drop_labels``) to train the unconditional model alongside."""
     if noise is None:
         noise = torch.randn_like(x0)
     xt = add_noise(s, x0, noise, t)
-    err = (training_target(s, x0, noise, t, prediction) - model(xt, t)) ** 2
+    out = model(xt, t) if labels is None else model(xt, t, labels)
+    err = (training_target(s, x0, noise, t, prediction) - out) ** 2
     return err.flatten(1).mean(dim=1)
+
+
+# --- 3b. classifier-free guidance (Ho & Salimans 2022) ------------------------------------------
+
+def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The homework's training mask: each label becomes ``null_label`` with probability
+    ``p_uncond``, independently per example, so one network learns eps(x_t, t, c) and eps(x_t, t)."""
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p_uncond  # (N,)
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """eps~ = (1 + w) eps(x_t, c) - w eps(x_t, null): the homework's convention, w = 0 is the plain
+    conditional model. The weights sum to one, so for a fixed x_t the combination is the same in
+    eps, x0 or v space (each is an affine map of the other): any ``prediction`` may be guided."""
+    return (1 + w) * cond - w * uncond
+
+
+def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None, w: float,
+                 null_label: int | None) -> Model:
+    """A ``model(x_t, t)`` that samples class ``labels`` (N,) with guidance ``w``.
+
+    One network call per step: the conditional and null halves run as one batch of 2N. Rows whose
+    label is ``null_label`` are unconditional samples (guidance leaves them unchanged). With no
+    labels the model runs as it is (an unconditional model, or all-null labels)."""
+    if labels is None:
+        return model
+    if null_label is None:
+        raise HW4Error("labels need a class-conditional model; this one is unconditional")
+    if w == 0:
+        return lambda x, t: model(x, t, labels.to(x.device))
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        y = labels.to(x.device)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
+        cond, uncond = out.chunk(2)  # (N, ...) each
+        return guide(cond, uncond, w)
+
+    return call
 
 
 # --- 4. reverse steps -------------------------------------------------------------------------

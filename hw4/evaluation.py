@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from hw4 import adversarial, data, metrics, objectives
 from hw4.assets import classifier_path, load_classifier, sha256
-from hw4.checkpoint import write_bytes_atomic
+from hw4.atomic_files import write_bytes_atomic
 from hw4.errors import HW4Error
 from hw4.models.autoencoder import Autoencoder, reparameterize
 from hw4.trained import Purified, TrainedDDPM, TrainedVAE, load_ddpm, reconstruction
@@ -44,19 +44,27 @@ def reference_stats(dataset: str, n: int, cache_dir: str | os.PathLike,
     return stats
 
 
-def sample_quality(images: torch.Tensor, dataset: str, reference: metrics.FeatureStats) -> dict:
+def sample_quality(images: torch.Tensor, dataset: str, reference: metrics.FeatureStats,
+                   labels: torch.Tensor | None = None) -> dict:
     """FID against ``reference``, and what the pinned classifier makes of the images: its mean
-    confidence, the share it is sure of (p > 0.9), and the entropy of its class histogram."""
+    confidence, the share it is sure of (p > 0.9), and the entropy of its class histogram. With
+    the ``labels`` the images were asked for: ``class_accuracy``, the share the classifier assigns
+    to the requested class, and ``label_confidence``, its mean probability of that class."""
     clf = load_classifier(dataset)
     with torch.no_grad():
         feats = metrics.extract_features(clf.features, images)
         probs = clf.head(feats).softmax(1)
     hist = metrics.class_histogram(probs)
     conf = probs.max(1).values
-    return {"fid": metrics.frechet_distance(metrics.stats_from_features(feats), reference),
-            "n": len(images), "confidence": float(conf.mean()),
-            "confident_fraction": float((conf > 0.9).float().mean()),
-            "class_entropy": hist["entropy"], "class_histogram": hist["histogram"]}
+    out = {"fid": metrics.frechet_distance(metrics.stats_from_features(feats), reference),
+           "n": len(images), "confidence": float(conf.mean()),
+           "confident_fraction": float((conf > 0.9).float().mean()),
+           "class_entropy": hist["entropy"], "class_histogram": hist["histogram"]}
+    if labels is not None:
+        labels = labels.to(probs.device)
+        out["class_accuracy"] = float((probs.argmax(1) == labels).float().mean())
+        out["label_confidence"] = float(probs.gather(1, labels[:, None]).mean())
+    return out
 
 
 def data_floor(dataset: str, n: int, reference: metrics.FeatureStats) -> float:
@@ -93,8 +101,15 @@ class Sampler:
     def label(self) -> str:
         return "DDPM-T" if self.method == "ddpm" else f"DDIM-{self.steps} eta={self.eta:g}"
 
-    def run(self, ddpm: TrainedDDPM, n: int, seed: int) -> torch.Tensor:
-        return ddpm.sample(n, method=self.method, steps=self.steps, eta=self.eta, seed=seed)
+    def run(self, ddpm: TrainedDDPM, n: int, seed: int, labels: torch.Tensor | None = None,
+            guidance: float = 0.0) -> torch.Tensor:
+        return ddpm.sample(n, method=self.method, steps=self.steps, eta=self.eta, seed=seed,
+                           labels=labels, guidance=guidance)
+
+
+def balanced_labels(first: int, count: int, num_classes: int = 10) -> torch.Tensor:
+    """Labels first, first+1, ... mod ``num_classes``: chunks of a class-balanced sample."""
+    return (first + torch.arange(count)) % num_classes
 
 
 @functools.lru_cache(maxsize=2)
@@ -102,12 +117,18 @@ def _cached_ddpm(path: str) -> TrainedDDPM:  # one load per process, reused acro
     return load_ddpm(path)
 
 
-def sample_chunk(path: str, spec: str, count: int, seed: int,
-                 threads: int | None = None) -> torch.Tensor:
-    """``count`` images of the DDPM at ``path`` with sampler ``spec``: one unit of work."""
+def sample_chunk(path: str, spec: str, count: int, seed: int, threads: int | None = None,
+                 first_label: int | None = None, guidance: float = 0.0) -> torch.Tensor:
+    """``count`` images of the DDPM at ``path`` with sampler ``spec``: one unit of work. With
+    ``first_label`` (a conditional model) the chunk asks for ``balanced_labels(first_label,
+    count)``, guided with weight ``guidance``."""
     if threads:
         torch.set_num_threads(threads)
-    return Sampler.parse(spec).run(_cached_ddpm(path), count, seed)
+    ddpm = _cached_ddpm(path)
+    labels = None
+    if first_label is not None:
+        labels = balanced_labels(first_label, count, ddpm.num_classes)
+    return Sampler.parse(spec).run(ddpm, count, seed, labels, guidance)
 
 
 def chunks(n: int, size: int, seed: int) -> list[tuple[int, int]]:
@@ -150,14 +171,22 @@ def likelihood(vae: Autoencoder, x: torch.Tensor, ks: list[int], *, batch: int =
 
 # --- adversarial robustness -------------------------------------------------------------------
 
+# the three classifiers under attack: the names reports, Serve and the web page use, with the
+# words a person reads (Serve's /info hands both to the page)
+ATTACK_TARGET_LABELS = {"pixel_cnn": "pixel CNN", "latent_classifier": "latent classifier",
+                        "reconstruct_then_classify": "reconstruct, then classify"}
+ATTACK_TARGETS = tuple(ATTACK_TARGET_LABELS)
+
+
 def attack_targets(vae: TrainedVAE, pixel: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """The three models under attack: the pixel CNN, the classifier on the VAE latent (the
     fine-tuned one, else the probe), and reconstruct-then-classify with the pixel CNN."""
+    pixel_cnn, latent_classifier, purified = ATTACK_TARGETS
     latent = vae.finetune or vae.probe
-    out = {"pixel_cnn": pixel}
+    out = {pixel_cnn: pixel}
     if latent is not None:
-        out["latent_classifier"] = latent
-    out["reconstruct_then_classify"] = Purified(vae.vae, pixel).eval()
+        out[latent_classifier] = latent
+    out[purified] = Purified(vae.vae, pixel).eval()
     return out
 
 

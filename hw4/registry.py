@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from hw4.checkpoint import write_json_atomic
+from hw4.atomic_files import write_json_atomic
 from hw4.errors import HW4Error
 
 

@@ -4,16 +4,18 @@ extra heads a VAE checkpoint carries. Evaluation, Serve and the theory report al
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from hw4 import diffusion
 from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
 from hw4.diffusion import DiffusionSchedule
+from hw4.errors import HW4Error
 from hw4.models import config_from_dict
 from hw4.models.autoencoder import (
     Autoencoder,
@@ -73,8 +75,8 @@ def load_vae(path: str | os.PathLike) -> TrainedVAE:
     state = load_checkpoint(path)
     _expect_kind(state, "autoencoder", path)
     cfg = state["config"]
-    ae_cfg = config_from_dict(AutoencoderConfig, cfg)
-    if "model" in cfg:  # a training job's config: --model ae|vae
+    ae_cfg = config_from_dict(AutoencoderConfig, model_config(state))
+    if state.get("model_config") is None and "model" in cfg:  # an older job config: --model ae|vae
         ae_cfg.variational = cfg["model"] == "vae"
     vae = load_state(Autoencoder(ae_cfg), state["model"], str(path)).eval()
     probe = finetune = None
@@ -100,35 +102,78 @@ class TrainedDDPM:
     metrics: dict
     path: Path
 
+    @classmethod
+    def from_model(cls, model: UNet, config: Any, path: Path | None = None) -> TrainedDDPM:
+        """A model in training (e.g. the EMA copy) with its job config's schedule and target."""
+        cfg = config if isinstance(config, dict) else dataclasses.asdict(config)
+        sched = DiffusionSchedule.named(cfg.get("schedule", "linear"), int(cfg.get("timesteps", 1000)))
+        return cls(model, sched, cfg.get("prediction", "eps"), cfg, {}, path)
+
     @property
     def timesteps(self) -> int:
         return self.schedule.num_timesteps
 
+    @property
+    def conditional(self) -> bool:
+        return self.model.null_label is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.config.num_classes
+
     def sample(self, n: int, *, method: Literal["ddpm", "ddim"] = "ddim", steps: int | None = 50,
-               eta: float = 0.0, seed: int = 0, generator: diffusion.Generators = None,
+               eta: float = 0.0, labels: torch.Tensor | None = None, guidance: float = 0.0,
+               seed: int = 0, generator: diffusion.Generators = None,
                device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
+        ``labels`` (n,): the class of each row (``num_classes``, the null label, for an
+        unguided unconditional row) for a conditional model, guided with weight ``guidance``.
         ``generator`` (e.g. per-request blocks of a served batch) replaces the seed."""
+        if labels is not None:
+            labels = self.check_labels(labels, n)
         gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
-        x = diffusion.sample(self.model.to(device).eval(), self.schedule, (n, 1, 28, 28),
-                             method=method, steps=steps, eta=eta, prediction=self.prediction,
-                             generator=gen, device=device, progress=progress)
+        model = diffusion.guided_model(self.model.to(device).eval(), labels, guidance,
+                                       self.model.null_label)
+        x = diffusion.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
+                             eta=eta, prediction=self.prediction, generator=gen, device=device,
+                             progress=progress)
         return ((x + 1) / 2).clamp(0, 1).cpu()
+
+    def check_labels(self, labels: torch.Tensor | list[int], n: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if not self.conditional:
+            raise HW4Error("this DDPM is unconditional: it takes no labels")
+        if labels.shape[0] != n:
+            raise HW4Error(f"{labels.shape[0]} labels for {n} samples: give one per sample")
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) <= self.num_classes):
+            raise HW4Error(f"labels must be in 0..{self.num_classes - 1} "
+                           f"({self.num_classes} for unconditional)")
+        return labels
+
+
+def model_config(state: dict) -> dict:
+    """The model's own constructor config; checkpoints from before it was saved apart carry
+    only the job's config, whose model fields have the same names."""
+    return state.get("model_config") or state["config"]
 
 
 def unet_from_state(state: dict, source: str = "checkpoint") -> UNet:
     """The U-Net of a DDPM checkpoint with its EMA weights (the raw weights if it has no EMA)."""
-    model = UNet(config_from_dict(UNetConfig, state["config"]))
+    model = UNet(config_from_dict(UNetConfig, model_config(state)))
     ema = state.get("ema")
     weights, what = (ema["shadow"], "EMA weights") if ema else (state["model"], "weights")
     return load_state(model, weights, f"{source} ({what})").eval()
+
+
+def ddpm_from_state(state: dict, path: Path | None = None) -> TrainedDDPM:
+    trained = TrainedDDPM.from_model(unet_from_state(state, str(path or "checkpoint")),
+                                     state["config"], path)
+    trained.metrics = state.get("metrics", {})
+    return trained
 
 
 def load_ddpm(path: str | os.PathLike) -> TrainedDDPM:
     path = Path(path)
     state = load_checkpoint(path)
     _expect_kind(state, "unet", path)
-    cfg = state["config"]
-    sched = DiffusionSchedule.named(cfg.get("schedule", "linear"), int(cfg.get("timesteps", 1000)))
-    return TrainedDDPM(unet_from_state(state, str(path)), sched, cfg.get("prediction", "eps"),
-                       cfg, state.get("metrics", {}), path)
+    return ddpm_from_state(state, path)

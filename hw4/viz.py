@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from hw4.checkpoint import write_bytes_atomic
+from hw4.atomic_files import write_bytes_atomic
 from hw4.errors import HW4Error
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +22,12 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
-from hw4.checkpoint import load_checkpoint, write_json_atomic
+from hw4 import data
+from hw4.atomic_files import write_json_atomic
+from hw4.checkpoint import load_checkpoint
 from hw4.errors import HW4Error
 from hw4.registry import record_best
 
@@ -245,6 +249,57 @@ def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: 
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected fault at epoch {epoch}")
+
+
+@dataclasses.dataclass
+class Worker:
+    """What every training worker sets up the same way: seeds, threads, device, its shard of the
+    data (kept on the device), the rank-0 TensorBoard writer and the fault-injection marker."""
+
+    cfg: Any
+    rank: int
+    world: int
+    device: torch.device
+    loader: data.TensorBatches
+    val_loader: DataLoader
+    writer: SummaryWriter | None
+    marker: Path
+
+    def epochs(self, start: int, stop: int) -> Iterator[int]:
+        """Epoch numbers, each after the injected fault (if any) and the loader's reshuffle."""
+        for epoch in range(start, stop):
+            maybe_inject_fault(self.cfg.inject_fault, self.cfg.fault_epoch, epoch, self.marker)
+            self.loader.set_epoch(epoch)
+            yield epoch
+
+    def generator(self) -> torch.Generator:
+        """This rank's seeded generator on the worker's device (t, noise, label drops)."""
+        return torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1000 + self.rank)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def setup_worker(cfg: Any, dataset: data.DatasetName, *,
+                 normalization: data.Normalization = "unit", val_batch: int = 256) -> Worker:
+    """Seed, set threads, load ``dataset`` (train subset -> device-resident batches split over the
+    workers; test subset -> a validation loader) and open rank 0's TensorBoard writer."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+    set_worker_threads(cfg.cpus_per_worker)
+    device = ray.train.torch.get_device()
+    train_set = data.load_dataset(dataset, "train", normalization=normalization,
+                                  subset=cfg.train_subset, seed=cfg.seed)
+    val_set = data.load_dataset(dataset, "test", normalization=normalization,
+                                subset=cfg.val_subset, seed=cfg.seed)
+    loader = data.TensorBatches(*train_set.tensors, cfg.batch_size // world, seed=cfg.seed,
+                                rank=rank, world=world, device=device)
+    run = run_dir(cfg.storage_path, cfg.name)
+    writer = SummaryWriter(str(run / "tensorboard")) if rank == 0 else None
+    return Worker(cfg, rank, world, device, loader, DataLoader(val_set, batch_size=val_batch),
+                  writer, run / "fault_injected")
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:

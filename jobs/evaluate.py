@@ -23,7 +23,7 @@ import torch
 
 from hw4 import adversarial, data, evaluation, viz
 from hw4.assets import load_classifier
-from hw4.checkpoint import write_bytes_atomic, write_json_atomic
+from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.evaluation import Sampler
 from hw4.trained import load_ddpm, load_vae, resolve_checkpoint
 from jobs import common
@@ -42,6 +42,9 @@ class EvalConfig:
     seed: int = opt(0, "seed of samples, IWAE draws and PGD starts")
     fid_samples: int = opt(1000, "generated (and real) images per FID")
     samplers: tuple[str, ...] = opt(("ddim:50",), "sampler grid: ddpm, ddim:STEPS[:ETA]")
+    guidance: tuple[float, ...] = opt((0.0, 0.5, 1.0, 2.0, 4.0),
+                                      "guidance weights w of a conditional DDPM (crossed with "
+                                      "--samplers; its samples are class-balanced)")
     chunk_size: int = opt(100, "images per sampling task")
     iwae_k: tuple[int, ...] = opt((1, 5, 50, 5000), "importance samples of each IWAE bound")
     iwae_images: int = opt(500, "test images for the likelihood bounds")
@@ -65,28 +68,36 @@ class EvalConfig:
         check(set(self.attacks) <= set(adversarial.ATTACKS) and len(self.attacks) > 0,
               f"--attacks must be among {sorted(adversarial.ATTACKS)}")
         check(self.pgd_steps >= 1, "--pgd-steps must be >= 1")
+        check(len(self.guidance) > 0 and all(w >= 0 for w in self.guidance),
+              f"--guidance values must be >= 0, got {list(self.guidance)}")
         for spec in self.samplers:
             Sampler.parse(spec)
 
 
-SMOKE = dict(fid_samples=24, samplers=("ddim:4", "ddim:4:1"), chunk_size=8, iwae_k=(1, 5, 20),
+SMOKE = dict(fid_samples=24, samplers=("ddim:4", "ddim:4:1"), guidance=(0.0, 2.0), chunk_size=8,
+             iwae_k=(1, 5, 20),
              iwae_images=16, attack_images=16, epsilons=(0.0, 0.1, 0.3), pgd_steps=3)
 
 
 # --- sampling, in this process or spread over Ray tasks ----------------------------------------
 
-def draw_samples(cfg: EvalConfig, path: Path, spec: str) -> torch.Tensor:
-    """``cfg.fid_samples`` images from ``spec``, chunk by chunk (Ray tasks or in-process)."""
+def draw_samples(cfg: EvalConfig, path: Path, spec: str, conditional: bool = False,
+                 guidance: float = 0.0) -> torch.Tensor:
+    """``cfg.fid_samples`` images from ``spec``, chunk by chunk (Ray tasks or in-process); a
+    conditional model's are class-balanced (image i asks for digit i mod 10)."""
     parts = evaluation.chunks(cfg.fid_samples, cfg.chunk_size, cfg.seed)
+    firsts = [sum(n for n, _ in parts[:i]) if conditional else None for i in range(len(parts))]
     if cfg.num_workers == 0:
-        return torch.cat([evaluation.sample_chunk(str(path), spec, n, s, cfg.cpus_per_worker)
-                          for n, s in parts])
+        return torch.cat([evaluation.sample_chunk(str(path), spec, n, s, cfg.cpus_per_worker,
+                                                  first, guidance)
+                          for (n, s), first in zip(parts, firsts, strict=True)])
     import ray
 
     common.init_ray()
     cpus = cfg.cpus_per_worker or common.default_cpus_per_worker(cfg.num_workers)
     task = ray.remote(num_cpus=cpus)(evaluation.sample_chunk)
-    pending = [task.remote(str(path), spec, n, s, cpus) for n, s in parts]
+    pending = [task.remote(str(path), spec, n, s, cpus, first, guidance)
+               for (n, s), first in zip(parts, firsts, strict=True)]
     return torch.cat(ray.get(pending))  # Ray runs as many at once as the CPUs allow
 
 
@@ -104,21 +115,53 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
         check(steps is None or steps <= ddpm.timesteps,
               f"sampler {spec}: the model has only {ddpm.timesteps} steps")
     rows = []
+    weights = cfg.guidance if ddpm.conditional else (0.0,)
+    labels = evaluation.balanced_labels(0, cfg.fid_samples) if ddpm.conditional else None
     for spec in cfg.samplers:
         sampler = Sampler.parse(spec)
-        t0 = time.time()
-        images = draw_samples(cfg, path, spec)
-        wall = time.time() - t0
-        q = evaluation.sample_quality(images, "mnist", ref)
-        rows.append({"sampler": spec, "label": sampler.label, "steps": sampler.steps or ddpm.timesteps,
-                     "eta": sampler.eta if sampler.method == "ddim" else 1.0, "wall_s": wall,
-                     **q})
-        viz.save_grid(images[:64], out / f"samples_{spec.replace(':', '_')}.png")
-        log(f"  {sampler.label:>18}: FID {q['fid']:.2f}, confident {q['confident_fraction']:.3f}, "
-            f"class entropy {q['class_entropy']:.3f}, {wall:.1f}s")
+        for w in weights:
+            t0 = time.time()
+            images = draw_samples(cfg, path, spec, ddpm.conditional, w)
+            wall = time.time() - t0
+            q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
+            rows.append({"sampler": spec, "label": sampler.label, "guidance": w,
+                         "steps": sampler.steps or ddpm.timesteps,
+                         "eta": sampler.eta if sampler.method == "ddim" else 1.0, "wall_s": wall, **q})
+            name = spec.replace(":", "_") + (f"_w{w:g}" if ddpm.conditional else "")
+            save_sample_grid(images, labels, out / f"samples_{name}.png")
+            log(f"  {sampler.label:>18}" + (f" w={w:<4g}" if ddpm.conditional else "")
+                + f": FID {q['fid']:.2f}"
+                + (f", class accuracy {q['class_accuracy']:.3f}" if labels is not None else "")
+                + f", confident {q['confident_fraction']:.3f}, class entropy "
+                f"{q['class_entropy']:.3f}, {wall:.1f}s")
+    if ddpm.conditional:
+        plot_guidance_tradeoff(rows, floor, out / "guidance_tradeoff.png")
     return {"checkpoint": str(path), "config": ddpm.config, "train_metrics": ddpm.metrics,
-            "fid_n": cfg.fid_samples, "data_floor_fid": floor, "samplers": rows,
-            "workers": cfg.num_workers}
+            "conditional": ddpm.conditional, "fid_n": cfg.fid_samples, "data_floor_fid": floor,
+            "samplers": rows, "workers": cfg.num_workers}
+
+
+def save_sample_grid(images: torch.Tensor, labels: torch.Tensor | None, path: Path,
+                     per_digit: int = 8) -> None:
+    """64 samples, or for class-balanced ones a grid with one row per digit."""
+    if labels is None or len(images) < 10 * per_digit:
+        viz.save_grid(images[:64], path)
+        return
+    rows = [images[labels == d][:per_digit] for d in range(10)]
+    viz.save_grid(torch.cat(rows), path, nrow=per_digit)
+
+
+def plot_guidance_tradeoff(rows: list[dict], floor: float, path: Path) -> None:
+    """FID against class accuracy, one line per sampler, each point labelled with its w."""
+    series, labels = {}, {}
+    for spec in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == spec]
+        name = mine[0]["label"]
+        series[name] = ([r["class_accuracy"] for r in mine], [r["fid"] for r in mine])
+        labels[name] = [f"w={r['guidance']:g}" for r in mine]
+    viz.line_plot(series, path, xlabel="class accuracy (pinned MNIST classifier)",
+                  ylabel=f"FID (data floor {floor:.1f})", point_labels=labels,
+                  title="Classifier-free guidance: sample quality vs the digit asked for")
 
 
 def evaluate_vae(cfg: EvalConfig, out: Path, log) -> dict:
@@ -173,6 +216,13 @@ def plot_robustness(curves: dict, recon: dict, out: Path) -> None:
                   title="VAE reconstruction error of attacked images vs the clean image")
 
 
+def ddpm_row(r: dict, floor: float) -> str:
+    accuracy = f"{r['class_accuracy']:.3f}" if "class_accuracy" in r else "–"
+    return (f"| {r['label']} | {r.get('guidance', 0):g} | {r['steps']} | {r['fid']:.2f} "
+            f"| {r['fid'] / floor:.2f} | {accuracy} | {r['confident_fraction']:.3f} "
+            f"| {r['class_entropy']:.3f} | {r['wall_s']:.1f} |")
+
+
 def markdown(report: dict) -> str:
     """The tables of report.json as Markdown (BENCHMARKS.md quotes them)."""
     lines = []
@@ -180,10 +230,9 @@ def markdown(report: dict) -> str:
         d = report["ddpm"]
         lines += [f"DDPM `{d['checkpoint']}`, FID on n={d['fid_n']} (data floor "
                   f"{d['data_floor_fid']:.2f})", "",
-                  "| sampler | steps | FID | confident (p>0.9) | class entropy | wall s |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['label']} | {r['steps']} | {r['fid']:.2f} | {r['confident_fraction']:.3f} "
-                  f"| {r['class_entropy']:.3f} | {r['wall_s']:.1f} |" for r in d["samplers"]]
+                  "| sampler | w | steps | FID | FID / floor | class accuracy | confident (p>0.9) "
+                  "| class entropy | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [ddpm_row(r, d["data_floor_fid"]) for r in d["samplers"]]
         lines.append("")
     if "vae" in report:
         v = report["vae"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from hw4.checkpoint import write_bytes_atomic, write_json_atomic
+from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.registry import record_best
 from jobs import common
 from jobs.common import check, opt

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(args.epochs):
 
         def step(x, y):
-            m = train.classifier_step(model, x, y, opt)
+            m = train.classifier_train_step(model, x, y, opt)
             sched.step()
             return m
 

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import ray.train
-import ray.train.torch
 import torch
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from hw4 import data, diffusion, evaluation, train, viz
+from hw4 import data, evaluation, train, viz
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
-from hw4.trained import unet_from_state
+from hw4.trained import TrainedDDPM, ddpm_from_state
 from jobs import common
 from jobs.common import opt
 
@@ -43,6 +41,9 @@ class DDPMJobConfig(common.RunOptions):
     num_heads: int = opt(4, "attention heads")
     dropout: float = opt(0.1, "dropout in ResNet blocks")
     groups: int = opt(8, "GroupNorm groups")
+    conditional: bool = opt(True, "class-conditional U-Net (the homework's), with a null label")
+    p_uncond: float = opt(0.1, "probability that a training label is dropped to the null label")
+    guidance: float = opt(1.0, "guidance weight w of sample grids and FIDs (0: no guidance)")
     schedule: Literal["linear", "cosine", "sigmoid"] = opt("linear", "noise schedule")
     timesteps: int = opt(1000, "diffusion steps T")
     prediction: Literal["eps", "x0", "v"] = opt("eps", "network target")
@@ -52,9 +53,13 @@ class DDPMJobConfig(common.RunOptions):
     warmup_steps: int = opt(500, "linear LR warm-up steps")
     grad_clip: float = opt(1.0, "gradient-norm clip")
     ema_decay: float = opt(0.999, "EMA decay of the weights")
+    precision: Literal["auto", "fp32", "bf16"] = opt(
+        "auto", "autocast: auto = bf16 on CUDA at >= 512 images per worker, else fp32")
+    compile: bool = opt(False, "torch.compile the U-Net (pays off on GPUs; minutes to compile)")
     sample_every: int = opt(5, "epochs between TensorBoard sample grids")
     num_samples: int = opt(64, "images in samples.png")
     sample_steps: int = opt(50, "DDIM steps for sample grids and FID")
+    sample_eta: float = opt(0.0, "DDIM eta of sample grids and FID (1: DDPM-like noise)")
     fid_every: int = opt(0, "epochs between FIDs of DDIM samples (0: none; sweeps use it)")
     fid_samples: int = opt(500, "samples (and real images) per FID")
 
@@ -66,7 +71,10 @@ class DDPMJobConfig(common.RunOptions):
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
         c(self.lr > 0, f"--lr must be positive, got {self.lr}")
         c(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        c(0 <= self.p_uncond <= 1, f"--p-uncond must be in [0, 1], got {self.p_uncond}")
+        c(self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
         c(1 <= self.sample_steps <= self.timesteps, "--sample-steps must be in 1..--timesteps")
+        c(0 <= self.sample_eta <= 1, f"--sample-eta must be in [0, 1], got {self.sample_eta}")
         c(len(self.channel_mults) >= 1, "--channel-mults needs at least one level")
         c(self.fid_every >= 0 and self.fid_samples >= 2, "--fid-every >= 0, --fid-samples >= 2")
         widths = [self.base_channels * m for m in self.channel_mults] + [self.base_channels]
@@ -77,55 +85,60 @@ class DDPMJobConfig(common.RunOptions):
         return UNetConfig(base_channels=self.base_channels, channel_mults=self.channel_mults,
                           num_res_blocks=self.num_res_blocks,
                           attention_resolutions=self.attention_resolutions,
-                          num_heads=self.num_heads, dropout=self.dropout, groups=self.groups)
+                          num_heads=self.num_heads, dropout=self.dropout, groups=self.groups,
+                          num_classes=NUM_CLASSES if self.conditional else None)
 
 
+NUM_CLASSES = 10  # MNIST digits
 SMOKE = dict(train_subset=256, val_subset=64, base_channels=8, channel_mults=(1, 2),
              attention_resolutions=(2,), num_heads=2, groups=4, timesteps=50, epochs=2,
-             batch_size=32, warmup_steps=2, num_samples=8, sample_steps=5, sample_every=1)
+             batch_size=32, warmup_steps=2, num_samples=10, sample_steps=5, sample_every=1)
 
 
-def render_samples(model: torch.nn.Module, cfg: DDPMJobConfig, n: int, seed: int,
+def render_samples(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """DDIM samples mapped to [0, 1]: (n, 1, 28, 28)."""
-    sched = DiffusionSchedule.named(cfg.schedule, cfg.timesteps)
-    x = diffusion.sample(model.eval(), sched, (n, 1, 28, 28), method="ddim", steps=cfg.sample_steps,
-                         prediction=cfg.prediction, generator=torch.Generator().manual_seed(seed),
-                         device=device)
-    return (x + 1) / 2
+    """``n`` DDIM samples in [0, 1] (n, 1, 28, 28); a conditional model draws the digits in
+    order, each ``n // 10`` times (one grid row per digit with ``nrow = n // 10``)."""
+    labels = digit_rows(n) if trained.conditional else None
+    return trained.sample(n, method="ddim", steps=cfg.sample_steps, eta=cfg.sample_eta,
+                          labels=labels, guidance=cfg.guidance if trained.conditional else 0.0,
+                          seed=seed, device=device)
 
 
-def sample_fid(model: torch.nn.Module, cfg: DDPMJobConfig, device: torch.device) -> dict:
-    """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features)."""
-    images = render_samples(model, cfg, cfg.fid_samples, cfg.seed, device).cpu()
+def digit_rows(n: int) -> torch.Tensor:
+    """Labels 0,0,...,1,1,...: ``n // 10`` of each digit (n a multiple of 10), or 0..9 cycling."""
+    if n % NUM_CLASSES == 0:
+        return torch.arange(NUM_CLASSES).repeat_interleave(n // NUM_CLASSES)
+    return torch.arange(n) % NUM_CLASSES
+
+
+def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -> dict:
+    """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features);
+    a conditional model's samples are class-balanced and scored for class accuracy too."""
+    labels = torch.arange(cfg.fid_samples) % NUM_CLASSES if trained.conditional else None
+    images = trained.sample(cfg.fid_samples, method="ddim", steps=cfg.sample_steps,
+                            eta=cfg.sample_eta, labels=labels,
+                            guidance=cfg.guidance if trained.conditional else 0.0,
+                            seed=cfg.seed, device=device)
     ref = evaluation.reference_stats("mnist", cfg.fid_samples,
                                      Path(cfg.storage_path) / "eval" / "fid_stats")
-    q = evaluation.sample_quality(images, "mnist", ref)
-    return {"fid": q["fid"], "fid_confident": q["confident_fraction"]}
+    q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
+    out = {"fid": q["fid"], "fid_confident": q["confident_fraction"]}
+    if labels is not None:
+        out["class_accuracy"] = q["class_accuracy"]
+    return out
 
 
 def train_func(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = DDPMJobConfig(**config)
-    rank = common.world_rank()
-    torch.manual_seed(cfg.seed + rank)
-    common.set_worker_threads(cfg.cpus_per_worker)
-    device = ray.train.torch.get_device()
-    train_set = data.load_dataset("mnist", "train", normalization="symmetric",
-                                  subset=cfg.train_subset, seed=cfg.seed)
-    val_set = data.load_dataset("mnist", "test", normalization="symmetric",
-                                subset=cfg.val_subset, seed=cfg.seed)
-    per_worker = cfg.batch_size // ray.train.get_context().get_world_size()
-    loader = ray.train.torch.prepare_data_loader(
-        DataLoader(train_set, batch_size=per_worker, shuffle=True, drop_last=True))
-    val_loader = DataLoader(val_set, batch_size=256)
-
-    model = UNet(cfg.unet())
+    w = common.setup_worker(cfg, "mnist", normalization="symmetric")
+    model = UNet(cfg.unet()).to(w.device)
     ema = train.EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    optimizer = train.make_optimizer(model.parameters(), cfg.lr, w.device)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_lambda(cfg.warmup_steps))
     start_epoch, history = 0, []
-    state = common.restore_state()
+    state = common.restore_state(w.device)
     if state is not None:  # resume: a restarted worker group or a rerun with the same name
         load_state(model, state["model"])
         ema.load_state_dict(state["ema"])
@@ -133,66 +146,67 @@ def train_func(config: dict) -> None:
         lr_sched.load_state_dict(state["extra"]["lr_scheduler"])
         start_epoch, history = state["epoch"] + 1, state["extra"]["history"]
     model = common.prepare_model(model)
+    forward = torch.compile(model) if cfg.compile else model
     ema_model = copy.deepcopy(unwrap(model))
-    schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    writer = SummaryWriter(str(common.run_dir(cfg.storage_path, cfg.name) / "tensorboard")) \
-        if rank == 0 else None
-    marker = common.run_dir(cfg.storage_path, cfg.name) / "fault_injected"
+    schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(w.device)
+    autocast = train.autocast_dtype(cfg.precision, w.device, cfg.batch_size // w.world)
+    gen = w.generator()
 
-    for epoch in range(start_epoch, cfg.epochs):
-        common.maybe_inject_fault(cfg.inject_fault, cfg.fault_epoch, epoch, marker)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        metrics = train.ddpm_train_step(
+            forward, schedule, x, optimizer, labels=y if cfg.conditional else None,
+            p_uncond=cfg.p_uncond, prediction=cfg.prediction, ema=ema, grad_clip=cfg.grad_clip,
+            autocast_dtype=autocast, generator=gen)
+        lr_sched.step()
+        return metrics
+
+    for epoch in w.epochs(start_epoch, cfg.epochs):
         t0 = time.time()
-
-        def step(x, _y):
-            metrics = train.ddpm_step(model, schedule, x, optimizer, prediction=cfg.prediction,
-                                      ema=ema, grad_clip=cfg.grad_clip, autocast_dtype=autocast,
-                                      generator=gen)
-            lr_sched.step()
-            return metrics
-
-        tr = train.run_epoch(loader, step, device=device, desc=f"epoch {epoch}",
+        tr = train.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
                              progress=common.progress_bar())
         ema.copy_to(ema_model)
-        val = train.evaluate_ddpm(ema_model, schedule, val_loader, prediction=cfg.prediction,
-                                  device=device, seed=cfg.seed)
+        trained = TrainedDDPM.from_model(ema_model, cfg)
+        val = train.ddpm_validation_loss(ema_model, schedule, w.val_loader, prediction=cfg.prediction,
+                                         device=w.device, seed=cfg.seed, conditional=cfg.conditional)
         metrics = {"epoch": epoch, "step": int(lr_sched.last_epoch), "train_loss": tr["loss"],
                    "grad_norm": tr["grad_norm"], "val_loss": val["loss"],
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - t0,
                    "resumed_from_epoch": start_epoch}
         fid_epoch = cfg.fid_every and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs)
-        if fid_epoch and rank == 0:  # Tune reads rank 0's report
-            metrics.update(sample_fid(ema_model, cfg, device))
+        if fid_epoch and w.rank == 0:  # Tune reads rank 0's report
+            metrics.update(sample_fid(trained, cfg, w.device))
         history.append(metrics)
-        if writer is not None:
-            for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s", "fid"):
-                if k not in metrics:
-                    continue
-                writer.add_scalar(k, metrics[k], metrics["step"])
-            if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
-                grid = render_samples(ema_model, cfg, 16, cfg.seed, device)
-                writer.add_image("samples_ema", make_grid(grid.cpu(), nrow=4), metrics["step"])
-            writer.flush()
-
-        def save(path: Path, metrics: dict = metrics, epoch: int = epoch) -> None:
-            save_checkpoint(path, kind="unet", config=dataclasses.asdict(cfg), model=model,
-                            ema=ema.state_dict(), optimizer=optimizer, step=metrics["step"],
-                            epoch=epoch, metrics=metrics,
-                            extra={"lr_scheduler": lr_sched.state_dict(), "history": history})
-
+        if w.writer is not None:
+            log_epoch(w.writer, metrics, trained, cfg, epoch, w.device)
+        save = functools.partial(
+            save_checkpoint, kind="unet", config=dataclasses.asdict(cfg),
+            model_config=dataclasses.asdict(cfg.unet()), model=model, ema=ema.state_dict(),
+            optimizer=optimizer, step=metrics["step"], epoch=epoch, metrics=metrics,
+            extra={"lr_scheduler": lr_sched.state_dict(), "history": list(history)})
         common.report(metrics, save, cfg)
-    if writer is not None:
-        writer.close()
+    w.close()
+
+
+def log_epoch(writer: SummaryWriter, metrics: dict, trained: TrainedDDPM, cfg: DDPMJobConfig,
+              epoch: int, device: torch.device) -> None:
+    for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s", "fid", "class_accuracy"):
+        if k in metrics:
+            writer.add_scalar(k, metrics[k], metrics["step"])
+    if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
+        grid = render_samples(trained, cfg, 20, cfg.seed, device)
+        writer.add_image("samples_ema", make_grid(grid, nrow=2 if trained.conditional else 4),
+                         metrics["step"])
+    writer.flush()
 
 
 def render(state: dict, out: Path) -> None:
-    """samples.png from the EMA weights of the best checkpoint."""
+    """samples.png from the EMA weights of the best checkpoint (one row per digit when the
+    model is conditional)."""
     cfg = common.config_from_state(DDPMJobConfig, state)
-    model = unet_from_state(state)
-    viz.save_grid(render_samples(model, cfg, cfg.num_samples, cfg.seed), out / "samples.png")
+    trained = ddpm_from_state(state)
+    n = cfg.num_samples
+    viz.save_grid(render_samples(trained, cfg, n, cfg.seed),
+                  out / "samples.png", nrow=max(n // NUM_CLASSES, 1) if trained.conditional else 8)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import ray.train
-import ray.train.torch
 import torch
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
@@ -54,11 +52,10 @@ class VAEJobConfig(common.RunOptions):
     classifier_lr: float = opt(1e-3, "Adam learning rate of the classifiers")
 
     def validate(self) -> None:
+        super().validate()
         c = common.check
         c(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
         c(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
-        c(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
-        c(self.cpus_per_worker is None or self.cpus_per_worker >= 1, "--cpus-per-worker must be >= 1")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         c(self.classifier_epochs >= 0, "--classifier-epochs must be >= 0")
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
@@ -124,96 +121,73 @@ def traversal(vae: Autoencoder, x: torch.Tensor, rows: int = 8) -> torch.Tensor:
 def train_func(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = VAEJobConfig(**config)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.manual_seed(cfg.seed + rank)
-    common.set_worker_threads(cfg.cpus_per_worker)
-    device = ray.train.torch.get_device()
-    train_set = data.load_dataset("fashion_mnist", "train", subset=cfg.train_subset, seed=cfg.seed)
-    val_set = data.load_dataset("fashion_mnist", "test", subset=cfg.val_subset, seed=cfg.seed)
-    per_worker = cfg.batch_size // ctx.get_world_size()
-    loader = ray.train.torch.prepare_data_loader(
-        DataLoader(train_set, batch_size=per_worker, shuffle=True, drop_last=True))
-    val_loader = DataLoader(val_set, batch_size=512)
-    fixed = val_set.tensors[0][:16].to(device)
-
-    vae = Autoencoder(cfg.autoencoder())
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    w = common.setup_worker(cfg, "fashion_mnist", val_batch=512)
+    fixed = w.val_loader.dataset.tensors[0][:16].to(w.device)
+    vae = Autoencoder(cfg.autoencoder()).to(w.device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, fused=w.device.type == "cuda")
     start_epoch, step_count, history, clf_state = 0, 0, [], None
-    state = common.restore_state()
+    state = common.restore_state(w.device)
     if state is not None:
         load_state(vae, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step_count = state["epoch"] + 1, state["step"]
         history, clf_state = state["extra"]["history"], state["extra"].get("classifiers")
     model = common.prepare_model(vae)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
-    writer = SummaryWriter(str(common.run_dir(cfg.storage_path, cfg.name) / "tensorboard")) \
-        if rank == 0 else None
-    marker = common.run_dir(cfg.storage_path, cfg.name) / "fault_injected"
+    gen = w.generator()
     classifiers = None
 
-    for epoch in range(start_epoch, cfg.epochs + cfg.classifier_epochs):
-        common.maybe_inject_fault(cfg.inject_fault, cfg.fault_epoch, epoch, marker)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+    def vae_step(x: torch.Tensor, _y: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal step_count
+        beta = objectives.kl_warmup(step_count, cfg.kl_warmup_steps, cfg.beta)
+        step_count += 1
+        return train.autoencoder_train_step(model, x, optimizer, beta=beta, generator=gen,
+                                            reconstruction=cfg.reconstruction,
+                                            free_bits=cfg.free_bits)
+
+    def classifier_step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, clf in classifiers.items():
+            m = train.classifier_train_step(clf, x, y, classifiers.opts[name])
+            out.update({f"{name}_train_{k}": v for k, v in m.items()})
+        out["loss"] = out["finetune_train_loss"]
+        return out
+
+    for epoch in w.epochs(start_epoch, cfg.epochs + cfg.classifier_epochs):
         t0 = time.time()
         if epoch < cfg.epochs:  # phase 1: the autoencoder itself
-
-            def step(x, _y):
-                nonlocal step_count
-                beta = objectives.kl_warmup(step_count, cfg.kl_warmup_steps, cfg.beta)
-                step_count += 1
-                return train.autoencoder_step(model, x, optimizer, beta=beta, generator=gen,
-                                              reconstruction=cfg.reconstruction,
-                                              free_bits=cfg.free_bits)
-
-            tr = train.run_epoch(loader, step, device=device, desc=f"epoch {epoch}",
+            tr = train.run_epoch(w.loader, vae_step, device=w.device, desc=f"epoch {epoch}",
                                  progress=common.progress_bar())
         else:  # phase 2: classifiers on the latent of the trained (now fixed) encoder
             if classifiers is None:
-                classifiers = Classifiers(unwrap(model), cfg).to(device)
+                classifiers = Classifiers(unwrap(model), cfg).to(w.device)
                 if clf_state is not None:
                     classifiers.load_state_dict(clf_state)
-
-            def step(x, y, classifiers: Classifiers = classifiers):
-                out = {}
-                for name, clf in classifiers.items():
-                    m = train.classifier_step(clf, x, y, classifiers.opts[name])
-                    out.update({f"{name}_train_{k}": v for k, v in m.items()})
-                out["loss"] = out["finetune_train_loss"]
-                return out
-
-            tr = train.run_epoch(loader, step, device=device, desc=f"classifiers {epoch}",
-                                 progress=common.progress_bar())
-        val = train.evaluate_autoencoder(unwrap(model), val_loader, device, cfg.reconstruction)
+            tr = train.run_epoch(w.loader, classifier_step, device=w.device,
+                                 desc=f"classifiers {epoch}", progress=common.progress_bar())
+        val = train.evaluate_autoencoder(unwrap(model), w.val_loader, w.device, cfg.reconstruction)
         metrics = {"epoch": epoch, "step": step_count, "phase": "vae" if epoch < cfg.epochs
                    else "classifier", "train_loss": tr["loss"],
                    **{f"val_{k}": v for k, v in val.items()}, "epoch_time_s": time.time() - t0,
                    "resumed_from_epoch": start_epoch}
         if classifiers is not None:
             for name, clf in classifiers.items():
-                metrics[f"{name}_accuracy"] = train.evaluate_classifier(clf, val_loader,
-                                                                        device)["accuracy"]
+                metrics[f"{name}_accuracy"] = train.evaluate_classifier(clf, w.val_loader,
+                                                                        w.device)["accuracy"]
         history.append(metrics)
-        if writer is not None:
+        if w.writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, float | int) and k not in ("epoch", "step"):
-                    writer.add_scalar(k, v, epoch)
-            tensorboard_images(writer, unwrap(model), fixed, epoch)
-            writer.flush()
-
-        def save(path: Path, metrics: dict = metrics, epoch: int = epoch,
-                 classifiers: Classifiers | None = classifiers) -> None:
-            extra = {"history": history,
-                     "classifiers": classifiers.state_dict() if classifiers else clf_state}
-            save_checkpoint(path, kind="autoencoder", config=dataclasses.asdict(cfg), model=model,
-                            optimizer=optimizer, step=step_count, epoch=epoch, metrics=metrics,
-                            extra=extra)
-
+                    w.writer.add_scalar(k, v, epoch)
+            tensorboard_images(w.writer, unwrap(model), fixed, epoch)
+            w.writer.flush()
+        extra = {"history": list(history),
+                 "classifiers": classifiers.state_dict() if classifiers else clf_state}
+        save = functools.partial(
+            save_checkpoint, kind="autoencoder", config=dataclasses.asdict(cfg),
+            model_config=dataclasses.asdict(cfg.autoencoder()), model=model, optimizer=optimizer,
+            step=step_count, epoch=epoch, metrics=metrics, extra=extra)
         common.report(metrics, save, cfg)
-    if writer is not None:
-        writer.close()
+    w.close()
 
 
 def render(state: dict, out: Path) -> None:

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import time
@@ -54,11 +55,14 @@ def write_vae(path, with_heads=True):
                            metrics={"val_loss": 1.0}, extra=extra)
 
 
-def write_ddpm(path):
-    unet = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,),
-                           num_heads=2, groups=4, dropout=0.0))
+def write_ddpm(path, num_classes: int | None = 10):
+    """A tiny DDPM checkpoint, class-conditional (10 digits + the null label) by default."""
+    cfg = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
+                     groups=4, dropout=0.0, num_classes=num_classes)
+    unet = UNet(cfg)
     ema = {"decay": 0.9, "shadow": {k: v + 0.01 for k, v in unet.state_dict().items()}}
-    return save_checkpoint(path, kind="unet", config=DDPM_CFG, model=unet, ema=ema,
+    return save_checkpoint(path, kind="unet", config={**DDPM_CFG, "conditional": bool(num_classes)},
+                           model_config=dataclasses.asdict(cfg), model=unet, ema=ema,
                            metrics={"val_loss": 1.0})
 
 

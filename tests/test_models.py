@@ -44,9 +44,9 @@ def test_autoencoder_shapes():
 
 def overfit(model, x, steps, **kw):
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    first = train.autoencoder_step(model, x, opt, **kw)
+    first = train.autoencoder_train_step(model, x, opt, **kw)
     for _ in range(steps):
-        last = train.autoencoder_step(model, x, opt, **kw)
+        last = train.autoencoder_train_step(model, x, opt, **kw)
     return first, last
 
 
@@ -69,7 +69,7 @@ def test_latent_probe_freezes_encoder_and_finetune_does_not():
         before = [p.clone() for p in vae.encoder.parameters()]
         opt = torch.optim.Adam([p for p in clf.parameters() if p.requires_grad], lr=1e-2)
         for _ in range(5):
-            train.classifier_step(clf, x, y, opt)
+            train.classifier_train_step(clf, x, y, opt)
         moved = any((a - b).abs().max() > 0 for a, b in zip(before, vae.encoder.parameters(),
                                                             strict=True))
         assert moved == changes
@@ -80,7 +80,7 @@ def test_pixel_classifier_learns_a_batch():
     clf = ConvClassifier(ClassifierConfig(dropout=0.0))
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
     for _ in range(60):
-        metrics = train.classifier_step(clf, x, y, opt)
+        metrics = train.classifier_train_step(clf, x, y, opt)
     assert metrics["accuracy"] == 1.0
     assert clf.features(x).shape == (32, 128)
 
@@ -94,7 +94,7 @@ def test_unet_denoising_loss_falls():
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     ema = train.EMA(model, decay=0.9)
     g = torch.Generator().manual_seed(0)
-    losses = [train.ddpm_step(model, sched, x0, opt, ema=ema, generator=g)["loss"]
+    losses = [train.ddpm_train_step(model, sched, x0, opt, ema=ema, generator=g)["loss"]
               for _ in range(60)]
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
     assert ema.num_updates == 60

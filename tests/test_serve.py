@@ -106,6 +106,48 @@ def test_concurrent_requests_are_batched(app):
     assert max(sizes) > 1, sizes
 
 
+def test_labels_and_guidance_are_batched_per_request(app):
+    """Concurrent requests with different labels, guidance and seeds share model calls, and each
+    gets exactly the image it gets when sent alone."""
+    bodies = [{"n": 2, "steps": 4, "seed": s, "labels": lab, "guidance": w}
+              for s, (lab, w) in enumerate([(3, 1.0), ([0, 9], 1.0), (None, 1.0), (7, 2.0),
+                                             ([1, 1], 0.0), (5, 1.0)])]
+    alone = [post("/ddpm/sample", b).content for b in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: post("/ddpm/sample", b).content, bodies * 2))
+    assert together == alone * 2
+    assert post("/ddpm/sample", {**bodies[0], "labels": 4}).content != alone[0]
+    info = requests.get(URL + "/info", timeout=30).json()["ddpm"]
+    assert info["conditional"] and info["num_classes"] == 10 and max(info["recent_batch_sizes"]) > 1
+    j = post("/ddpm/sample", {"n": 3, "steps": 4, "labels": [2, 4, 6], "format": "json"}).json()
+    assert j["labels"] == [2, 4, 6] and len(j["verdict"]["class"]) == 3
+
+
+def test_replica_batch_equals_unbatched_with_mixed_labels(app):
+    """The replica's grouping itself: one call for mixed labels (and a DDPM request whose
+    ignored steps/eta differ) equals each request run alone."""
+    import asyncio
+
+    import torch
+
+    from serve.deployments import DDPMModel, batch_key
+
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(app["storage"])})
+    reqs = [{"n": 2, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 1, "labels": [3, 10],
+             "guidance": 1.5},
+            {"n": 1, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 2, "labels": None,
+             "guidance": 1.5},
+            {"n": 1, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 3, "labels": [8],
+             "guidance": 1.5}]
+    batched = asyncio.run(replica._run(reqs))
+    assert list(replica.batch_sizes)[-1] == 3  # one model call for the three
+    for req, got in zip(reqs, batched, strict=True):
+        assert torch.equal(got, asyncio.run(replica._run([req]))[0])
+    ddpm = {"n": 1, "sampler": "ddpm", "seed": 0, "labels": None, "guidance": 1.0}
+    assert batch_key({**ddpm, "steps": 5, "eta": 0.0}) == batch_key({**ddpm, "steps": 50, "eta": 1.0})
+
+
 @pytest.mark.parametrize("path, body, status", [
     ("/ddpm/sample", {"n": 0}, 422),
     ("/ddpm/sample", {"n": 65}, 422),
@@ -114,6 +156,10 @@ def test_concurrent_requests_are_batched(app):
     ("/ddpm/sample", {"sampler": "euler"}, 422),
     ("/ddpm/sample", {"format": "gif"}, 422),
     ("/ddpm/sample", {"surprise": 1}, 422),
+    ("/ddpm/sample", {"labels": 10}, 422),
+    ("/ddpm/sample", {"n": 3, "labels": [1, 2]}, 422),
+    ("/ddpm/sample", {"labels": 1, "guidance": -1}, 422),
+    ("/ddpm/sample", {"labels": 1, "guidance": 11}, 422),
     ("/vae/decode", {"z": [0, 0]}, 400),
     ("/vae/decode", {"z": [0, 0, 0, 99]}, 422),
     ("/vae/reconstruct", {"image": {}}, 422),
@@ -217,7 +263,7 @@ def test_a_replica_killed_under_load_comes_back(app):
 
 def test_reconfigure_in_place_keeps_the_model_when_the_new_checkpoint_fails(app, tmp_path):
     """What ``serve deploy`` with a changed user_config does to a running replica."""
-    from serve.app import DDPMModel
+    from serve.deployments import DDPMModel
 
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"\x00not a checkpoint")
@@ -230,3 +276,21 @@ def test_reconfigure_in_place_keeps_the_model_when_the_new_checkpoint_fails(app,
     empty = DDPMModel.func_or_class()
     empty.reconfigure({"storage_path": str(tmp_path)})  # nothing registered: starts, answers 503
     assert empty.model is None and "no registered ddpm" in empty.load_error
+
+
+def test_an_unconditional_served_model_refuses_labels(tmp_path):
+    """Older, unconditional checkpoints still serve; labels sent to them are a 400, not a 500."""
+    import asyncio
+
+    from hw4.errors import HW4Error
+    from serve.deployments import DDPMModel
+
+    from .conftest import write_ddpm
+
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"checkpoint": str(write_ddpm(tmp_path / "u.pt", num_classes=None))})
+    req = {"n": 1, "sampler": "ddim", "steps": 3, "eta": 0.0, "seed": 0, "guidance": 1.0}
+    assert asyncio.run(replica.sample({**req, "labels": None})).shape == (1, 1, 28, 28)
+    err = asyncio.run(replica.sample({**req, "labels": [3]}))
+    assert isinstance(err, HW4Error) and "unconditional" in str(err)
+    assert asyncio.run(replica.info())["conditional"] is False

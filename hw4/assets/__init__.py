@@ -7,7 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from hw4.checkpoint import CheckpointError, load_checkpoint, load_state, write_json_atomic
+from hw4.atomic_files import write_json_atomic
+from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
 from hw4.models import config_from_dict
 from hw4.models.classifier import ClassifierConfig, ConvClassifier
 

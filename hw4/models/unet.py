@@ -27,6 +27,9 @@ class UNetConfig:
     num_heads: int = 4
     dropout: float = 0.0
     groups: int = 8  # GroupNorm groups; must divide every channel count
+    # class conditioning: labels 0..num_classes-1 plus one extra "null" label (= num_classes)
+    # for classifier-free guidance; None is the unconditional model of older checkpoints
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(self.channel_mults)
@@ -143,6 +146,9 @@ class UNet(nn.Module):
         ch = cfg.base_channels
         tdim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+        # the label joins the time embedding (improved-diffusion's ``label_emb``): every ResNet
+        # block then sees "which step and which class" through the same projection
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, tdim) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         # 1. contracting path: remember every output channel count for the skips
@@ -179,9 +185,22 @@ class UNet(nn.Module):
             nn.GroupNorm(cfg.groups, cur), nn.SiLU(), nn.Conv2d(cur, cfg.in_channels, 3, padding=1)
         )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no class" (classifier-free guidance); None when unconditional."""
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``y`` (B,) long: class labels, ``null_label`` for "unconditional"; None means all null.
+        An unconditional model refuses labels rather than silently ignoring them."""
         emb = sinusoidal_embedding(t, self.config.base_channels).to(self.conv_in.weight.dtype)
         temb = self.time_mlp(emb)  # (B, tdim)
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
+            temb = temb + self.label_emb(y)  # (B, tdim)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes=None): it takes no labels")
         # channels-last (NHWC) activations: oneDNN's convolutions and GroupNorm run faster on
         # them, and the attention blocks' (B, HW, C) tokens become views instead of copies
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))

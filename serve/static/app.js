@@ -3,8 +3,6 @@
 
 const CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
-const MODEL_NAMES = {pixel_cnn: "pixel CNN", latent_classifier: "latent classifier",
-                     reconstruct_then_classify: "reconstruct, then classify"};
 const COLORS = ["#1f5fbf", "#d1495b", "#2a9d8f", "#e9a03b", "#6a4c93"];
 const BASE = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
 const $ = (id) => document.getElementById(id);
@@ -127,29 +125,69 @@ function chart(series, xlabel, ylabel) {
 // the served DDPM's number of diffusion steps T (DDPM sampling always takes all of them)
 function servedT() { return (info && info.ddpm.config && info.ddpm.config.timesteps) || 1000; }
 
-async function sample(params) {
+// what a person reads for an attacked model's name (the server's /info says)
+function modelName(name) { return (info && info.attack_targets && info.attack_targets[name]) || name; }
+
+function servedConditional() { return Boolean(info && info.ddpm && info.ddpm.conditional); }
+
+async function sample(params, verdicts) {
   const t0 = performance.now();
   const r = await api("ddpm/sample", {...params, format: "json"});
-  const label = params.sampler === "ddpm" ? `DDPM-${servedT()}` : `DDIM-${params.steps}, η=${params.eta}`;
+  let label = params.sampler === "ddpm" ? `DDPM-${servedT()}` : `DDIM-${params.steps}, η=${params.eta}`;
+  if (params.labels !== undefined) label += `, w=${params.guidance}`;
+  if (verdicts) showVerdicts(r);
   return figure(png(r.grid_png_base64),
                 `${label}, seed ${params.seed}: ${r.seconds.toFixed(2)} s on the server, ` +
                 `${((performance.now() - t0) / 1000).toFixed(2)} s here`, `${r.shape[0]} samples, ${label}`);
 }
 
+// Each sample with what the pinned MNIST classifier sees in it; red when it is not the digit asked for.
+function showVerdicts(r) {
+  const cells = r.images_png_base64.map((b64, i) => {
+    const cls = r.verdict.class[i], conf = r.verdict.confidence[i];
+    const asked = r.labels ? r.labels[i] : null;
+    const f = figure(png(b64), `${cls} (${(100 * conf).toFixed(0)}%)`,
+                     `sample ${i + 1}: classified as ${cls}` + (asked === null ? "" : `, asked for ${asked}`), 2);
+    if (asked !== null && asked !== cls) f.classList.add("miss");
+    return f;
+  });
+  const hits = r.labels ? r.labels.filter((c, i) => c === r.verdict.class[i]).length : null;
+  const head = document.createElement("p");
+  head.textContent = "The pinned MNIST classifier's verdict on each sample" +
+    (hits === null ? "." : `: ${hits} of ${r.labels.length} are the digit asked for.`);
+  $("s-verdicts").replaceChildren(head, ...cells);
+}
+
 function samplerParams() {
-  return {sampler: $("s-sampler").value, steps: intIn("s-steps", 1, 1000, "Steps"),
-          eta: Number($("s-eta").value), seed: intIn("s-seed", 0, 2 ** 31 - 1, "Seed"),
-          n: intIn("s-n", 1, 64, "Images")};
+  const p = {sampler: $("s-sampler").value, steps: intIn("s-steps", 1, 1000, "Steps"),
+             eta: Number($("s-eta").value), seed: intIn("s-seed", 0, 2 ** 31 - 1, "Seed"),
+             n: intIn("s-n", 1, 64, "Images")};
+  const digit = $("s-digit").value;
+  if (digit === "any" || !servedConditional()) return p;
+  p.guidance = Number($("s-guidance").value);
+  if (digit === "rows") {  // n rounded down to whole rows of the ten digits
+    const per = Math.max(1, Math.floor(Math.min(p.n, 60) / 10));
+    p.n = 10 * per;
+    p.nrow = per;
+    p.labels = Array.from({length: p.n}, (_, i) => Math.floor(i / per));
+  } else {
+    p.labels = Number(digit);
+  }
+  return p;
 }
 
 $("s-eta").addEventListener("input", () => { $("s-eta-out").value = $("s-eta").value; });
+$("s-guidance").addEventListener("input", () => { $("s-guidance-out").value = $("s-guidance").value; });
 $("sample-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  run($("s-go"), "sampler-error", async () => { $("s-out").replaceChildren(await sample(samplerParams())); });
+  run($("s-go"), "sampler-error", async () => {
+    $("s-out").replaceChildren(await sample(samplerParams(), true));
+  });
 });
 $("s-compare").addEventListener("click", () => run($("s-compare"), "sampler-error", async () => {
   const p = samplerParams();
   const T = servedT();
+  $("s-verdicts").replaceChildren();
   $("s-out").replaceChildren(await sample({...p, sampler: "ddpm", steps: T, eta: 1}),
                              await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0}));
 }));
@@ -193,7 +231,7 @@ async function decode() {
   if (seq !== decodeSeq) return;
   $("l-decoded").src = png(r.grid_png_base64);
   const rows = Object.entries(c.models).map(([name, m]) =>
-    `<tr><th>${MODEL_NAMES[name] || name}</th><td>${CLASSES[m.prediction[0]]}</td>` +
+    `<tr><th>${modelName(name)}</th><td>${CLASSES[m.prediction[0]]}</td>` +
     `<td>${(100 * m.confidence[0]).toFixed(1)}%</td></tr>`);
   $("l-preds").innerHTML = "<tr><th>model</th><th>prediction</th><th>confidence</th></tr>" + rows.join("");
 }
@@ -270,7 +308,7 @@ async function attack() {
     const card = document.createElement("div");
     const said = (p) => `${CLASSES[p.class[0]]} ${(100 * p.confidence[0]).toFixed(0)}%`;
     const ok = adv.class[0] === label;
-    card.innerHTML = `<h4>${MODEL_NAMES[name] || name}</h4>`;
+    card.innerHTML = `<h4>${modelName(name)}</h4>`;
     const pf = document.createElement("figure");
     pf.append(await perturbation(orig, advSrc, gain), Object.assign(
       document.createElement("figcaption"), {textContent: `perturbation ×${gain.toFixed(1)}`}));
@@ -297,7 +335,7 @@ function drawCurves() {
   const a = $("a-attack").value, series = {};
   for (const [name, curves] of Object.entries(ev.robustness)) {
     const c = curves[a] && curves[a].untargeted;
-    if (c) series[MODEL_NAMES[name] || name] = Object.entries(c).map(([e, v]) => [Number(e), v.accuracy]);
+    if (c) series[modelName(name)] = Object.entries(c).map(([e, v]) => [Number(e), v.accuracy]);
   }
   box.replaceChildren(chart(series, "ε", `accuracy under ${a.toUpperCase()}`));
   const note = document.createElement("p");
@@ -366,6 +404,9 @@ function modelCard(kind, m) {
 
 async function loadInfo() {
   info = await api("info");
+  const unconditional = info.ddpm.loaded && !info.ddpm.conditional;
+  $("s-cond-hint").hidden = !unconditional;
+  $("s-digit").disabled = $("s-guidance").disabled = unconditional;
   $("i-out").replaceChildren(modelCard("ddpm", info.ddpm), modelCard("vae", info.vae));
   drawCurves();
 }

@@ -1,0 +1,357 @@
+"""The Serve app's model deployments: each loads its checkpoint from ``user_config`` (reloading
+in place when it changes; a failed load keeps the previous model) and runs inference through
+``hw4``. ``DDPMModel`` batches concurrent sample requests; ``VAEModel`` serves the VAE, its latent
+classifiers and the adversarial evaluation."""
+
+import asyncio
+import base64
+import functools
+import json
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ray import serve
+
+from hw4 import adversarial, data, viz
+from hw4.assets import load_classifier
+from hw4.errors import HW4Error
+from hw4.evaluation import ATTACK_TARGETS, attack_targets
+from hw4.registry import registry_path
+from hw4.trained import load_ddpm, load_vae, reconstruction, resolve_checkpoint
+from serve.schemas import MAX_SAMPLE_IMAGES
+
+PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
+# what a damaged checkpoint or registry entry raises on load: reported, the old model kept
+LOAD_ERRORS = (HW4Error, OSError, KeyError, ValueError, TypeError, RuntimeError)
+
+
+class Unavailable(HW4Error):
+    """No model is loaded (nothing registered, or its checkpoint failed to load): HTTP 503."""
+
+
+class Reloadable:
+    """A model that (re)loads from its ``user_config``; a failed load keeps the previous model."""
+
+    kind = ""
+
+    def _setup(self) -> None:
+        self.model: Any = None
+        self.path: Path | None = None
+        self.history: list = []
+        self.load_error: str | None = None
+        self.loaded_at: float | None = None
+        self.storage = "results"
+
+    def load(self, path: Path) -> Any:
+        raise NotImplementedError
+
+    def reconfigure(self, config: dict) -> None:
+        """Load the configured checkpoint (or the registry's best). A replica that already
+        serves a model keeps it when the new one fails to load (a ``user_config`` change); a new
+        replica fails to start and ``serve status`` shows the error (after a code redeploy the
+        old replicas are gone by then). With nothing registered and no explicit checkpoint, the
+        replica starts empty and answers 503."""
+        storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
+        self.storage = storage
+        if not explicit and not registry_path(storage, self.kind).is_file():
+            self.load_error = (f"no registered {self.kind} checkpoint under {storage}; train one "
+                               "or set the checkpoint in the deployment's user_config")
+            return
+        try:
+            path = resolve_checkpoint(storage, self.kind, explicit)
+            model = self.load(path)
+        except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
+            self.load_error = str(err)
+            if self.model is None:
+                raise
+            print(f"[hw4] {self.kind}: keeping {self.path}; the new checkpoint failed: {err}",
+                  flush=True)
+            return
+        self.history = training_history(path)
+        self.model, self.path, self.load_error, self.loaded_at = model, path, None, time.time()
+
+    def require(self) -> Any:
+        if self.model is None:
+            raise Unavailable(f"no {self.kind} model is loaded: {self.load_error}")
+        return self.model
+
+    async def loaded(self) -> bool:
+        return self.model is not None
+
+    def info(self) -> dict:
+        m = self.model
+        return {"loaded": m is not None, "checkpoint": str(self.path) if self.path else None,
+                "load_error": self.load_error, "loaded_at": self.loaded_at,
+                "metrics": m.metrics if m else None, "config": m.config if m else None,
+                "history": self.history, "pid": os.getpid()}
+
+
+def evaluation_summary(storage: str, checkpoint: Path | None) -> dict | None:
+    """Robustness curves of the newest ``jobs/evaluate.py`` report on this VAE checkpoint."""
+    if checkpoint is None:
+        return None
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # deleted meanwhile
+            return 0.0
+
+    for path in sorted(Path(storage).glob("eval/*/report.json"), key=mtime, reverse=True):
+        try:
+            vae = json.loads(path.read_text()).get("vae") or {}
+            if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() == checkpoint.resolve():
+                return {"report": str(path), "robustness": vae["robustness"],
+                        "clean_accuracy": vae.get("clean_accuracy"),
+                        "most_robust": vae.get("most_robust")}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+    return None
+
+
+def training_history(path: Path) -> list:
+    """The per-epoch metrics the training job wrote beside the artifact (none if absent)."""
+    try:
+        return json.loads((path.parent / "metrics.json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def guarded(method):
+    """Return ``HW4Error``s as values: exceptions crossing a Ray handle carry tracebacks."""
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except HW4Error as err:
+            return err
+    return wrapper
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as err:
+        raise HW4Error(f"png_base64 is not valid base64: {err}") from err
+
+
+def _images_in_batch(requests: list[dict]) -> int:
+    return sum(r["n"] for r in requests)
+
+
+def batch_key(req: dict) -> tuple:
+    """Requests that can share one model call: the same sampler settings. Settings a sampler
+    ignores are left out (DDPM has no steps or eta; guidance only acts on labelled rows), so
+    they do not split a batch."""
+    steps, eta = (req["steps"], req["eta"]) if req["sampler"] == "ddim" else (None, None)
+    return req["sampler"], steps, eta, req["guidance"] if req.get("labels") else None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64,
+                  max_constructor_retry_count=3,
+                  user_config={"storage_path": "results", "checkpoint": None, "batching": True})
+class DDPMModel(Reloadable):
+    kind = "ddpm"
+
+    def __init__(self) -> None:
+        self._setup()
+        self.batching = True
+        self.batch_sizes: deque[int] = deque(maxlen=500)  # requests per model call, for /info
+        self.lock = asyncio.Lock()  # one model call at a time, batched or not
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.mnist_cnn = load_classifier("mnist")
+
+    def load(self, path: Path):
+        return load_ddpm(path)
+
+    def reconfigure(self, config: dict) -> None:
+        super().reconfigure(config)
+        self.batching = bool(config.get("batching", True))
+
+    @guarded
+    async def sample(self, req: dict) -> torch.Tensor:
+        """req: n, sampler, steps, eta, seed, labels (n digits or None), guidance
+        -> (n, 1, 28, 28) in [0, 1]."""
+        ddpm = self.require()
+        if req["sampler"] == "ddim" and req["steps"] > ddpm.timesteps:
+            raise HW4Error(f"steps must be at most {ddpm.timesteps} for this model")
+        if req.get("labels") is not None and not ddpm.conditional:
+            raise HW4Error("the served DDPM is unconditional: send no labels")
+        if self.batching:
+            return await self._batched(req)
+        return (await self._run([req]))[0]
+
+    @serve.batch(max_batch_size=MAX_SAMPLE_IMAGES, batch_wait_timeout_s=0.05,
+                 batch_size_fn=_images_in_batch)
+    async def _batched(self, requests: list[dict]) -> list[torch.Tensor]:
+        return await self._run(requests)
+
+    async def _run(self, requests: list[dict]) -> list[torch.Tensor]:
+        """Requests with the same sampler settings share one call; each keeps its own seed and
+        labels (rows without labels take the null label: unconditional, unguided)."""
+        ddpm = self.require()
+        out: list[torch.Tensor | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(batch_key(r), []).append(i)
+        async with self.lock:
+            for (sampler, steps, eta, guidance), idx in groups.items():
+                blocks = [(torch.Generator().manual_seed(requests[i]["seed"]), requests[i]["n"])
+                          for i in idx]
+                labels = None
+                if ddpm.conditional:
+                    labels = torch.tensor([c for i in idx for c in requests[i].get("labels")
+                                           or [ddpm.num_classes] * requests[i]["n"]])
+                self.batch_sizes.append(len(idx))
+                images = await asyncio.to_thread(
+                    ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
+                    eta=eta or 0.0, labels=labels, guidance=guidance or 0.0, generator=blocks,
+                    device=self.device)
+                for i, part in zip(idx, images.split([n for _, n in blocks]), strict=True):
+                    out[i] = part
+        return out
+
+    async def verdict(self, images: torch.Tensor) -> dict:
+        """The pinned MNIST classifier's class and confidence for each image."""
+        with torch.no_grad():
+            p = self.mnist_cnn(images).softmax(1)
+        return {"class": p.argmax(1).tolist(), "confidence": p.max(1).values.tolist()}
+
+    async def info(self) -> dict:
+        m = self.model
+        return {**Reloadable.info(self), "batching": self.batching,
+                "conditional": m.conditional if m else None,
+                "num_classes": m.num_classes if m else None,
+                "recent_batch_sizes": list(self.batch_sizes)}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16,
+                  max_constructor_retry_count=3,
+                  user_config={"storage_path": "results", "checkpoint": None})
+class VAEModel(Reloadable):
+    kind = "vae"
+
+    def __init__(self) -> None:
+        self._setup()
+        self.pixel_cnn = load_classifier("fashion_mnist")
+        self._test: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def load(self, path: Path):
+        trained = load_vae(path)
+        trained.vae.requires_grad_(False)  # attacks need input gradients only
+        return trained
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._test is None:
+            try:
+                self._test = data.load_tensors("fashion_mnist", "test")
+            except (HW4Error, OSError, RuntimeError) as err:
+                raise Unavailable(f"Fashion-MNIST test images are not available here: {err}") from err
+        return self._test
+
+    def images(self, spec: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Uploaded PNGs / pixel grids, or test-set indices -> (N, 1, 28, 28), labels or None."""
+        if spec.get("test_indices") is not None:
+            x, y = self.test_set()
+            idx = torch.tensor(spec["test_indices"])
+            if idx.max() >= len(x):
+                raise HW4Error(f"test_index must be below {len(x)}")
+            return x[idx], y[idx]
+        out = [viz.image_from_png(b64decode(b)) if kind == "png" else viz.image_from_pixels(b)
+               for kind, b in spec["uploads"]]
+        labels = spec.get("labels")
+        return torch.cat(out), torch.tensor(labels) if labels is not None else None
+
+    @guarded
+    async def test_image(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.images({"test_indices": [index]})
+        return x, int(y[0])
+
+    def classifiers(self) -> dict[str, torch.nn.Module]:
+        return attack_targets(self.require(), self.pixel_cnn)
+
+    @guarded
+    async def sample(self, n: int, seed: int) -> torch.Tensor:
+        return self.require().vae.sample(n, torch.Generator().manual_seed(seed))
+
+    @guarded
+    async def decode(self, z: list[float]) -> torch.Tensor:
+        vae = self.require().vae
+        if len(z) != vae.config.latent_dim:
+            raise HW4Error(f"z must have {vae.config.latent_dim} values (the latent size)")
+        return vae.decode(torch.tensor([z]))
+
+    @guarded
+    async def reconstruct(self, spec: dict) -> dict:
+        trained = self.require()
+        x, _ = self.images(spec)
+        with torch.no_grad():
+            mu, log_var = trained.vae.encoder(x)
+        return {"input": x, "reconstruction": trained.vae.reconstruct(x), "mu": mu.tolist(),
+                "log_var": log_var.tolist() if log_var is not None else None}
+
+    @guarded
+    async def traverse(self, spec: dict, dims: list[int], low: float, high: float,
+                       steps: int) -> torch.Tensor:
+        vae = self.require().vae
+        if max(dims) >= vae.config.latent_dim:
+            raise HW4Error(f"dims must be below the latent size {vae.config.latent_dim}")
+        x, _ = self.images(spec)
+        return vae.traverse(x[:1], dims, torch.linspace(low, high, steps))
+
+    @guarded
+    async def classify(self, spec: dict) -> dict:
+        x, y = self.images(spec)
+        out = {"labels": y.tolist() if y is not None else None, "models": {}}
+        with torch.no_grad():
+            for name, model in self.classifiers().items():
+                p = model(x).softmax(1)
+                out["models"][name] = {"prediction": p.argmax(1).tolist(),
+                                       "confidence": p.max(1).values.tolist(),
+                                       "probabilities": p.tolist()}
+        return out
+
+    @guarded
+    async def attack(self, spec: dict, attack: str, epsilons: list[float], models: list[str],
+                     targeted: bool, pgd_steps: int, seed: int, examples: int) -> dict:
+        x, y = self.images(spec)
+        if y is None:
+            raise HW4Error("uploaded images need labels (one class 0-9 per image)")
+        chosen = {k: v for k, v in self.classifiers().items() if k in models}
+        if not chosen:
+            raise HW4Error(f"no such model here; available: {sorted(self.classifiers())}")
+        vae = self.require().vae
+        targets = (y + 1) % 10 if targeted else None
+        result: dict = {"n": len(x), "accuracy": {}, "target_rate": {}, "predictions": {},
+                        "examples": {}, "reconstruction_error": {}}
+        for name, model in chosen.items():
+            adversarials: dict[float, torch.Tensor] = {}
+            kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
+                if attack == "pgd" else {}
+            # the library's loop, in one batch, so its callback sees every adversarial image
+            curve = await asyncio.to_thread(
+                adversarial.robustness_curve, model, x, y, epsilons, attack, targets=targets,
+                batch=len(x), on_adversarial=adversarials.__setitem__, **kw)
+            result["accuracy"][name] = {eps: c["accuracy"] for eps, c in curve.items()}
+            result["target_rate"][name] = {eps: c.get("target_rate", c["accuracy"])
+                                           for eps, c in curve.items()}
+            result["predictions"][name], result["examples"][name] = {}, {}
+            for eps, adv in adversarials.items():
+                with torch.no_grad():
+                    p = model(adv[:examples]).softmax(1)
+                    if name == PURIFIED:
+                        result["reconstruction_error"][eps] = float(
+                            F.mse_loss(reconstruction(vae, adv), x))
+                result["predictions"][name][eps] = {"class": p.argmax(1).tolist(),
+                                                    "confidence": p.max(1).values.tolist()}
+                result["examples"][name][eps] = adv[:examples]
+        result["labels"] = y[:examples].tolist()
+        result["originals"] = x[:examples]
+        return result
+
+    async def info(self) -> dict:
+        return {**Reloadable.info(self), "evaluation": evaluation_summary(self.storage, self.path)}

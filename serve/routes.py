@@ -1,0 +1,203 @@
+"""The Serve app's HTTP side: the FastAPI routes of the ``Api`` ingress, the bearer-token and
+body-size guard, the web page, and PNG/JSON replies. Inference happens in serve.deployments."""
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from hw4 import viz
+from hw4.errors import HW4Error
+from hw4.evaluation import ATTACK_TARGET_LABELS
+from serve.deployments import Unavailable
+from serve.schemas import (
+    MAX_BODY_BYTES,
+    MAX_GUIDANCE,
+    MAX_SAMPLE_IMAGES,
+    MAX_TEST_IMAGES,
+    AttackIn,
+    ClassifyIn,
+    DDPMSampleIn,
+    DecodeIn,
+    ImageRequest,
+    TraverseIn,
+    VAESampleIn,
+    image_spec,
+)
+
+TOKEN_ENV = "HW4_SERVE_TOKEN"
+STATIC = Path(__file__).resolve().parent / "static"  # the web page at /
+STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+def b64png(images: torch.Tensor, nrow: int = 8) -> str:
+    return base64.b64encode(viz.png_bytes(images, nrow)).decode()
+
+
+def image_reply(images: torch.Tensor, fmt: str, nrow: int = 8, **meta: Any) -> Response:
+    """A PNG grid, or JSON with the grid and each image as base64 PNG plus ``meta``."""
+    if fmt == "png":
+        return Response(viz.png_bytes(images, nrow), media_type="image/png",
+                        headers={f"x-hw4-{k.replace('_', '-')}": str(v) for k, v in meta.items()})
+    return JSONResponse({"grid_png_base64": b64png(images, nrow),
+                         "images_png_base64": [b64png(im[None], 1) for im in images],
+                         "shape": list(images.shape), **meta})
+
+
+def unwrap_reply(value: Any) -> Any:
+    if isinstance(value, Unavailable):
+        raise HTTPException(503, str(value))
+    if isinstance(value, HW4Error):
+        raise HTTPException(400, str(value))
+    return value
+
+
+api = FastAPI(title="hw4", version="1.0",
+              description="Samples, reconstructions, latent traversals and adversarial evaluation "
+                          "from the best VAE and DDPM checkpoints.")
+
+
+api.state.token = None
+
+
+def is_page(request: Request) -> bool:
+    """The web page and its two files: public, so a browser can load them and ask for the token."""
+    path, prefix = request.url.path, request.scope.get("root_path") or ""
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):]
+    return request.method == "GET" and (path in ("", "/") or path.removeprefix("/static/")
+                                        in STATIC_TYPES)
+
+
+@api.middleware("http")
+async def guard(request: Request, call_next):
+    """Every route but the page: the bearer token when one is set; the body-size limit."""
+    token = request.app.state.token
+    if token is not None and not is_page(request):
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return JSONResponse({"detail": "missing or wrong bearer token"}, 401,
+                                headers={"WWW-Authenticate": "Bearer"})
+    size = request.headers.get("content-length")
+    if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+        return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, 413)
+    return await call_next(request)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=200)
+@serve.ingress(api)
+class Api:
+    def __init__(self, ddpm: DeploymentHandle, vae: DeploymentHandle,
+                 token_env: str = TOKEN_ENV) -> None:
+        self.ddpm, self.vae = ddpm, vae
+        api.state.token = os.environ.get(token_env) or None  # read by ``guard``
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The playground: sampler, latent explorer, adversarial demo and model info, all
+        through this API (serve/static/)."""
+        return HTMLResponse((STATIC / "index.html").read_text(), headers={"Cache-Control": "no-cache"})
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name],
+                        headers={"Cache-Control": "no-cache"})
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        ddpm, vae = await asyncio.gather(self.ddpm.loaded.remote(), self.vae.loaded.remote())
+        return {"status": "ok", "models": {"ddpm": ddpm, "vae": vae}}
+
+    @api.get("/info")
+    async def info(self) -> dict:
+        """Which checkpoints are served, their metrics, configs, training history, load errors."""
+        ddpm, vae = await asyncio.gather(self.ddpm.info.remote(), self.vae.info.remote())
+        return {"ddpm": ddpm, "vae": vae, "attack_targets": ATTACK_TARGET_LABELS,
+                "limits": {"max_sample_images": MAX_SAMPLE_IMAGES, "max_body_bytes": MAX_BODY_BYTES,
+                           "max_test_images": MAX_TEST_IMAGES, "max_guidance": MAX_GUIDANCE}}
+
+    @api.post("/ddpm/sample", responses={200: {"content": {"image/png": {}}}})
+    async def ddpm_sample(self, body: DDPMSampleIn) -> Response:
+        """Draw n digits with DDPM (all T steps) or DDIM (``steps``, ``eta``); seeded. A
+        class-conditional model draws the ``labels`` asked for, guided with weight ``guidance``.
+        JSON adds the pinned MNIST classifier's verdict on each image."""
+        t0 = time.perf_counter()
+        req = {**body.model_dump(exclude={"format", "nrow", "labels"}), "labels": body.label_list()}
+        images = unwrap_reply(await self.ddpm.sample.remote(req))
+        meta = dict(seconds=round(time.perf_counter() - t0, 4), sampler=body.sampler,
+                    steps=body.steps, seed=body.seed, guidance=body.guidance)
+        if body.format == "json":
+            meta["verdict"] = await self.ddpm.verdict.remote(images)
+            meta["labels"] = req["labels"]
+        return image_reply(images, body.format, nrow=body.nrow, **meta)
+
+    @api.post("/vae/sample", responses={200: {"content": {"image/png": {}}}})
+    async def vae_sample(self, body: VAESampleIn) -> Response:
+        images = unwrap_reply(await self.vae.sample.remote(body.n, body.seed))
+        return image_reply(images, body.format, seed=body.seed)
+
+    @api.post("/vae/reconstruct", responses={200: {"content": {"image/png": {}}}})
+    async def vae_reconstruct(self, body: ImageRequest) -> Response:
+        """The image and its reconstruction side by side (JSON adds the posterior mu, log_var)."""
+        out = unwrap_reply(await self.vae.reconstruct.remote(image_spec([body.image])))
+        pair = torch.cat([out["input"], out["reconstruction"]])
+        if body.format == "png":
+            return image_reply(pair, "png", nrow=2)
+        return JSONResponse({"grid_png_base64": b64png(pair, 2),
+                             "reconstruction_png_base64": b64png(out["reconstruction"], 1),
+                             "mu": out["mu"][0],
+                             "log_var": out["log_var"][0] if out["log_var"] else None})
+
+    @api.post("/vae/traverse", responses={200: {"content": {"image/png": {}}}})
+    async def vae_traverse(self, body: TraverseIn) -> Response:
+        """One row per latent dimension, moved from ``low`` to ``high`` around the image's code."""
+        images = unwrap_reply(await self.vae.traverse.remote(
+            image_spec([body.image]), body.dims, body.low, body.high, body.steps))
+        return image_reply(images, body.format, nrow=body.steps)
+
+    @api.post("/vae/decode", responses={200: {"content": {"image/png": {}}}})
+    async def vae_decode(self, body: DecodeIn) -> Response:
+        return image_reply(unwrap_reply(await self.vae.decode.remote(body.z)), body.format, nrow=1)
+
+    @api.post("/vae/classify")
+    async def vae_classify(self, body: ClassifyIn) -> dict:
+        """Predictions of the pixel CNN, the latent classifier and reconstruct-then-classify."""
+        return unwrap_reply(await self.vae.classify.remote(image_spec(body.images)))
+
+    @api.get("/vae/test-image/{index}", responses={200: {"content": {"image/png": {}}}})
+    async def test_image(self, index: int) -> Response:
+        """A Fashion-MNIST test image (its label in the x-hw4-label header)."""
+        if not 0 <= index <= 9999:
+            raise HTTPException(422, "index must be in 0..9999")
+        image, label = unwrap_reply(await self.vae.test_image.remote(index))
+        return image_reply(image, "png", nrow=1, label=label)
+
+    @api.post("/adversarial")
+    async def adversarial_eval(self, body: AttackIn) -> dict:
+        """Accuracy of each chosen model on FGSM/PGD images at each eps, with examples."""
+        if body.images is not None:
+            spec = image_spec(body.images, body.labels)
+        else:
+            if body.start + body.n > 10000:
+                raise HTTPException(422, "start + n must be at most 10000 test images")
+            spec = {"test_indices": list(range(body.start, body.start + body.n))}
+        out = unwrap_reply(await self.vae.attack.remote(
+            spec, body.attack, body.epsilons, body.models, body.targeted, body.pgd_steps,
+            body.seed, body.examples))
+        originals = out.pop("originals")  # a tensor: never into the JSON as it is
+        out["originals_png_base64"] = b64png(originals) if body.examples else None
+        out["examples"] = {name: {str(e): b64png(adv) for e, adv in per_eps.items()}
+                           for name, per_eps in out["examples"].items()} if body.examples else {}
+        return json.loads(json.dumps(out))  # eps keys become strings, as JSON has them

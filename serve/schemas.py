@@ -1,0 +1,142 @@
+"""The HTTP contract of the Serve app: request bodies with their bounds, and the limits."""
+
+from typing import Annotated, Literal
+
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hw4.evaluation import ATTACK_TARGETS
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
+MAX_GUIDANCE = 10.0
+MAX_TEST_IMAGES = 256
+MAX_UPLOADS = 64
+Format = Literal["png", "json"]
+
+
+class ImageIn(BaseModel):
+    """One image: a base64 PNG (any size up to 1024 px a side, made grey 28x28), a 28x28 grid
+    of values in [0, 1], or the index of a Fashion-MNIST test image."""
+
+    model_config = ConfigDict(extra="forbid")
+    png_base64: str | None = Field(None, max_length=2_000_000)
+    pixels: list[list[float]] | None = Field(None, min_length=28, max_length=28)
+    test_index: int | None = Field(None, ge=0, le=9999)
+
+    @model_validator(mode="after")
+    def one_source(self) -> "ImageIn":
+        if sum(v is not None for v in (self.png_base64, self.pixels, self.test_index)) != 1:
+            raise ValueError("give exactly one of png_base64, pixels, test_index")
+        return self
+
+
+def image_spec(images: list[ImageIn], labels: list[int] | None = None) -> dict:
+    """What the VAE replica needs to rebuild the images (all test indices, or all uploads)."""
+    if all(i.test_index is not None for i in images):
+        return {"test_indices": [i.test_index for i in images]}
+    if any(i.test_index is not None for i in images):
+        raise HTTPException(422, "mix of test_index and uploaded images: use one kind per request")
+    return {"uploads": [("png", i.png_base64) if i.png_base64 is not None else ("pixels", i.pixels)
+                        for i in images], "labels": labels}
+
+
+Digit = Annotated[int, Field(ge=0, le=9)]
+
+
+class DDPMSampleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(16, ge=1, le=MAX_SAMPLE_IMAGES, description="images to draw")
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = Field(50, ge=1, le=1000, description="DDIM steps (DDPM always uses all T)")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 DDPM-like")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    labels: Digit | list[Digit] | None = Field(
+        None, description="class-conditional model: one digit for every image, one digit per "
+                          "image (n of them), or none for unconditional samples")
+    guidance: float = Field(1.0, ge=0.0, le=MAX_GUIDANCE,
+                            description="classifier-free guidance weight w, used with labels: "
+                                        "(1 + w) eps(x, c) - w eps(x, null); 0 = no guidance")
+    nrow: int = Field(8, ge=1, le=MAX_SAMPLE_IMAGES, description="images per row of the PNG grid")
+    format: Format = "png"
+
+    @model_validator(mode="after")
+    def one_label_per_image(self) -> "DDPMSampleIn":
+        if isinstance(self.labels, list) and len(self.labels) != self.n:
+            raise ValueError(f"labels: one digit per image ({self.n}), got {len(self.labels)}")
+        return self
+
+    def label_list(self) -> list[int] | None:
+        return [self.labels] * self.n if isinstance(self.labels, int) else self.labels
+
+
+class VAESampleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(16, ge=1, le=MAX_TEST_IMAGES)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    format: Format = "png"
+
+
+class ImageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: ImageIn
+    format: Format = "png"
+
+
+class ClassifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[ImageIn] = Field(min_length=1, max_length=MAX_UPLOADS)
+
+
+class TraverseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: ImageIn
+    dims: list[int] = Field([0, 1, 2, 3], min_length=1, max_length=32)
+    low: float = Field(-3.0, ge=-10, le=10)
+    high: float = Field(3.0, ge=-10, le=10)
+    steps: int = Field(9, ge=2, le=21)
+    format: Format = "png"
+
+    @model_validator(mode="after")
+    def valid(self) -> "TraverseIn":
+        if min(self.dims) < 0:
+            raise ValueError("dims must be >= 0")
+        if self.low >= self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+class DecodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    z: list[float] = Field(min_length=1, max_length=512)
+    format: Format = "png"
+
+    @model_validator(mode="after")
+    def bounded(self) -> "DecodeIn":
+        if any(not -10 <= v <= 10 for v in self.z):
+            raise ValueError("every z value must lie in [-10, 10]")
+        return self
+
+
+class AttackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attack: Literal["fgsm", "pgd"] = "fgsm"
+    epsilons: list[float] = Field([0.0, 0.05, 0.1, 0.2], min_length=1, max_length=11)
+    models: list[Literal[ATTACK_TARGETS]] = Field(list(ATTACK_TARGETS), min_length=1)  # type: ignore[valid-type]
+    images: list[ImageIn] | None = Field(None, min_length=1, max_length=MAX_UPLOADS)
+    labels: list[int] | None = Field(None, description="true classes of uploaded images")
+    n: int = Field(32, ge=1, le=MAX_TEST_IMAGES, description="test images, when no images given")
+    start: int = Field(0, ge=0, le=9999, description="first test image, when no images given")
+    targeted: bool = Field(False, description="aim at class (label + 1) mod 10")
+    pgd_steps: int = Field(10, ge=1, le=50)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    examples: int = Field(8, ge=0, le=16, description="adversarial images returned per eps")
+
+    @model_validator(mode="after")
+    def valid(self) -> "AttackIn":
+        if any(not 0 <= e <= 0.5 for e in self.epsilons):
+            raise ValueError("epsilons must lie in [0, 0.5] (pixel units of [0, 1] images)")
+        if self.labels is not None and (self.images is None or len(self.labels) != len(self.images)
+                                        or any(not 0 <= c <= 9 for c in self.labels)):
+            raise ValueError("labels: one class in 0..9 per uploaded image")
+        return self

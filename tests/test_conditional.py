@@ -1,0 +1,129 @@
+"""Class-conditional DDPM with classifier-free guidance: the label mask of training, the guided
+eps of sampling, and conditional checkpoints through the loader."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hw4 import diffusion, train
+from hw4.checkpoint import save_checkpoint
+from hw4.diffusion import DiffusionSchedule
+from hw4.errors import HW4Error
+from hw4.models.unet import UNet, UNetConfig
+from hw4.trained import load_ddpm
+
+TINY = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2, groups=4)
+
+
+def tiny_unet(num_classes=10, seed=0) -> UNet:
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(**TINY, num_classes=num_classes)).eval()
+    if num_classes:  # a fresh embedding is small next to the time embedding: make labels matter
+        torch.nn.init.normal_(model.label_emb.weight, std=1.0)
+    return model
+
+
+def test_null_label_dropped_with_the_right_frequency():
+    labels = torch.randint(0, 10, (200_000,), generator=torch.Generator().manual_seed(0))
+    out = diffusion.drop_labels(labels, 0.2, 10, torch.Generator().manual_seed(1))
+    dropped = out == 10
+    # binomial(200k, 0.2): sd = 0.0009, so 0.005 is over 5 sd
+    assert abs(dropped.float().mean().item() - 0.2) < 0.005
+    assert torch.equal(out[~dropped], labels[~dropped])  # kept labels are untouched
+    assert torch.equal(diffusion.drop_labels(labels, 0.0, 10), labels)
+    assert (diffusion.drop_labels(labels, 1.0, 10) == 10).all()
+
+
+def test_train_step_drops_labels_seeded():
+    """The step draws t, noise and the mask from its generator: same seed, same loss."""
+    model = tiny_unet()
+    x0 = torch.rand(6, 1, 28, 28) * 2 - 1
+    y = torch.arange(6)
+    sched = DiffusionSchedule.named("linear", 50)
+
+    def loss(seed: int, p: float) -> float:
+        m = tiny_unet()
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        return train.ddpm_train_step(m, sched, x0, opt, labels=y, p_uncond=p, grad_clip=None,
+                                     generator=torch.Generator().manual_seed(seed))["loss"].item()
+
+    assert loss(3, 0.5) == loss(3, 0.5)
+    assert loss(3, 0.0) != loss(3, 1.0)  # the mask reaches the network
+    del model
+
+
+def test_guidance_zero_is_the_conditional_model():
+    model = tiny_unet()
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([5, 10, 20, 40]), torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        assert torch.equal(diffusion.guided_model(model, y, 0.0, 10)(x, t), model(x, t, y))
+
+
+@pytest.mark.parametrize("w", [0.5, 1.0, 3.0])
+def test_guided_eps_is_the_homework_formula_from_two_calls(w):
+    model = tiny_unet()
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([5, 10, 20, 40]), torch.tensor([7, 0, 9, 10])
+    calls = []
+    counted = lambda *a: calls.append(a[0].shape[0]) or model(*a)  # noqa: E731
+    with torch.no_grad():
+        guided = diffusion.guided_model(counted, y, w, 10)(x, t)
+        cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
+    assert calls == [8]  # one network call on the concatenated halves
+    torch.testing.assert_close(guided, (1 + w) * cond - w * uncond, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(guided[3], uncond[3], rtol=1e-5, atol=1e-5)  # a null row stays unguided
+
+
+def test_unconditional_samples_of_a_conditional_model_use_the_null_label():
+    model = tiny_unet()
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), model(x, t, torch.full((3,), 10)))
+        assert not torch.allclose(model(x, t), model(x, t, torch.zeros(3, dtype=torch.long)))
+
+
+def test_unconditional_model_refuses_labels():
+    model = tiny_unet(num_classes=None)
+    with pytest.raises(ValueError, match="unconditional"):
+        model(torch.randn(1, 1, 28, 28), torch.tensor([1]), torch.tensor([3]))
+    with pytest.raises(HW4Error, match="unconditional"):
+        diffusion.guided_model(model, torch.tensor([3]), 1.0, None)
+
+
+def save_ddpm(path, model: UNet, *, with_model_config: bool = True) -> None:
+    job = {**dataclasses.asdict(model.config), "schedule": "linear", "timesteps": 50,
+           "prediction": "eps", "name": "x"}
+    save_checkpoint(path, kind="unet", config=job, model=model,
+                    model_config=dataclasses.asdict(model.config) if with_model_config else None)
+
+
+def test_conditional_checkpoint_round_trips(tmp_path):
+    model = tiny_unet()
+    save_ddpm(tmp_path / "c.pt", model)
+    trained = load_ddpm(tmp_path / "c.pt")
+    assert trained.conditional and trained.num_classes == 10
+    y = torch.tensor([0, 3, 10])
+    a = trained.sample(3, steps=5, labels=y, guidance=2.0, seed=1)
+    b = trained.sample(3, steps=5, labels=y, guidance=2.0, seed=1)
+    assert torch.equal(a, b) and a.shape == (3, 1, 28, 28)
+    assert not torch.equal(a, trained.sample(3, steps=5, labels=torch.tensor([5, 5, 5]), guidance=2.0,
+                                             seed=1))
+    with pytest.raises(HW4Error, match="labels must be in"):
+        trained.sample(1, steps=2, labels=torch.tensor([11]))
+    with pytest.raises(HW4Error, match="one per sample"):
+        trained.sample(2, steps=2, labels=torch.tensor([1]))
+
+
+def test_old_unconditional_checkpoint_still_loads(tmp_path):
+    """A checkpoint from before model_config was saved: only the job config, no num_classes."""
+    model = tiny_unet(num_classes=None)
+    save_ddpm(tmp_path / "old.pt", model, with_model_config=False)
+    state = torch.load(tmp_path / "old.pt", weights_only=True)
+    state.pop("model_config")
+    state["config"].pop("num_classes")
+    torch.save(state, tmp_path / "old.pt")
+    trained = load_ddpm(tmp_path / "old.pt")
+    assert not trained.conditional
+    assert trained.sample(2, steps=3, seed=0).shape == (2, 1, 28, 28)
+    with pytest.raises(HW4Error, match="unconditional"):
+        trained.sample(1, steps=2, labels=torch.tensor([1]))
