@@ -4,6 +4,7 @@ checkpoint/report/resume, fault injection, and the artifacts written at the end 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import types
 import typing
@@ -54,6 +56,8 @@ class RunOptions:
     seed: int = opt(0, "seed for init, data order and noise")
     keep_checkpoints: int = opt(3, "checkpoints kept (the best by the validation metric)")
     max_failures: int = opt(2, "worker-group restarts after a crash")
+    quiet: bool = opt(False, "one progress line per phase instead of Ray's worker logs "
+                             "(a local Ray only; errors still surface)")
     inject_fault: Literal["raise", "kill"] | None = opt(None, "test: fail once")
     fault_epoch: int = opt(1, "test: the epoch at which to fail")
     smoke_test: bool = opt(False, "tiny data and model, a few steps (for tests)")
@@ -119,8 +123,9 @@ def check(condition: bool, message: str) -> None:
 
 # --- Ray on the driver ------------------------------------------------------------------------
 
-def init_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray."""
+def init_ray(quiet: bool = False) -> None:
+    """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray;
+    ``quiet`` keeps the local Ray's worker and actor logs off this terminal."""
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -129,7 +134,8 @@ def init_ray() -> None:
         env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir else None
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=not quiet,
+                 logging_level="ERROR" if quiet else "INFO")
 
 
 def cluster_has_gpus() -> bool:
@@ -169,7 +175,7 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
     """Build and run the TorchTrainer every job uses: keep the best ``keep_checkpoints`` by
     ``metric``, restart from the latest checkpoint up to ``max_failures`` times. ``callbacks``:
     e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run."""
-    init_ray()
+    init_ray(quiet=cfg.quiet)
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
     if cfg.cpus_per_worker is None:
         cfg.cpus_per_worker = default_cpus_per_worker(cfg.num_workers)
@@ -188,7 +194,53 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
             callbacks=callbacks,
         ),
     )
-    return trainer.fit()
+    if not cfg.quiet:
+        return trainer.fit()
+    with follow_progress(run_dir(cfg.storage_path, cfg.name) / PROGRESS_FILE):
+        return trainer.fit()
+
+
+# --- one progress line per phase, drawn by the driver ---------------------------------------------
+
+PROGRESS_FILE = "progress.json"
+LOG_EVERY = 10  # steps between metric reads (one host sync) and progress-file writes
+
+
+@contextlib.contextmanager
+def follow_progress(path: Path, poll_s: float = 0.5) -> Iterator[None]:
+    """Draw rank 0's progress file (``Worker.progress``) as one tqdm line per phase while the
+    body runs: the driver shows progress without relaying any worker's output."""
+    from tqdm.auto import tqdm
+
+    stop = threading.Event()
+    path.unlink(missing_ok=True)
+
+    def draw() -> None:
+        bar, phase = None, None
+        while not stop.wait(poll_s):
+            try:
+                p = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if p["phase"] != phase:
+                if bar is not None:
+                    bar.close()
+                phase = p["phase"]
+                bar = tqdm(total=p["total"], desc=f"{phase:<11}", unit="step", dynamic_ncols=True)
+            bar.n = p["done"]
+            bar.set_postfix_str(f"epoch {p['epoch'] + 1}/{p['epochs']}, loss {p['loss']:.4f}",
+                                refresh=False)
+            bar.refresh()
+        if bar is not None:
+            bar.close()
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def config_from_state(cls: type, state: dict) -> Any:
@@ -272,6 +324,22 @@ class Worker:
             self.loader.set_epoch(epoch)
             yield epoch
 
+    def progress(self, phase: str, epoch: int, first_epoch: int, epochs: int
+                 ) -> Callable[[int, dict[str, float]], None] | None:
+        """``run_epoch``'s ``on_log`` for rank 0: this phase's steps done so far and the running
+        loss, written (atomically) where the driver's ``follow_progress`` reads them."""
+        if self.rank != 0:
+            return None
+        per_epoch = len(self.loader)
+
+        def write(i: int, means: dict[str, float]) -> None:
+            write_json_atomic(run_dir(self.cfg.storage_path, self.cfg.name) / PROGRESS_FILE, {
+                "phase": phase, "epoch": epoch, "epochs": epochs,
+                "done": (epoch - first_epoch) * per_epoch + i,
+                "total": (epochs - first_epoch) * per_epoch, "loss": means.get("loss", float("nan"))})
+
+        return write
+
     def generator(self) -> torch.Generator:
         """This rank's seeded generator on the worker's device (t, noise, label drops)."""
         return torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1000 + self.rank)
@@ -309,9 +377,10 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
 
 
-def progress_bar() -> Callable[..., Any] | bool:
-    """Ray's tqdm (one bar per worker, shown by the driver) on rank 0; no bar elsewhere."""
-    if world_rank() != 0:
+def progress_bar(quiet: bool = False) -> Callable[..., Any] | bool:
+    """Ray's tqdm (one bar per worker, shown by the driver) on rank 0; no bar elsewhere, nor
+    when the run is ``quiet`` (the driver draws the progress file instead)."""
+    if quiet or world_rank() != 0:
         return False
     from ray.experimental.tqdm_ray import tqdm
 
@@ -351,6 +420,7 @@ def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
         cfg.storage_path, kind, checkpoint=out / "checkpoint.pt", metric=metric,
         value=state["metrics"][metric], mode=mode, config=dataclasses.asdict(cfg),
         source=str(run_dir(cfg.storage_path, cfg.name)))
-    print(json.dumps({k: summary[k] for k in ("best", "best_epoch", "checkpoint", "registered")},
-                     indent=2, default=str))
+    if not cfg.quiet:
+        print(json.dumps({k: summary[k] for k in ("best", "best_epoch", "checkpoint", "registered")},
+                         indent=2, default=str))
     return summary

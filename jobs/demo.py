@@ -7,6 +7,7 @@ faster. Running it again reuses the finished runs under --storage-path (delete i
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -26,25 +27,57 @@ DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000", 
              "--sample-eta", "1", "--num-samples", "80"]
 
 
-def serve_and_sample(storage_path: str, port: int) -> Path:
-    """Start the Serve app on the registry's checkpoints, fetch a DDIM-50 grid over HTTP, stop."""
+SERVED_DIGITS_PER_ROW = 6
+
+
+def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
+    """Start the Serve app on the registry's checkpoints, fetch a DDIM-50 grid over HTTP (one row
+    per digit, with the pinned classifier's verdicts), stop Serve."""
     from ray import serve
 
     from serve.app import build_app
 
-    common.init_ray()
+    common.init_ray(quiet=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app({"storage_path": storage_path}), name="hw4", route_prefix="/")
-        r = requests.post(f"http://127.0.0.1:{port}/ddpm/sample", timeout=300,
-                          json={"n": 16, "sampler": "ddim", "steps": 50, "seed": 0})
+        per = SERVED_DIGITS_PER_ROW
+        body = {"n": 10 * per, "sampler": "ddim", "steps": 50, "eta": 1.0, "seed": 0,
+                "labels": [d for d in range(10) for _ in range(per)], "guidance": 1.0,
+                "nrow": per, "format": "json"}
+        r = requests.post(f"http://127.0.0.1:{port}/ddpm/sample", timeout=600, json=body)
         if r.status_code != 200:
             raise HW4Error(f"the Serve app answered {r.status_code}: {r.text[:300]}")
+        reply = r.json()
         out = Path(storage_path) / "serve_sample.png"
-        write_bytes_atomic(out, r.content)
-        return out
+        write_bytes_atomic(out, base64.b64decode(reply["grid_png_base64"]))
+        hits = sum(a == b for a, b in zip(reply["labels"], reply["verdict"]["class"], strict=True))
+        return out, {"asked": len(reply["labels"]), "recognised": hits, "seconds": reply["seconds"]}
     finally:
         serve.shutdown()
+
+
+def summary(vae: dict, ddpm: dict, served: Path, verdict: dict, times: dict[str, float],
+            storage_path: str) -> str:
+    """What a person reads at the end: what was trained, how long, how good, where things are."""
+    v, d = vae["final"], ddpm["best"]
+    storage = Path(storage_path).resolve()
+    return "\n".join([
+        "",
+        f"demo finished in {sum(times.values()) / 60:.1f} min "
+        f"(VAE {times['vae']:.0f} s, DDPM {times['ddpm']:.0f} s, Serve {times['serve']:.0f} s)",
+        f"  VAE  on Fashion-MNIST: test ELBO {-v['val_loss']:.1f} nats, latent classifier "
+        f"accuracy {v.get('finetune_accuracy', float('nan')):.3f}",
+        f"       {Path(vae['checkpoint']).parent}/ (reconstructions.png, traversal.png, samples.png)",
+        f"  DDPM on MNIST: class-conditional, validation eps-MSE {d['val_loss']:.4f} after "
+        f"{d['step']} steps",
+        f"       {Path(ddpm['checkpoint']).parent}/ (samples.png: one row per digit)",
+        f"  served over HTTP: {served} ({verdict['recognised']} of {verdict['asked']} samples are "
+        f"the digit asked for, by the pinned MNIST classifier; {verdict['seconds']:.1f} s)",
+        f"  curves: tensorboard --logdir {storage}",
+        f"  the web page: serve run serve.app:build_app storage_path={storage}, "
+        "then open http://127.0.0.1:8000/",
+    ])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,17 +85,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage-path", default="results")
     parser.add_argument("--num-workers", default="1")
     parser.add_argument("--port", type=int, default=8000, help="Serve's HTTP port (loopback)")
+    parser.add_argument("--verbose", action="store_true", help="Ray's worker logs, not one line per phase")
     args = parser.parse_args(argv)
-    shared = ["--storage-path", args.storage_path, "--num-workers", args.num_workers]
+    shared = ["--storage-path", args.storage_path, "--num-workers", args.num_workers,
+              "--no-quiet" if args.verbose else "--quiet"]
+    times: dict[str, float] = {}
     t0 = time.time()
     vae = train_vae.main(VAE_ARGS + shared)
-    t_vae = time.time() - t0
+    times["vae"] = time.time() - t0
     ddpm = train_ddpm.main(DDPM_ARGS + shared)
-    print(f"\nVAE  ({t_vae:.0f}s): {vae['checkpoint']}")
-    print(f"DDPM ({time.time() - t0 - t_vae:.0f}s): {ddpm['checkpoint']}")
-    print("images: reconstructions.png, traversal.png, samples.png beside each checkpoint")
-    print(f"served sample: {serve_and_sample(args.storage_path, args.port)}")
-    print(f"demo finished in {time.time() - t0:.0f}s")
+    times["ddpm"] = time.time() - t0 - times["vae"]
+    print("serving the checkpoints and sampling over HTTP ...", flush=True)
+    served, verdict = serve_and_sample(args.storage_path, args.port)
+    times["serve"] = time.time() - t0 - times["vae"] - times["ddpm"]
+    print(summary(vae, ddpm, served, verdict, times, args.storage_path))
 
 
 if __name__ == "__main__":

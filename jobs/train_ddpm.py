@@ -163,7 +163,8 @@ def train_func(config: dict) -> None:
     for epoch in w.epochs(start_epoch, cfg.epochs):
         t0 = time.time()
         tr = train.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
-                             progress=common.progress_bar())
+                             progress=common.progress_bar(cfg.quiet), log_every=common.LOG_EVERY,
+                             on_log=w.progress("DDPM", epoch, start_epoch, cfg.epochs))
         ema.copy_to(ema_model)
         trained = TrainedDDPM.from_model(ema_model, cfg)
         val = train.ddpm_validation_loss(ema_model, schedule, w.val_loader, prediction=cfg.prediction,
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = common.fit(train_func, cfg, metric="val_loss", mode="min")
     summary = common.finalize(result, cfg, kind="ddpm", metric="val_loss", mode="min",
                               render=render)
-    print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
+    if not cfg.quiet:
+        print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
     return summary
 
 

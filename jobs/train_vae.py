@@ -156,14 +156,18 @@ def train_func(config: dict) -> None:
         t0 = time.time()
         if epoch < cfg.epochs:  # phase 1: the autoencoder itself
             tr = train.run_epoch(w.loader, vae_step, device=w.device, desc=f"epoch {epoch}",
-                                 progress=common.progress_bar())
+                                 progress=common.progress_bar(cfg.quiet), log_every=common.LOG_EVERY,
+                                 on_log=w.progress(cfg.model.upper(), epoch, start_epoch, cfg.epochs))
         else:  # phase 2: classifiers on the latent of the trained (now fixed) encoder
             if classifiers is None:
                 classifiers = Classifiers(unwrap(model), cfg).to(w.device)
                 if clf_state is not None:
                     classifiers.load_state_dict(clf_state)
             tr = train.run_epoch(w.loader, classifier_step, device=w.device,
-                                 desc=f"classifiers {epoch}", progress=common.progress_bar())
+                                 desc=f"classifiers {epoch}", progress=common.progress_bar(cfg.quiet),
+                                 log_every=common.LOG_EVERY,
+                                 on_log=w.progress("classifiers", epoch, max(start_epoch, cfg.epochs),
+                                                   cfg.epochs + cfg.classifier_epochs))
         val = train.evaluate_autoencoder(unwrap(model), w.val_loader, w.device, cfg.reconstruction)
         metrics = {"epoch": epoch, "step": step_count, "phase": "vae" if epoch < cfg.epochs
                    else "classifier", "train_loss": tr["loss"],
@@ -210,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     # the final checkpoint: its classifier heads were trained on exactly this encoder
     summary = common.finalize(result, cfg, kind="vae", metric="val_loss", mode="min",
                               render=render, select="final")
-    print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
+    if not cfg.quiet:
+        print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
     return summary
 
 
