@@ -89,3 +89,23 @@ def fmt(s: dict, unit: float = 1.0, digits: int = 3) -> str:
     """'median (min–max)' of a summary, scaled by ``unit``."""
     return (f"{s['median'] * unit:.{digits}f} ({s['min'] * unit:.{digits}f}–"
             f"{s['max'] * unit:.{digits}f})")
+
+
+def matmul_peak(dtype: torch.dtype, sizes: list[int], dev: torch.device, repeats: int) -> dict:
+    """Best rate of (n x n) @ (n x n) over ``sizes`` in ``dtype``: 2 n^3 FLOPs each."""
+    best = {"flops_per_s": 0.0}
+    for n in sizes:
+        a = torch.randn(n, n, device=dev, dtype=dtype)
+        b = torch.randn(n, n, device=dev, dtype=dtype)
+        reps = max(1, int(2e10 // (2 * n**3))) if dev.type == "cuda" else 1
+        torch.mm(a, b)
+        sync(dev)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            sync(dev)
+            rate = 2 * n**3 * reps / (time.perf_counter() - t0)
+            if rate > best["flops_per_s"]:
+                best = {"flops_per_s": rate, "n": n}
+    return {**best, "dtype": str(dtype).removeprefix("torch."), "sizes": sizes}

@@ -60,7 +60,7 @@ def train_loop(config: dict) -> dict:
             t0 = time.perf_counter()
         metrics = train.ddpm_train_step(model, schedule, x, opt, generator=gen)
         if in_ray and (i + 1) % config["report_every"] == 0:
-            ray.train.report(metrics)
+            ray.train.report({k: float(v) for k, v in metrics.items()})
     result = {"images_per_s": config["batch"] * config["steps"] / (time.perf_counter() - t0)}
     if in_ray:  # Train V2 keeps the metrics of reports that carry a checkpoint
         with tempfile.TemporaryDirectory() as d:

@@ -1,7 +1,7 @@
 """Our U-Net against diffusers' ``UNet2DModel`` at matched parameter count and resolution:
 training step (forward + backward + AdamW, through the same ``hw4.train.ddpm_train_step``) and
 inference, interleaved in one process; plus the training step's achieved FLOP/s against this
-machine's measured float32 matmul peak.
+machine's float32 matmul peak, the best square-matmul rate over several sizes in the same run.
 
     python -m bench.unet_speed                  # the DDPM job's default U-Net, batch 128
     python -m bench.unet_speed --tiny           # tiny models, 2 repeats (seconds; for tests)
@@ -23,13 +23,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import RESULTS, device, fmt, interleaved, ratio, sync, write_result
+from bench.common import RESULTS, device, fmt, interleaved, matmul_peak, ratio, sync, write_result
 from hw4 import train
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
-from jobs.train_ddpm import DDPMJobConfig
 
-DEFAULT = DDPMJobConfig().unet()  # the U-Net that jobs/train_ddpm.py trains by default
+DEFAULT = UNetConfig()  # the U-Net that jobs/train_ddpm.py trains by default (its defaults)
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
                   groups=4, dropout=0.1)
 
@@ -120,18 +119,6 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(n: int, repeats: int, dev: torch.device) -> dict:
-    """Best float32 GEMM rate of this machine: 2 n^3 FLOPs per (n x n) @ (n x n)."""
-    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-
-    def mm():
-        torch.mm(a, b)
-        sync(dev)
-
-    t = interleaved({"mm": mm}, repeats, warmup=2)["mm"]
-    return {"n": n, "seconds": t, "flops_per_s": 2 * n**3 / t["min"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -147,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, mm_n = (TINY, 256) if args.tiny else (DEFAULT, 2048)
+    cfg = TINY if args.tiny else DEFAULT
     if args.tiny:
         args.batch, args.repeats = 4, 2
     dev = device(args.device)
@@ -166,7 +153,8 @@ def main() -> None:
 
     def train_step(model, opt):
         def step():
-            train.ddpm_train_step(model, schedule, x0, opt, generator=torch.Generator().manual_seed(0))
+            train.ddpm_train_step(model, schedule, x0, opt,
+                                  generator=torch.Generator(device=dev).manual_seed(0))
             sync(dev)
         return step
 
@@ -195,7 +183,8 @@ def main() -> None:
         info[name] = {"params": n_params(model), "train_flops_per_image": flops / args.batch,
                       "forward_flops_per_image": count_flops(infer_fns[name]) / args.batch}
     timings = {"train": interleaved(train_fns, args.repeats), "infer": interleaved(infer_fns, args.repeats)}
-    peak = matmul_peak(mm_n, args.repeats, dev)
+    sizes = [128, 256] if args.tiny else [512, 1024, 2048, 4096] if dev.type == "cpu" else [2048, 4096, 8192]
+    peak = matmul_peak(torch.float32, sizes, dev, args.repeats)
     profiles = {name: profile_shares(train_fns[name]) for name in ("ours", "diffusers")}
     rows = []
     for phase, t_ in timings.items():
@@ -226,7 +215,11 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {i['params']:,} | {i['forward_flops_per_image'] / 1e6:.1f} "
                      f"| {i['train_flops_per_s'] / 1e9:.1f} | {100 * i['fraction_of_matmul_peak']:.0f}% |")
     peak = result["matmul_peak"]
-    lines += ["", f"float32 matmul peak ({peak['n']}²): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", "",
+    sizes = ", ".join(f"{n}²" for n in peak.get("sizes", [peak["n"]]))
+    lines += ["", f"float32 matmul peak (best of {sizes}: "
+              f"{peak['n']}²): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s. FLOPs: FlopCounterMode's count of "
+              "matmuls and convolutions (2 per multiply-add), forward and backward; elementwise ops, norms "
+              "and the optimizer are not counted.", "",
               "| phase | ours s | diffusers s | ours × faster |", "|---|---:|---:|---:|"]
     for r in result["rows"]:
         sp = r["speedup"]

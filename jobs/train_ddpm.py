@@ -28,19 +28,23 @@ from hw4.trained import TrainedDDPM, ddpm_from_state
 from jobs import common
 from jobs.common import opt
 
+_UNET = UNetConfig()
+
 
 @dataclass
 class DDPMJobConfig(common.RunOptions):
     name: str = opt("ddpm", "run name; the same name resumes")
     train_subset: int | None = opt(None, "train on this many MNIST images")
     val_subset: int = opt(2000, "held-out images for the validation loss")
-    base_channels: int = opt(32, "U-Net width")
-    channel_mults: tuple[int, ...] = opt((1, 2, 2), "width per level")
-    num_res_blocks: int = opt(1, "ResNet blocks per level")
-    attention_resolutions: tuple[int, ...] = opt((4,), "downsample factors that attend")
-    num_heads: int = opt(4, "attention heads")
-    dropout: float = opt(0.1, "dropout in ResNet blocks")
-    groups: int = opt(8, "GroupNorm groups")
+    # the U-Net's own fields, with its defaults (saved apart as the checkpoint's model_config)
+    base_channels: int = opt(_UNET.base_channels, "U-Net width")
+    channel_mults: tuple[int, ...] = opt(_UNET.channel_mults, "width per level")
+    num_res_blocks: int = opt(_UNET.num_res_blocks, "ResNet blocks per level")
+    attention_resolutions: tuple[int, ...] = opt(_UNET.attention_resolutions,
+                                                 "downsample factors that attend")
+    num_heads: int = opt(_UNET.num_heads, "attention heads")
+    dropout: float = opt(_UNET.dropout, "dropout in ResNet blocks")
+    groups: int = opt(_UNET.groups, "GroupNorm groups")
     conditional: bool = opt(True, "class-conditional U-Net (the homework's), with a null label")
     p_uncond: float = opt(0.1, "probability that a training label is dropped to the null label")
     guidance: float = opt(1.0, "guidance weight w of sample grids and FIDs (0: no guidance)")

@@ -80,3 +80,11 @@ def test_tables_are_regenerated_from_results(tmp_path):
     text = doc.read_text()
     assert "stale" not in text and "before" in text and "after" in text
     assert "### Samplers against diffusers' schedulers, same network" in text
+
+
+def test_train_step_bench_runs_tiny(tmp_path):
+    result = run_tiny("train_step", tmp_path / "step.json")
+    rows = result["rows"]
+    assert [r["variant"] for r in rows] == ["before", "after"]
+    assert all(r["images_per_s"] > 0 and 0 < r["share_of_peak"] for r in rows)
+    assert result["matmul_peaks"]["fp32"]["n"] in (128, 256)

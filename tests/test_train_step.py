@@ -10,7 +10,7 @@ from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
-                  groups=4)
+                  groups=4, dropout=0.0)
 
 
 def test_draws_are_seeded_and_on_the_data_device():
@@ -29,7 +29,6 @@ def test_step_loss_equals_the_denoising_loss_on_the_same_t_and_noise():
     t, noise = train.draw_timesteps_and_noise(x0, 100, torch.Generator().manual_seed(3))
     with torch.no_grad():
         model.train()
-        torch.manual_seed(1)  # dropout is 0, but keep any stray RNG use equal too
         expected = diffusion.training_losses(model, sched, x0, t, noise, "eps").mean()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     got = train.ddpm_train_step(model, sched, x0, opt, generator=torch.Generator().manual_seed(3))

@@ -25,7 +25,7 @@ class UNetConfig:
     # as improved-diffusion's ``attention_resolutions``; the middle block always attends.
     attention_resolutions: tuple[int, ...] = (4,)
     num_heads: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.1
     groups: int = 8  # GroupNorm groups; must divide every channel count
     # class conditioning: labels 0..num_classes-1 plus one extra "null" label (= num_classes)
     # for classifier-free guidance; None is the unconditional model of older checkpoints
