@@ -46,6 +46,9 @@ def image_from_png(data: bytes, size: int = 28) -> torch.Tensor:
             if grey.size != (size, size):
                 grey = grey.resize((size, size), Image.Resampling.BILINEAR)
             arr = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8)
+    except Image.DecompressionBombError as err:  # a header claiming e.g. 20000 x 20000 pixels
+        raise HW4Error(f"image is too large to decode (at most {MAX_UPLOAD_SIDE} px a side): "
+                       f"{err}") from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying "not an image"
         raise HW4Error(f"not a readable PNG image: {err}") from err
     return arr.float().div(255).view(1, 1, size, size)

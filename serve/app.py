@@ -21,12 +21,16 @@ from pathlib import Path
 from ray import serve
 
 from serve.deployments import DDPMModel, VAEModel
-from serve.routes import TOKEN_ENV, Api
+from serve.guard import LOOPBACK_HOSTS, TOKEN_ENV
+from serve.routes import Api
 
 
 def build_app(args: dict[str, str]) -> serve.Application:
     """``serve run serve.app:build_app storage_path=... vae_checkpoint=... ddpm_checkpoint=...
-    token_env=...``: the storage path is resolved here, where ``serve run`` was started."""
+    token_env=... hosts=a.example,b.example``: the storage path is resolved here, where ``serve
+    run`` was started. ``token_env`` names the variable holding the bearer token and makes it
+    required; without it a set HW4_SERVE_TOKEN is used. ``hosts``: the Host names served
+    (default: loopback names only)."""
     storage = str(Path(args.get("storage_path") or os.environ.get("HW4_STORAGE_PATH", "results"))
                   .resolve())
     ddpm = DDPMModel.options(user_config={"storage_path": storage,
@@ -34,7 +38,10 @@ def build_app(args: dict[str, str]) -> serve.Application:
                                           "batching": args.get("batching", "true") != "false"})
     vae = VAEModel.options(user_config={"storage_path": storage,
                                         "checkpoint": args.get("vae_checkpoint")})
-    return Api.bind(ddpm.bind(), vae.bind(), args.get("token_env", TOKEN_ENV))
+    hosts = tuple(h for h in args.get("hosts", "").split(",") if h) or LOOPBACK_HOSTS
+    # naming the token's variable makes the token required: a missing one stops the start
+    return Api.bind(ddpm.bind(), vae.bind(), args.get("token_env", TOKEN_ENV),
+                    "token_env" in args, hosts)
 
 
 app = build_app({})

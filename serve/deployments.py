@@ -23,7 +23,7 @@ from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.registry import registry_path
 from hw4.trained import load_ddpm, load_vae, reconstruction, resolve_checkpoint
-from serve.schemas import MAX_SAMPLE_IMAGES
+from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
 # what a damaged checkpoint or registry entry raises on load: reported, the old model kept
@@ -32,6 +32,17 @@ LOAD_ERRORS = (HW4Error, OSError, KeyError, ValueError, TypeError, RuntimeError)
 
 class Unavailable(HW4Error):
     """No model is loaded (nothing registered, or its checkpoint failed to load): HTTP 503."""
+
+
+class TooCostly(HW4Error):
+    """A request over its route's cost budget, refused before any work: HTTP 422."""
+
+
+def sample_cost(req: dict, timesteps: int) -> int:
+    """Images x network calls of a sample request (a guided call runs twice the rows)."""
+    calls = timesteps if req["sampler"] == "ddpm" else req["steps"]
+    guided = req.get("labels") is not None and req.get("guidance", 0) > 0
+    return req["n"] * calls * (2 if guided else 1)
 
 
 class Reloadable:
@@ -151,7 +162,7 @@ def batch_key(req: dict) -> tuple:
     return req["sampler"], steps, eta, req["guidance"] if req.get("labels") else None
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64,
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=64,
                   max_constructor_retry_count=3,
                   user_config={"storage_path": "results", "checkpoint": None, "batching": True})
 class DDPMModel(Reloadable):
@@ -181,6 +192,11 @@ class DDPMModel(Reloadable):
             raise HW4Error(f"steps must be at most {ddpm.timesteps} for this model")
         if req.get("labels") is not None and not ddpm.conditional:
             raise HW4Error("the served DDPM is unconditional: send no labels")
+        cost = sample_cost(req, ddpm.timesteps)
+        if cost > MAX_SAMPLE_COST:
+            raise TooCostly(f"this request costs {cost:,} image-network calls (n x steps, x2 with "
+                            f"guidance; DDPM takes all {ddpm.timesteps} steps); the limit is "
+                            f"{MAX_SAMPLE_COST:,}: ask for fewer images or steps")
         if self.batching:
             return await self._batched(req)
         return (await self._run([req]))[0]
@@ -229,7 +245,7 @@ class DDPMModel(Reloadable):
                 "recent_batch_sizes": list(self.batch_sizes)}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16,
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16, max_queued_requests=32,
                   max_constructor_retry_count=3,
                   user_config={"storage_path": "results", "checkpoint": None})
 class VAEModel(Reloadable):

@@ -4,8 +4,6 @@ body-size guard, the web page, and PNG/JSON replies. Inference happens in serve.
 import asyncio
 import base64
 import json
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -14,15 +12,19 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from hw4 import viz
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGET_LABELS
-from serve.deployments import Unavailable
+from serve import guard
+from serve.deployments import TooCostly, Unavailable
+from serve.guard import LOOPBACK_HOSTS, MAX_BODY_BYTES, TOKEN_ENV, Guard
 from serve.schemas import (
-    MAX_BODY_BYTES,
+    MAX_ATTACK_COST,
     MAX_GUIDANCE,
+    MAX_SAMPLE_COST,
     MAX_SAMPLE_IMAGES,
     MAX_TEST_IMAGES,
     AttackIn,
@@ -35,7 +37,7 @@ from serve.schemas import (
     image_spec,
 )
 
-TOKEN_ENV = "HW4_SERVE_TOKEN"
+HEALTH_TIMEOUT_S = 0.5
 STATIC = Path(__file__).resolve().parent / "static"  # the web page at /
 STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
 
@@ -57,6 +59,8 @@ def image_reply(images: torch.Tensor, fmt: str, nrow: int = 8, **meta: Any) -> R
 def unwrap_reply(value: Any) -> Any:
     if isinstance(value, Unavailable):
         raise HTTPException(503, str(value))
+    if isinstance(value, TooCostly):
+        raise HTTPException(422, str(value))
     if isinstance(value, HW4Error):
         raise HTTPException(400, str(value))
     return value
@@ -67,40 +71,23 @@ api = FastAPI(title="hw4", version="1.0",
                           "from the best VAE and DDPM checkpoints.")
 
 
-api.state.token = None
+api.add_middleware(Guard)  # host, token, body size, security headers (serve/guard.py)
 
 
-def is_page(request: Request) -> bool:
-    """The web page and its two files: public, so a browser can load them and ask for the token."""
-    path, prefix = request.url.path, request.scope.get("root_path") or ""
-    if prefix and path.startswith(prefix):
-        path = path[len(prefix):]
-    return request.method == "GET" and (path in ("", "/") or path.removeprefix("/static/")
-                                        in STATIC_TYPES)
-
-
-@api.middleware("http")
-async def guard(request: Request, call_next):
-    """Every route but the page: the bearer token when one is set; the body-size limit."""
-    token = request.app.state.token
-    if token is not None and not is_page(request):
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return JSONResponse({"detail": "missing or wrong bearer token"}, 401,
-                                headers={"WWW-Authenticate": "Bearer"})
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-        return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, 413)
-    return await call_next(request)
+@api.exception_handler(BackPressureError)
+async def overloaded(_request: Request, err: BackPressureError) -> JSONResponse:
+    """A model replica's queue is full: say so at once instead of queueing without bound."""
+    return JSONResponse({"detail": f"the service is busy, try again shortly ({err})"}, 503,
+                        headers={"Retry-After": "1"})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=200)
 @serve.ingress(api)
 class Api:
-    def __init__(self, ddpm: DeploymentHandle, vae: DeploymentHandle,
-                 token_env: str = TOKEN_ENV) -> None:
+    def __init__(self, ddpm: DeploymentHandle, vae: DeploymentHandle, token_env: str = TOKEN_ENV,
+                 token_required: bool = False, hosts: tuple[str, ...] = LOOPBACK_HOSTS) -> None:
         self.ddpm, self.vae = ddpm, vae
-        api.state.token = os.environ.get(token_env) or None  # read by ``guard``
+        guard.configure(token_env, token_required, hosts)  # raises: the replica refuses to start
 
     @api.get("/", include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -115,10 +102,21 @@ class Api:
         return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name],
                         headers={"Cache-Control": "no-cache"})
 
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
-        ddpm, vae = await asyncio.gather(self.ddpm.loaded.remote(), self.vae.loaded.remote())
-        return {"status": "ok", "models": {"ddpm": ddpm, "vae": vae}}
+    @api.get("/healthz", responses={503: {"description": "no model is loaded"}})
+    async def healthz(self) -> JSONResponse:
+        """Whether each model is loaded, within a second even while the replicas are busy (a
+        replica that does not answer in time is reported "busy"); 503 when none is loaded."""
+        async def ask(handle: DeploymentHandle) -> bool | str:
+            try:
+                return await asyncio.wait_for(handle.loaded.remote(), HEALTH_TIMEOUT_S)
+            except (TimeoutError, RayServeException):
+                return "busy"
+
+        ddpm, vae = await asyncio.gather(ask(self.ddpm), ask(self.vae))
+        models = {"ddpm": ddpm, "vae": vae}
+        ok = any(v is not False for v in models.values())
+        return JSONResponse({"status": "ok" if ok else "no model loaded", "models": models},
+                            200 if ok else 503)
 
     @api.get("/info")
     async def info(self) -> dict:
@@ -126,7 +124,8 @@ class Api:
         ddpm, vae = await asyncio.gather(self.ddpm.info.remote(), self.vae.info.remote())
         return {"ddpm": ddpm, "vae": vae, "attack_targets": ATTACK_TARGET_LABELS,
                 "limits": {"max_sample_images": MAX_SAMPLE_IMAGES, "max_body_bytes": MAX_BODY_BYTES,
-                           "max_test_images": MAX_TEST_IMAGES, "max_guidance": MAX_GUIDANCE}}
+                           "max_test_images": MAX_TEST_IMAGES, "max_guidance": MAX_GUIDANCE,
+                           "max_sample_cost": MAX_SAMPLE_COST, "max_attack_cost": MAX_ATTACK_COST}}
 
     @api.post("/ddpm/sample", responses={200: {"content": {"image/png": {}}}})
     async def ddpm_sample(self, body: DDPMSampleIn) -> Response:

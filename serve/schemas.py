@@ -7,8 +7,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hw4.evaluation import ATTACK_TARGETS
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
+# Cost budgets, checked before any work starts (BENCHMARKS.md, "Serve limits", has the timings):
+# a sample request costs images x network calls (steps; all T for DDPM; twice with guidance), an
+# attack images x epsilons x models x gradient steps (1 for FGSM, pgd_steps for PGD).
+MAX_SAMPLE_COST = 16_384  # DDPM-1000 on 16 images; a guided DDIM-50 grid of 64 is 6,400
+MAX_ATTACK_COST = 20_000  # FGSM on 256 images x 8 eps x 3 models is 6,144
 MAX_GUIDANCE = 10.0
 MAX_TEST_IMAGES = 256
 MAX_UPLOADS = 64
@@ -21,7 +25,8 @@ class ImageIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     png_base64: str | None = Field(None, max_length=2_000_000)
-    pixels: list[list[float]] | None = Field(None, min_length=28, max_length=28)
+    pixels: list[Annotated[list[float], Field(min_length=28, max_length=28)]] | None = Field(
+        None, min_length=28, max_length=28, description="28 rows of 28 values in [0, 1]")
     test_index: int | None = Field(None, ge=0, le=9999)
 
     @model_validator(mode="after")
@@ -139,4 +144,12 @@ class AttackIn(BaseModel):
         if self.labels is not None and (self.images is None or len(self.labels) != len(self.images)
                                         or any(not 0 <= c <= 9 for c in self.labels)):
             raise ValueError("labels: one class in 0..9 per uploaded image")
+        if self.cost() > MAX_ATTACK_COST:
+            raise ValueError(f"this attack costs {self.cost():,} gradient evaluations (images x "
+                             f"epsilons x models x steps); the limit is {MAX_ATTACK_COST:,}")
         return self
+
+    def cost(self) -> int:
+        images = len(self.images) if self.images is not None else self.n
+        steps = self.pgd_steps if self.attack == "pgd" else 1
+        return images * len(self.epsilons) * len(self.models) * steps

@@ -288,7 +288,8 @@ def test_an_unconditional_served_model_refuses_labels(tmp_path):
     from .conftest import write_ddpm
 
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"checkpoint": str(write_ddpm(tmp_path / "u.pt", num_classes=None))})
+    replica.reconfigure({"checkpoint": str(write_ddpm(tmp_path / "u.pt", num_classes=None)),
+                         "batching": False})
     req = {"n": 1, "sampler": "ddim", "steps": 3, "eta": 0.0, "seed": 0, "guidance": 1.0}
     assert asyncio.run(replica.sample({**req, "labels": None})).shape == (1, 1, 28, 28)
     err = asyncio.run(replica.sample({**req, "labels": [3]}))

@@ -86,6 +86,16 @@ function figure(src, caption, alt, scale = 3) {
 
 // --- a small SVG line chart -----------------------------------------------------------------------
 
+const SVG = "http://www.w3.org/2000/svg";
+
+// An SVG element with attributes and, optionally, text (set as text: names come from storage).
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
 function chart(series, xlabel, ylabel) {
   const W = 320, H = 180, L = 44, B = 30, T = 8, R = 8;
   const pts = Object.values(series).flat();
@@ -96,18 +106,24 @@ function chart(series, xlabel, ylabel) {
   const sx = (x) => L + (W - L - R) * (x1 > x0 ? (x - x0) / (x1 - x0) : 0.5);
   const sy = (y) => H - B - (H - B - T) * (y1 > y0 ? (y - y0) / (y1 - y0) : 0.5);
   const fmt = (v) => Math.abs(v) >= 100 ? v.toFixed(0) : Number(v.toPrecision(3)).toString();
-  let svg = `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${ylabel} against ${xlabel}">`;
-  svg += `<line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/>`;
-  svg += `<line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>`;
-  svg += `<text x="${L}" y="${H - B + 12}">${fmt(x0)}</text><text x="${W - R}" y="${H - B + 12}" text-anchor="end">${fmt(x1)}</text>`;
-  svg += `<text x="${L - 3}" y="${T + 8}" text-anchor="end">${fmt(y1)}</text><text x="${L - 3}" y="${H - B}" text-anchor="end">${fmt(y0)}</text>`;
-  svg += `<text x="${(L + W) / 2}" y="${H - 4}" text-anchor="middle">${xlabel}</text>`;
-  svg += `<text x="10" y="${(H - B) / 2}" transform="rotate(-90 10 ${(H - B) / 2})" text-anchor="middle">${ylabel}</text>`;
-  Object.entries(series).forEach(([, p], i) => {
+  const svg = svgEl("svg", {class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
+                            "aria-label": `${ylabel} against ${xlabel}`});
+  svg.append(
+    svgEl("line", {class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B}),
+    svgEl("line", {class: "axis", x1: L, y1: T, x2: L, y2: H - B}),
+    svgEl("text", {x: L, y: H - B + 12}, fmt(x0)),
+    svgEl("text", {x: W - R, y: H - B + 12, "text-anchor": "end"}, fmt(x1)),
+    svgEl("text", {x: L - 3, y: T + 8, "text-anchor": "end"}, fmt(y1)),
+    svgEl("text", {x: L - 3, y: H - B, "text-anchor": "end"}, fmt(y0)),
+    svgEl("text", {x: (L + W) / 2, y: H - 4, "text-anchor": "middle"}, xlabel),
+    svgEl("text", {x: 10, y: (H - B) / 2, transform: `rotate(-90 10 ${(H - B) / 2})`,
+                   "text-anchor": "middle"}, ylabel));
+  Object.values(series).forEach((p, i) => {
     const d = p.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
-    svg += `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2" points="${d}"/>`;
+    svg.append(svgEl("polyline", {fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2,
+                                  points: d}));
   });
-  wrap.innerHTML = svg + "</svg>";
+  wrap.append(svg);
   const legend = document.createElement("div");
   legend.className = "legend";
   Object.keys(series).forEach((name, i) => {
@@ -118,6 +134,14 @@ function chart(series, xlabel, ylabel) {
   });
   wrap.append(legend);
   return wrap;
+}
+
+// A table row of cells given as text; the first ``heads`` cells are header cells.
+function row(cells, heads = 1) {
+  const tr = document.createElement("tr");
+  cells.forEach((c, i) => tr.append(Object.assign(document.createElement(i < heads ? "th" : "td"),
+                                                  {textContent: c})));
+  return tr;
 }
 
 // --- sampler --------------------------------------------------------------------------------------
@@ -230,10 +254,8 @@ async function decode() {
   const c = await api("vae/classify", {images: [{png_base64: r.images_png_base64[0]}]});
   if (seq !== decodeSeq) return;
   $("l-decoded").src = png(r.grid_png_base64);
-  const rows = Object.entries(c.models).map(([name, m]) =>
-    `<tr><th>${modelName(name)}</th><td>${CLASSES[m.prediction[0]]}</td>` +
-    `<td>${(100 * m.confidence[0]).toFixed(1)}%</td></tr>`);
-  $("l-preds").innerHTML = "<tr><th>model</th><th>prediction</th><th>confidence</th></tr>" + rows.join("");
+  $("l-preds").replaceChildren(row(["model", "prediction", "confidence"], 3), ...Object.entries(c.models).map(([name, m]) =>
+    row([modelName(name), CLASSES[m.prediction[0]], `${(100 * m.confidence[0]).toFixed(1)}%`])));
 }
 
 $("latent-form").addEventListener("submit", (e) => {
@@ -308,14 +330,15 @@ async function attack() {
     const card = document.createElement("div");
     const said = (p) => `${CLASSES[p.class[0]]} ${(100 * p.confidence[0]).toFixed(0)}%`;
     const ok = adv.class[0] === label;
-    card.innerHTML = `<h4>${modelName(name)}</h4>`;
+    card.append(Object.assign(document.createElement("h4"), {textContent: modelName(name)}));
     const pf = document.createElement("figure");
     pf.append(await perturbation(orig, advSrc, gain), Object.assign(
       document.createElement("figcaption"), {textContent: `perturbation ×${gain.toFixed(1)}`}));
     card.append(figure(advSrc, `adversarial (ε=${eps})`), pf);
     const p = document.createElement("p");
-    p.innerHTML = `clean: ${said(clean)}<br>attacked: <span class="${ok ? "ok" : "wrong"}">${said(adv)} ` +
-                  `${ok ? "(still right)" : "(fooled)"}</span>`;
+    p.append(`clean: ${said(clean)}`, document.createElement("br"), "attacked: ",
+             Object.assign(document.createElement("span"), {className: ok ? "ok" : "wrong",
+                           textContent: `${said(adv)} ${ok ? "(still right)" : "(fooled)"}`}));
     card.append(p);
     cards.push(card);
   }
@@ -357,7 +380,7 @@ const SKIP = new Set(["epoch", "step", "resumed_from_epoch", "epoch_time_s", "lr
 
 function modelCard(kind, m) {
   const card = document.createElement("article");
-  card.innerHTML = `<h3>${kind.toUpperCase()}</h3>`;
+  card.append(Object.assign(document.createElement("h3"), {textContent: kind.toUpperCase()}));
   if (!m.loaded) {
     card.append(Object.assign(document.createElement("p"), {className: "error",
       textContent: "Not loaded: " + (m.load_error || "unknown reason")}));
@@ -369,11 +392,11 @@ function modelCard(kind, m) {
   const scalars = Object.entries(m.metrics || {}).filter(([, v]) => typeof v === "number");
   if (scalars.length) {
     const t = document.createElement("table");
-    t.innerHTML = scalars.map(([k, v]) => `<tr><th>${k}</th><td>${Number(v.toPrecision(5))}</td></tr>`).join("");
+    t.append(...scalars.map(([k, v]) => row([k, String(Number(v.toPrecision(5)))])));
     card.append(t);
   }
   const details = document.createElement("details");
-  details.innerHTML = "<summary>training config</summary>";
+  details.append(Object.assign(document.createElement("summary"), {textContent: "training config"}));
   details.append(Object.assign(document.createElement("pre"), {textContent: JSON.stringify(m.config, null, 2)}));
   card.append(details);
   // one curve per (training phase, metric): the VAE job's classifier epochs follow its VAE epochs
@@ -390,7 +413,7 @@ function modelCard(kind, m) {
   if (keys.length) {
     const label = document.createElement("label");
     const select = document.createElement("select");
-    select.innerHTML = keys.map((k) => `<option>${k}</option>`).join("");
+    select.append(...keys.map((k) => Object.assign(document.createElement("option"), {textContent: k})));
     select.value = keys.find((k) => k.startsWith("val_loss")) || keys.find((k) => k.includes("loss")) || keys[0];
     label.append("training curve ", select);
     const plot = document.createElement("div");

@@ -1,0 +1,203 @@
+"""The Serve app's hardening without Ray: the ASGI guard (host, token, body size, headers),
+token resolution that fails closed, cost budgets, PNG bombs, the health answer and reloads that
+keep the previous model. Each of these failed (or did not exist) before the hardening."""
+
+import asyncio
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from hw4 import viz
+from hw4.errors import HW4Error
+from serve import guard
+from serve.deployments import DDPMModel, TooCostly, sample_cost
+from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn
+
+from .conftest import make_storage
+
+
+async def echo_app(scope, receive, send):
+    """Reads the whole body and answers with its length."""
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def call(path="/info", method="GET", headers=None, chunks=(b"",)):
+    """(status, headers, body) of one request through the guard."""
+    head = {"host": "127.0.0.1:8000", **(headers or {})}
+    scope = {"type": "http", "method": method, "path": path, "root_path": "",
+             "headers": [(k.encode(), v.encode()) for k, v in head.items()]}
+    parts = list(chunks)
+    sent = []
+
+    async def receive():
+        body = parts.pop(0) if parts else b""
+        return {"type": "http.request", "body": body, "more_body": bool(parts)}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(guard.Guard(echo_app)(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    monkeypatch.setattr(guard, "_config", None)
+    monkeypatch.setenv("HW4_T_TOKEN", "tok")
+    yield
+    guard._config = None
+
+
+def test_an_unconfigured_guard_refuses_everything(guarded):
+    assert call()[0] == 503
+
+
+def test_token_required_on_api_routes_not_on_the_page(guarded):
+    guard.configure("HW4_T_TOKEN", required=True)
+    assert call()[0] == 401
+    assert call(headers={"authorization": "Bearer nope"})[0] == 401
+    assert call(headers={"authorization": "Bearer tok"})[0] == 200
+    assert call("/")[0] == 200 and call("/static/app.js")[0] == 200
+    assert call("/", method="POST")[0] == 401
+
+
+def test_token_resolution_fails_closed(monkeypatch):
+    monkeypatch.setenv("HW4_T_EMPTY", "  ")
+    monkeypatch.delenv("HW4_T_MISSING", raising=False)
+    with pytest.raises(HW4Error, match="set but empty"):
+        guard.resolve_token("HW4_T_EMPTY", required=False)
+    with pytest.raises(HW4Error, match="not set"):
+        guard.resolve_token("HW4_T_MISSING", required=True)
+    assert guard.resolve_token("HW4_T_MISSING", required=False) is None
+
+
+def test_foreign_host_names_are_refused(guarded):
+    guard.configure("HW4_T_TOKEN")
+    ok = {"authorization": "Bearer tok"}
+    assert call(headers={**ok, "host": "attacker.example"})[0] == 421  # DNS rebinding
+    assert call(headers={**ok, "host": "localhost:8000"})[0] == 200
+    assert call(headers={**ok, "host": "[::1]:8000"})[0] == 200
+    guard.configure("HW4_T_TOKEN", hosts=("hw4.example",))
+    assert call(headers={**ok, "host": "hw4.example"})[0] == 200
+
+
+def test_body_limit_is_enforced_while_reading_a_chunked_body(guarded):
+    guard.configure("HW4_T_MISSING")
+    chunk = b"x" * (1024 * 1024)
+    status, _, body = call(method="POST", chunks=[chunk] * 5)  # no content-length: chunked
+    assert status == 413 and b"over" in body
+    assert call(method="POST", chunks=[chunk] * 2)[2] == str(2 * len(chunk)).encode()
+    assert call(method="POST", headers={"content-length": str(5 * len(chunk))})[0] == 413
+
+
+def test_every_answer_carries_security_headers(guarded):
+    assert "content-security-policy" in call()[1]  # the 503 of an unconfigured guard too
+    guard.configure("HW4_T_MISSING")
+    headers = call("/")[1]
+    assert "script-src" not in headers["content-security-policy"]  # default-src 'self' covers it
+    assert "'unsafe-inline'" not in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17]))
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def test_a_decompression_bomb_png_is_a_clear_error():
+    with pytest.raises(HW4Error, match="too large|at most 1024"):
+        viz.image_from_png(png_claiming(20000, 20000))
+
+
+def test_sample_and_attack_cost_budgets():
+    base = {"n": 16, "sampler": "ddpm", "steps": 50, "labels": None, "guidance": 1.0}
+    assert sample_cost(base, 1000) == 16_000 <= MAX_SAMPLE_COST
+    assert sample_cost({**base, "labels": [1] * 16}, 1000) == 32_000 > MAX_SAMPLE_COST
+    assert sample_cost({**base, "sampler": "ddim", "n": 64, "labels": [0] * 64}, 1000) == 6_400
+    AttackIn(attack="fgsm", n=256, epsilons=[0, .1, .2, .3])
+    with pytest.raises(ValidationError, match="limit is"):
+        AttackIn(attack="pgd", n=256, pgd_steps=50, epsilons=[0, .1, .2, .3])
+    assert AttackIn(attack="pgd", n=10, pgd_steps=10).cost() == 10 * 4 * 3 * 10 <= MAX_ATTACK_COST
+    with pytest.raises(ValidationError, match="at most 28"):
+        ImageIn(pixels=[[0.5] * 10_000] * 28)  # a row's length is capped, not only the row count
+
+
+def test_a_costly_sample_request_is_refused_before_work(tmp_path):
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(make_storage(tmp_path)), "batching": False})  # T = 20
+    req = {"n": 64, "sampler": "ddpm", "steps": 50, "eta": 0.0, "seed": 0, "labels": None,
+           "guidance": 1.0}
+    assert asyncio.run(replica.sample(req)).shape == (64, 1, 28, 28)  # 64 x 20 = 1,280
+    replica.model.schedule = type(replica.model.schedule).named("linear", 1000)  # as if T = 1000
+    err = asyncio.run(replica.sample({**req, "labels": [1] * 64}))
+    assert isinstance(err, TooCostly)
+    assert "128,000" in str(err) and f"{MAX_SAMPLE_COST:,}" in str(err)
+
+
+@pytest.mark.parametrize("damage", ["no checkpoint key", "unreadable registry", "missing file"])
+def test_a_damaged_registry_entry_keeps_the_previous_model(tmp_path, damage):
+    storage = make_storage(tmp_path)
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(storage)})
+    good = replica.path
+    record = storage / "registry" / "ddpm.json"
+    if damage == "no checkpoint key":
+        record.write_text('{"metric": "val_loss", "value": 1.0}')
+    elif damage == "unreadable registry":
+        record.write_text("{not json")
+    else:
+        good.rename(good.with_suffix(".gone"))
+    replica.reconfigure({"storage_path": str(storage)})
+    assert replica.model is not None and replica.path == good and replica.load_error
+
+
+def test_healthz_answers_fast_and_503_without_models():
+    from serve.routes import Api
+
+    class Handle:
+        def __init__(self, value, delay=0.0):
+            self.value, self.delay = value, delay
+
+        @property
+        def loaded(self):
+            return self
+
+        def remote(self):
+            async def answer():
+                await asyncio.sleep(self.delay)
+                return self.value
+            return answer()
+
+    api = Api.func_or_class.__new__(Api.func_or_class)
+    api.ddpm, api.vae = Handle(True, delay=30), Handle(False)  # a saturated DDPM replica
+    t0 = asyncio.get_event_loop_policy().new_event_loop()
+    try:
+        import time
+        start = time.perf_counter()
+        r = t0.run_until_complete(api.healthz())
+        assert time.perf_counter() - start < 1.0
+        assert r.status_code == 200 and b'"busy"' in r.body
+        api.ddpm = Handle(False)
+        assert t0.run_until_complete(api.healthz()).status_code == 503
+    finally:
+        t0.close()
