@@ -1,20 +1,38 @@
-"""The best-checkpoint registry: one JSON record per model kind under the storage path.
+"""The best-checkpoint registry: one JSON record per model family under the storage path.
 
-Training and Tune write it (only when the new checkpoint is better or the old one is gone);
-Serve and ``jobs/evaluate.py`` read it. ``<storage>/registry/<kind>.json`` holds
-``{"kind", "checkpoint", "metric", "value", "mode", "config", "source", "time"}``.
+Training and Tune write it; Serve and ``jobs/evaluate.py`` read it. ``<storage>/registry/
+<family>.json`` holds ``{"kind", "checkpoint", "metric", "value", "mode", "config", "source",
+"time"}``. What it promises:
+
+- the served model changes only when someone meant it to: a new checkpoint replaces the entry
+  only when it is better by the same metric (a validation loss never displaces an FID), or when
+  the caller asks to ``promote`` it across metrics;
+- a registered checkpoint never changes under the entry: it is copied to a content-addressed
+  file ``registry/checkpoints/<family>-<sha256>.pt`` that no run writes again;
+- two writers never interleave: read-compare-write runs under an exclusive lock on
+  ``registry/<family>.json.lock``;
+- a damaged record is a clear ``RegistryError``, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from hw4.atomic_files import write_json_atomic
 from hw4.errors import HW4Error
+
+
+class RegistryError(HW4Error):
+    """A registry record that is missing or unreadable."""
 
 
 def registry_path(storage: str | os.PathLike, kind: str) -> Path:
@@ -24,36 +42,67 @@ def registry_path(storage: str | os.PathLike, kind: str) -> Path:
 def read_best(storage: str | os.PathLike, kind: str) -> dict[str, Any]:
     path = registry_path(storage, kind)
     if not path.is_file():
-        raise HW4Error(f"no registered {kind} checkpoint under {storage} (train one first)")
+        raise RegistryError(f"no registered {kind} checkpoint under {storage} (train one first)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise HW4Error(f"{path} is not valid JSON: {err}") from err
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RegistryError(f"{path} is damaged ({err}); delete it and register a checkpoint "
+                            "again (a training run's artifacts/checkpoint.pt)") from err
+    if not isinstance(record, dict) or "checkpoint" not in record:
+        raise RegistryError(f"{path} is damaged (no checkpoint in it); delete it and register again")
+    return record
 
 
 def is_better(value: float, old: float, mode: Literal["min", "max"]) -> bool:
     return value < old if mode == "min" else value > old
 
 
+@contextlib.contextmanager
+def locked(storage: str | os.PathLike, kind: str) -> Iterator[None]:
+    """An exclusive lock beside the record, held for a read-compare-write."""
+    lock = registry_path(storage, kind).with_suffix(".json.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def frozen_copy(storage: str | os.PathLike, kind: str, checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint copied under a name made of its SHA-256: immutable once written."""
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    out = Path(storage).resolve() / "registry" / "checkpoints" / f"{kind}-{digest.hexdigest()[:20]}.pt"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, out)
+    return out
+
+
 def record_best(storage: str | os.PathLike, kind: str, *, checkpoint: str | os.PathLike,
                 metric: str, value: float, mode: Literal["min", "max"], config: dict,
-                source: str, force: bool = False) -> bool:
-    """Register ``checkpoint`` if it beats the current record (same metric) or ``force``.
-
-    Returns whether the registry changed.
-    """
+                source: str, promote: bool = False) -> bool:
+    """Register ``checkpoint`` when it beats the current record by the same ``metric``, when
+    the record's checkpoint is gone, or (``promote``) whatever the record's metric. Returns
+    whether the registry changed."""
     path = registry_path(storage, kind)
-    old = json.loads(path.read_text()) if path.is_file() else None
-    keep_old = (
-        old is not None and not force and old.get("metric") == metric
-        and Path(old.get("checkpoint", "")).is_file()
-        and not is_better(value, old["value"], mode)
-    )
-    if keep_old:
-        return False
-    write_json_atomic(path, {
-        "kind": kind, "checkpoint": str(Path(checkpoint).resolve()), "metric": metric,
-        "value": float(value), "mode": mode, "config": config, "source": source,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    with locked(storage, kind):
+        old = read_best(storage, kind) if path.is_file() else None
+        if old is not None and Path(old["checkpoint"]).is_file() and not promote:
+            if old.get("metric") != metric:
+                return False  # a different yardstick: only an explicit promotion replaces it
+            if not is_better(value, old["value"], mode):
+                return False
+        write_json_atomic(path, {
+            "kind": kind, "checkpoint": str(frozen_copy(storage, kind, checkpoint)),
+            "metric": metric, "value": float(value), "mode": mode, "config": config,
+            "source": source, "registered_from": str(Path(checkpoint).resolve()),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
     return True

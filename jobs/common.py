@@ -58,6 +58,14 @@ class RunOptions:
     max_failures: int = opt(2, "worker-group restarts after a crash")
     quiet: bool = opt(False, "one progress line per phase instead of Ray's worker logs "
                              "(a local Ray only; errors still surface)")
+    register: bool | None = opt(None, "record the checkpoint in the registry when it beats the "
+                                      "entry by the same metric (default: yes, but not for "
+                                      "--smoke-test)")
+    promote: bool = opt(False, "replace the registry's entry even when it was ranked by another "
+                               "metric (e.g. a sweep's FID by a training run's val_loss)")
+    resume: bool = opt(False, "rerunning --name with a different config: continue its "
+                              "checkpoints under the new settings (recorded in changes.json)")
+    overwrite: bool = opt(False, "rerunning --name: delete that run and start afresh")
     inject_fault: Literal["raise", "kill"] | None = opt(None, "test: fail once")
     fault_epoch: int = opt(1, "test: the epoch at which to fail")
     smoke_test: bool = opt(False, "tiny data and model, a few steps (for tests)")
@@ -68,6 +76,7 @@ class RunOptions:
               "--cpus-per-worker must be >= 1")
         check(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
         check(self.max_failures >= 0, "--max-failures must be >= 0")
+        check(not (self.resume and self.overwrite), "give --resume or --overwrite, not both")
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -175,6 +184,7 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
     """Build and run the TorchTrainer every job uses: keep the best ``keep_checkpoints`` by
     ``metric``, restart from the latest checkpoint up to ``max_failures`` times. ``callbacks``:
     e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run."""
+    check_rerun(cfg)
     init_ray(quiet=cfg.quiet)
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
     if cfg.cpus_per_worker is None:
@@ -241,6 +251,49 @@ def follow_progress(path: Path, poll_s: float = 0.5) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+# options that change how a run executes, not what it trains: a rerun may change them freely
+OPERATIONAL = {"name", "storage_path", "num_workers", "cpus_per_worker", "gpu", "keep_checkpoints",
+               "max_failures", "inject_fault", "fault_epoch", "quiet", "register", "promote",
+               "resume", "overwrite", "compile", "precision"}
+
+
+def saved_config(run: Path) -> dict | None:
+    """The config of the run's newest checkpoint (what a rerun would resume), if any."""
+    saved = sorted(run.glob("checkpoint_*/config.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(saved):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def check_rerun(cfg: Any) -> None:
+    """A rerun of ``--name`` resumes it. With a different config that is refused, unless the user
+    says ``--resume`` (continue under the new settings, recorded in ``changes.json``) or
+    ``--overwrite`` (delete the old run and start afresh)."""
+    run = run_dir(cfg.storage_path, cfg.name)
+    if cfg.overwrite and run.exists():
+        shutil.rmtree(run)
+        return
+    old = saved_config(run)
+    if old is None:
+        return
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as saved
+    changed = {k: (old.get(k), v) for k, v in new.items() if k not in OPERATIONAL and old.get(k) != v}
+    if not changed:
+        return
+    if not cfg.resume:
+        fields = ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(changed.items()))
+        raise HW4Error(f"run {cfg.name!r} exists with another config ({fields}): add --resume to "
+                       "continue it with the new settings, --overwrite to start it afresh, or "
+                       "choose a new --name")
+    history = json.loads((run / "changes.json").read_text()) if (run / "changes.json").is_file() else []
+    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "changed": {k: {"from": a, "to": b} for k, (a, b) in changed.items()}})
+    write_json_atomic(run / "changes.json", history)
 
 
 def config_from_state(cls: type, state: dict) -> Any:
@@ -389,6 +442,23 @@ def progress_bar(quiet: bool = False) -> Callable[..., Any] | bool:
 
 # --- the end of a run -------------------------------------------------------------------------
 
+def should_register(cfg: Any) -> bool:
+    """--register, or by default any run but a smoke test (which must never change what is
+    served)."""
+    return cfg.register if cfg.register is not None else not cfg.smoke_test
+
+
+def register_checkpoint(storage: str, kind: str, **kwargs: Any) -> bool:
+    """``record_best``, except that a damaged registry does not throw the run away: the
+    checkpoint is already in the run's artifacts, and the error says how to register it."""
+    try:
+        return record_best(storage, kind, **kwargs)
+    except HW4Error as err:
+        print(f"warning: not registered: {err}; the checkpoint is kept at {kwargs['checkpoint']}",
+              file=sys.stderr)
+        return False
+
+
 def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
              mode: Literal["min", "max"], render: Callable[[dict, Path], None],
              select: Literal["best", "final"] = "best", register: bool = True) -> dict:
@@ -416,10 +486,12 @@ def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
     }
     write_json_atomic(out / "metrics.json", summary)
     write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
-    summary["registered"] = register and record_best(
-        cfg.storage_path, kind, checkpoint=out / "checkpoint.pt", metric=metric,
-        value=state["metrics"][metric], mode=mode, config=dataclasses.asdict(cfg),
-        source=str(run_dir(cfg.storage_path, cfg.name)))
+    summary["registered"] = False
+    if register and should_register(cfg):
+        summary["registered"] = register_checkpoint(
+            cfg.storage_path, kind, checkpoint=out / "checkpoint.pt", metric=metric,
+            value=state["metrics"][metric], mode=mode, config=dataclasses.asdict(cfg),
+            source=str(run_dir(cfg.storage_path, cfg.name)), promote=cfg.promote)
     if not cfg.quiet:
         print(json.dumps({k: summary[k] for k in ("best", "best_epoch", "checkpoint", "registered")},
                          indent=2, default=str))

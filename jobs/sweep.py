@@ -18,7 +18,6 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from hw4.atomic_files import write_bytes_atomic, write_json_atomic
-from hw4.registry import record_best
 from jobs import common
 from jobs.common import check, opt
 
@@ -35,6 +34,11 @@ class SweepOptions:
     gpu: bool | None = opt(None, "use GPUs; default: when the cluster has them")
     seed: int = opt(0, "seed of every trial")
     smoke_test: bool = opt(False, "tiny trials (for tests)")
+    register: bool | None = opt(None, "register the best trial when it beats the registry's "
+                                      "entry by the same metric (default: yes, but not for "
+                                      "--smoke-test)")
+    promote: bool = opt(False, "replace the registry's entry even when it was ranked by another "
+                               "metric")
 
     def validate(self) -> None:
         check(self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}")
@@ -129,15 +133,16 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 def register_best(rows: list[dict], *, kind: str, metric: str, mode: Literal["min", "max"],
                   opts: SweepOptions, out: Path) -> dict | None:
-    """Write the best finished trial (by ``metric``) to the registry, replacing its entry."""
+    """Write the best finished trial (by ``metric``) to ``best.json`` and offer it to the
+    registry, which takes it when it beats the entry by the same metric (or ``--promote``)."""
     done = [r for r in rows if r["checkpoint"] and r.get(metric) is not None]
     if not done:
         print("no finished trial has a checkpoint; nothing registered")
         return None
     best = (min if mode == "min" else max)(done, key=lambda r: r[metric])
-    record_best(opts.storage_path, kind, checkpoint=best["checkpoint"], metric=metric,
-                value=best[metric], mode=mode, config=best, force=True,
-                source=str(Path(opts.storage_path) / opts.name))
+    best["registered"] = common.should_register(opts) and common.register_checkpoint(
+        opts.storage_path, kind, checkpoint=best["checkpoint"], metric=metric, value=best[metric],
+        mode=mode, config=best, source=str(Path(opts.storage_path) / opts.name), promote=opts.promote)
     write_json_atomic(out / "best.json", best)
     print(json.dumps({"best": best}, indent=2, default=str))
     return best

@@ -53,9 +53,7 @@ def test_ddpm_smoke_two_workers(tmp_path):
     assert [h["epoch"] for h in summary["history"]] == [0, 1]
     assert summary["config"]["num_workers"] == 2
     assert json.loads((art / "config.json").read_text())["smoke_test"] is True
-    best = read_best(tmp_path, "ddpm")
-    assert Path(best["checkpoint"]) == art / "checkpoint.pt"
-    assert best["value"] == min(h["val_loss"] for h in summary["history"])
+    assert not (tmp_path / "registry").exists()  # a smoke run never changes what is served
     assert list((tmp_path / "d" / "tensorboard").glob("events.out.tfevents.*"))
     for ckpt in checkpoints(tmp_path / "d"):  # the config travels with every checkpoint
         assert json.loads((ckpt.parent / "config.json").read_text())["name"] == "d"
@@ -64,7 +62,7 @@ def test_ddpm_smoke_two_workers(tmp_path):
 @needs_data
 def test_vae_smoke_two_workers(tmp_path):
     run_ok("train_vae", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "v", "--beta", "0.5")
+           "--name", "v", "--beta", "0.5", "--register")
     art = tmp_path / "v" / "artifacts"
     state = load_checkpoint(art / "checkpoint.pt")
     clf = state["extra"]["classifiers"]
@@ -74,7 +72,9 @@ def test_vae_smoke_two_workers(tmp_path):
     final = json.loads((art / "metrics.json").read_text())["final"]
     assert {"val_elbo", "val_kl", "val_recon", "probe_accuracy", "finetune_accuracy"} <= set(final)
     assert len(final["val_kl_per_dim"]) == 4
-    assert read_best(tmp_path, "vae")["config"]["beta"] == 0.5
+    best = read_best(tmp_path, "vae")
+    assert best["config"]["beta"] == 0.5 and best["registered_from"] == str(art / "checkpoint.pt")
+    assert best["value"] == json.loads((art / "metrics.json").read_text())["final"]["val_loss"]
 
 
 @needs_data
@@ -107,7 +107,11 @@ def test_killed_job_rerun_with_same_name_continues(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
     done = max(load_checkpoint(c)["epoch"] for c in checkpoints(tmp_path / "k"))
-    run_ok("train_ddpm", *args[:-4], "--epochs", str(done + 3), "--train-subset", "1024")
+    more = [*args[:-4], "--epochs", str(done + 3), "--train-subset", "1024"]
+    refused = job("train_ddpm", *more, timeout=120)  # a changed config is not resumed silently
+    assert refused.returncode == 2 and f"--epochs 40 -> {done + 3}" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    run_ok("train_ddpm", *more, "--resume")
     history = json.loads((tmp_path / "k" / "artifacts" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(done + 3))
     assert history[-1]["resumed_from_epoch"] == done + 1

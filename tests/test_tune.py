@@ -35,14 +35,14 @@ def check_table_and_registry(folder, storage, kind, metric, better):
     best = json.loads((folder / "best.json").read_text())
     assert float(best[metric]) == better(float(r[metric]) for r in rows)
     record = read_best(storage, kind)
-    assert record["checkpoint"] == best["checkpoint"] and record["metric"] == metric
+    assert record["registered_from"] == best["checkpoint"] and record["metric"] == metric
     assert (folder / "results.md").read_text().count("| done |") == 2
     return rows, best
 
 
 @needs_data
 def test_vae_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tmp_path):
-    args = ("--smoke-test", "--storage-path", str(tmp_path))
+    args = ("--smoke-test", "--register", "--storage-path", str(tmp_path))
     first = sweep("tune_vae_beta", *args)
     runs = tmp_path / "vae-beta-sweep-runs"
     deadline = time.time() + 400
@@ -67,7 +67,8 @@ def test_vae_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tm
 
 @needs_data
 def test_ddpm_schedule_sweep_compares_trials_by_fid(tmp_path):
-    out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--storage-path", str(tmp_path)))
+    out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--storage-path",
+                       str(tmp_path)))
     folder = tmp_path / "ddpm-schedule-sweep"
     rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "fid", min)
     assert {r["schedule"] for r in rows} == {"linear", "cosine"}
