@@ -132,15 +132,23 @@ def check(condition: bool, message: str) -> None:
 
 # --- Ray on the driver ------------------------------------------------------------------------
 
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
+
+
 def init_ray(quiet: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray;
-    ``quiet`` keeps the local Ray's worker and actor logs off this terminal."""
+    ``quiet`` keeps the local Ray's worker and actor logs off this terminal.
+
+    A submitted job already runs in the job's runtime environment (``--runtime-env-json``), which
+    its workers inherit: passing one here too would conflict with it, so only a driver started by
+    hand forwards HW4_DATA_DIR to the workers."""
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     data_dir = os.environ.get("HW4_DATA_DIR")
     if address:
-        env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir else None
+        submitted = SUBMITTED_JOB_ENV in os.environ
+        env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir and not submitted else None
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=not quiet,

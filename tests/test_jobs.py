@@ -143,7 +143,10 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     # the venv first on PATH, as after `source .venv/bin/activate`: the job's `python` is its python
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
+    # the data folder reaches the job only through its runtime environment, as on a cluster
+    data_dir = os.environ["HW4_DATA_DIR"]
+    env = {**{k: v for k, v in os.environ.items() if k != "HW4_DATA_DIR"}, "RAY_AUTH_MODE": "token",
+           "PATH": path}
     port = "8275"
     start = [ray, "start", "--head", "--num-cpus=2", "--port=6390", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={port}", "--include-dashboard=true"]
@@ -153,6 +156,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
         job_id = f"hw4-test-{os.getpid()}"
         out = subprocess.run(  # blocks until the job ends, tailing its logs
             [ray, "job", "submit", *address, "--submission-id", job_id, "--working-dir", ".",
+             "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": data_dir}}),
              "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--storage-path",
              str(tmp_path)],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
@@ -174,6 +178,11 @@ def test_cluster_yaml_passes_ray_validation():
     assert gpu["resources"]["GPU"] >= 1 and gpu["min_workers"] == 0
     head_cmd = " ".join(raw["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_cmd
+    # token auth on every node, with the token synced to each; no node in Ray's default group
+    starts = raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert all(t["node_config"]["SecurityGroupIds"] for t in raw["available_node_types"].values())
     bad = {**raw, "unknown_key": 1}
     with pytest.raises(Exception):  # noqa: B017 - Ray raises jsonschema's ValidationError
         validate_config(prepare_config(bad))
