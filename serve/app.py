@@ -27,17 +27,21 @@ from serve.routes import Api
 
 def build_app(args: dict[str, str]) -> serve.Application:
     """``serve run serve.app:build_app storage_path=... vae_checkpoint=... ddpm_checkpoint=...
-    token_env=... hosts=a.example,b.example``: the storage path is resolved here, where ``serve
-    run`` was started. ``token_env`` names the variable holding the bearer token and makes it
-    required; without it a set HW4_SERVE_TOKEN is used. ``hosts``: the Host names served
-    (default: loopback names only)."""
+    token_env=... hosts=a.example,b.example max_queued_requests=N``: the storage path is resolved
+    here, where ``serve run`` was started. ``token_env`` names the variable holding the bearer
+    token and makes it required; without it a set HW4_SERVE_TOKEN is used. ``hosts``: the Host
+    names served (default: loopback names only). ``max_queued_requests``: per model replica,
+    beyond its ongoing requests; more get 503 at once."""
     storage = str(Path(args.get("storage_path") or os.environ.get("HW4_STORAGE_PATH", "results"))
                   .resolve())
+    queue = {"max_queued_requests": int(args["max_queued_requests"])} \
+        if "max_queued_requests" in args else {}
     ddpm = DDPMModel.options(user_config={"storage_path": storage,
                                           "checkpoint": args.get("ddpm_checkpoint"),
-                                          "batching": args.get("batching", "true") != "false"})
+                                          "batching": args.get("batching", "true") != "false"},
+                             **queue)
     vae = VAEModel.options(user_config={"storage_path": storage,
-                                        "checkpoint": args.get("vae_checkpoint")})
+                                        "checkpoint": args.get("vae_checkpoint")}, **queue)
     hosts = tuple(h for h in args.get("hosts", "").split(",") if h) or LOOPBACK_HOSTS
     # naming the token's variable makes the token required: a missing one stops the start
     return Api.bind(ddpm.bind(), vae.bind(), args.get("token_env", TOKEN_ENV),
