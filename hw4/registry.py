@@ -1,7 +1,7 @@
 """The best-checkpoint registry: one JSON record per model family under the storage path.
 
 Training and Tune write it; Serve and ``jobs/evaluate.py`` read it. ``<storage>/registry/
-<family>.json`` holds ``{"kind", "checkpoint", "metric", "value", "mode", "config", "source",
+<family>.json`` holds ``{"family", "checkpoint", "metric", "value", "mode", "config", "source",
 "time"}``. What it promises:
 
 - the served model changes only when someone meant it to: a new checkpoint replaces the entry
@@ -35,14 +35,14 @@ class RegistryError(HW4Error):
     """A registry record that is missing or unreadable."""
 
 
-def registry_path(storage: str | os.PathLike, kind: str) -> Path:
-    return Path(storage) / "registry" / f"{kind}.json"
+def registry_path(storage: str | os.PathLike, family: str) -> Path:
+    return Path(storage) / "registry" / f"{family}.json"
 
 
-def read_best(storage: str | os.PathLike, kind: str) -> dict[str, Any]:
-    path = registry_path(storage, kind)
+def read_best(storage: str | os.PathLike, family: str) -> dict[str, Any]:
+    path = registry_path(storage, family)
     if not path.is_file():
-        raise RegistryError(f"no registered {kind} checkpoint under {storage} (train one first)")
+        raise RegistryError(f"no registered {family} checkpoint under {storage} (train one first)")
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -58,9 +58,9 @@ def is_better(value: float, old: float, mode: Literal["min", "max"]) -> bool:
 
 
 @contextlib.contextmanager
-def locked(storage: str | os.PathLike, kind: str) -> Iterator[None]:
+def locked(storage: str | os.PathLike, family: str) -> Iterator[None]:
     """An exclusive lock beside the record, held for a read-compare-write."""
-    lock = registry_path(storage, kind).with_suffix(".json.lock")
+    lock = registry_path(storage, family).with_suffix(".json.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -70,13 +70,13 @@ def locked(storage: str | os.PathLike, kind: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def frozen_copy(storage: str | os.PathLike, kind: str, checkpoint: str | os.PathLike) -> Path:
+def frozen_copy(storage: str | os.PathLike, family: str, checkpoint: str | os.PathLike) -> Path:
     """The checkpoint copied under a name made of its SHA-256: immutable once written."""
     digest = hashlib.sha256()
     with open(checkpoint, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    out = Path(storage).resolve() / "registry" / "checkpoints" / f"{kind}-{digest.hexdigest()[:20]}.pt"
+    out = Path(storage).resolve() / "registry" / "checkpoints" / f"{family}-{digest.hexdigest()[:20]}.pt"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -85,22 +85,22 @@ def frozen_copy(storage: str | os.PathLike, kind: str, checkpoint: str | os.Path
     return out
 
 
-def record_best(storage: str | os.PathLike, kind: str, *, checkpoint: str | os.PathLike,
+def record_best(storage: str | os.PathLike, family: str, *, checkpoint: str | os.PathLike,
                 metric: str, value: float, mode: Literal["min", "max"], config: dict,
                 source: str, promote: bool = False) -> bool:
     """Register ``checkpoint`` when it beats the current record by the same ``metric``, when
     the record's checkpoint is gone, or (``promote``) whatever the record's metric. Returns
     whether the registry changed."""
-    path = registry_path(storage, kind)
-    with locked(storage, kind):
-        old = read_best(storage, kind) if path.is_file() else None
+    path = registry_path(storage, family)
+    with locked(storage, family):
+        old = read_best(storage, family) if path.is_file() else None
         if old is not None and Path(old["checkpoint"]).is_file() and not promote:
             if old.get("metric") != metric:
                 return False  # a different yardstick: only an explicit promotion replaces it
             if not is_better(value, old["value"], mode):
                 return False
         write_json_atomic(path, {
-            "kind": kind, "checkpoint": str(frozen_copy(storage, kind, checkpoint)),
+            "family": family, "checkpoint": str(frozen_copy(storage, family, checkpoint)),
             "metric": metric, "value": float(value), "mode": mode, "config": config,
             "source": source, "registered_from": str(Path(checkpoint).resolve()),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -27,10 +27,11 @@ from hw4.models.unet import UNet, UNetConfig
 from hw4.registry import read_best
 
 
-def resolve_checkpoint(storage: str | os.PathLike, kind: str,
+def resolve_checkpoint(storage: str | os.PathLike, family: str,
                        checkpoint: str | os.PathLike | None = None) -> Path:
-    """An explicit checkpoint path, else the registry's best of ``kind`` under ``storage``."""
-    path = Path(checkpoint) if checkpoint else Path(read_best(storage, kind)["checkpoint"])
+    """An explicit checkpoint path, else the registry's best of ``family`` ("vae", "ddpm")
+    under ``storage``. (A checkpoint's own ``kind`` names its architecture: "unet", ...)"""
+    path = Path(checkpoint) if checkpoint else Path(read_best(storage, family)["checkpoint"])
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return path

@@ -456,18 +456,18 @@ def should_register(cfg: Any) -> bool:
     return cfg.register if cfg.register is not None else not cfg.smoke_test
 
 
-def register_checkpoint(storage: str, kind: str, **kwargs: Any) -> bool:
+def register_checkpoint(storage: str, family: str, **kwargs: Any) -> bool:
     """``record_best``, except that a damaged registry does not throw the run away: the
     checkpoint is already in the run's artifacts, and the error says how to register it."""
     try:
-        return record_best(storage, kind, **kwargs)
+        return record_best(storage, family, **kwargs)
     except HW4Error as err:
         print(f"warning: not registered: {err}; the checkpoint is kept at {kwargs['checkpoint']}",
               file=sys.stderr)
         return False
 
 
-def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
+def finalize(result: ray.train.Result, cfg: Any, *, family: str, metric: str,
              mode: Literal["min", "max"], render: Callable[[dict, Path], None],
              select: Literal["best", "final"] = "best", register: bool = True) -> dict:
     """Copy the selected (best by ``metric``, or final) and the final checkpoint into
@@ -497,7 +497,7 @@ def finalize(result: ray.train.Result, cfg: Any, *, kind: str, metric: str,
     summary["registered"] = False
     if register and should_register(cfg):
         summary["registered"] = register_checkpoint(
-            cfg.storage_path, kind, checkpoint=out / "checkpoint.pt", metric=metric,
+            cfg.storage_path, family, checkpoint=out / "checkpoint.pt", metric=metric,
             value=state["metrics"][metric], mode=mode, config=dataclasses.asdict(cfg),
             source=str(run_dir(cfg.storage_path, cfg.name)), promote=cfg.promote)
     if not cfg.quiet:

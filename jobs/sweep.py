@@ -69,7 +69,7 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
     result = common.fit(spec.train_func, job, metric="val_loss", mode="min",
                         callbacks=[TuneReportCallback()])
     # the final checkpoint is the one whose metrics Tune saw last
-    common.finalize(result, job, kind="", metric="val_loss", mode="min", render=spec.render,
+    common.finalize(result, job, family="", metric="val_loss", mode="min", render=spec.render,
                     select="final", register=False)
 
 
@@ -131,7 +131,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
     write_bytes_atomic(out / "results.md", ("\n".join(lines) + "\n").encode())
 
 
-def register_best(rows: list[dict], *, kind: str, metric: str, mode: Literal["min", "max"],
+def register_best(rows: list[dict], *, family: str, metric: str, mode: Literal["min", "max"],
                   opts: SweepOptions, out: Path) -> dict | None:
     """Write the best finished trial (by ``metric``) to ``best.json`` and offer it to the
     registry, which takes it when it beats the entry by the same metric (or ``--promote``)."""
@@ -141,7 +141,7 @@ def register_best(rows: list[dict], *, kind: str, metric: str, mode: Literal["mi
         return None
     best = (min if mode == "min" else max)(done, key=lambda r: r[metric])
     best["registered"] = common.should_register(opts) and common.register_checkpoint(
-        opts.storage_path, kind, checkpoint=best["checkpoint"], metric=metric, value=best[metric],
+        opts.storage_path, family, checkpoint=best["checkpoint"], metric=metric, value=best[metric],
         mode=mode, config=best, source=str(Path(opts.storage_path) / opts.name), promote=opts.promote)
     write_json_atomic(out / "best.json", best)
     print(json.dumps({"best": best}, indent=2, default=str))

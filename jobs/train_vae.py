@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     result = common.fit(train_func, cfg, metric="val_loss", mode="min")
     # the final checkpoint: its classifier heads were trained on exactly this encoder
-    summary = common.finalize(result, cfg, kind="vae", metric="val_loss", mode="min",
+    summary = common.finalize(result, cfg, family="vae", metric="val_loss", mode="min",
                               render=render, select="final")
     if not cfg.quiet:
         print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")

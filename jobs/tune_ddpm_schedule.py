@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             curves[label] = ((df["epoch"] + 1).tolist(), df["fid"].tolist())
     viz.line_plot(curves, out / "fid_by_trial.png", xlabel="epoch", ylabel="FID (DDIM samples)",
                   title="DDPM schedule sweep: FID after each epoch (ASHA stops the weak)")
-    sweep.register_best(rows, kind="ddpm", metric="fid", mode="min", opts=cfg, out=out)
+    sweep.register_best(rows, family="ddpm", metric="fid", mode="min", opts=cfg, out=out)
     print(f"table, plot and best trial in {out}")
     return rows
 

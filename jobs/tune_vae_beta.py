@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows.sort(key=lambda r: (r["latent_dim"], r["beta"]))
     sweep.write_tables(rows, out)
     rate_distortion_plot(rows, out)
-    sweep.register_best(rows, kind="vae", metric="val_elbo", mode="max", opts=cfg, out=out)
+    sweep.register_best(rows, family="vae", metric="val_elbo", mode="max", opts=cfg, out=out)
     print(f"table, plot and best trial in {out}")
     return rows
 

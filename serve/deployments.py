@@ -21,7 +21,7 @@ from hw4 import adversarial, data, viz
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
-from hw4.registry import registry_path
+from hw4.registry import read_best, registry_path
 from hw4.trained import load_ddpm, load_vae, reconstruction, resolve_checkpoint
 from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES
 
@@ -48,11 +48,12 @@ def sample_cost(req: dict, timesteps: int) -> int:
 class Reloadable:
     """A model that (re)loads from its ``user_config``; a failed load keeps the previous model."""
 
-    kind = ""
+    family = ""  # the registry entry it serves: "ddpm" or "vae"
 
     def _setup(self) -> None:
         self.model: Any = None
         self.path: Path | None = None
+        self.origin: Path | None = None  # the run artifact a registered copy was made from
         self.history: list = []
         self.load_error: str | None = None
         self.loaded_at: float | None = None
@@ -69,26 +70,29 @@ class Reloadable:
         replica starts empty and answers 503."""
         storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
         self.storage = storage
-        if not explicit and not registry_path(storage, self.kind).is_file():
-            self.load_error = (f"no registered {self.kind} checkpoint under {storage}; train one "
+        if not explicit and not registry_path(storage, self.family).is_file():
+            self.load_error = (f"no registered {self.family} checkpoint under {storage}; train one "
                                "or set the checkpoint in the deployment's user_config")
             return
         try:
-            path = resolve_checkpoint(storage, self.kind, explicit)
+            path = resolve_checkpoint(storage, self.family, explicit)
+            origin = path if explicit else Path(read_best(storage, self.family).get("registered_from")
+                                                or path)
             model = self.load(path)
         except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
             self.load_error = str(err)
             if self.model is None:
                 raise
-            print(f"[hw4] {self.kind}: keeping {self.path}; the new checkpoint failed: {err}",
+            print(f"[hw4] {self.family}: keeping {self.path}; the new checkpoint failed: {err}",
                   flush=True)
             return
-        self.history = training_history(path)
-        self.model, self.path, self.load_error, self.loaded_at = model, path, None, time.time()
+        self.history = training_history(origin)  # the run's metrics.json sits beside the origin
+        self.model, self.path, self.origin = model, path, origin
+        self.load_error, self.loaded_at = None, time.time()
 
     def require(self) -> Any:
         if self.model is None:
-            raise Unavailable(f"no {self.kind} model is loaded: {self.load_error}")
+            raise Unavailable(f"no {self.family} model is loaded: {self.load_error}")
         return self.model
 
     async def loaded(self) -> bool:
@@ -97,14 +101,17 @@ class Reloadable:
     def info(self) -> dict:
         m = self.model
         return {"loaded": m is not None, "checkpoint": str(self.path) if self.path else None,
+                "origin": str(self.origin) if self.origin else None,
                 "load_error": self.load_error, "loaded_at": self.loaded_at,
                 "metrics": m.metrics if m else None, "config": m.config if m else None,
                 "history": self.history, "pid": os.getpid()}
 
 
-def evaluation_summary(storage: str, checkpoint: Path | None) -> dict | None:
-    """Robustness curves of the newest ``jobs/evaluate.py`` report on this VAE checkpoint."""
-    if checkpoint is None:
+def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:
+    """Robustness curves of the newest ``jobs/evaluate.py`` report on this VAE checkpoint (the
+    served file or the run artifact it was registered from)."""
+    served = {c.resolve() for c in checkpoints if c is not None}
+    if not served:
         return None
     def mtime(path: Path) -> float:
         try:
@@ -115,7 +122,7 @@ def evaluation_summary(storage: str, checkpoint: Path | None) -> dict | None:
     for path in sorted(Path(storage).glob("eval/*/report.json"), key=mtime, reverse=True):
         try:
             vae = json.loads(path.read_text()).get("vae") or {}
-            if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() == checkpoint.resolve():
+            if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() in served:
                 return {"report": str(path), "robustness": vae["robustness"],
                         "clean_accuracy": vae.get("clean_accuracy"),
                         "most_robust": vae.get("most_robust")}
@@ -166,7 +173,7 @@ def batch_key(req: dict) -> tuple:
                   max_constructor_retry_count=3,
                   user_config={"storage_path": "results", "checkpoint": None, "batching": True})
 class DDPMModel(Reloadable):
-    kind = "ddpm"
+    family = "ddpm"
 
     def __init__(self) -> None:
         self._setup()
@@ -249,7 +256,7 @@ class DDPMModel(Reloadable):
                   max_constructor_retry_count=3,
                   user_config={"storage_path": "results", "checkpoint": None})
 class VAEModel(Reloadable):
-    kind = "vae"
+    family = "vae"
 
     def __init__(self) -> None:
         self._setup()
@@ -370,4 +377,5 @@ class VAEModel(Reloadable):
         return result
 
     async def info(self) -> dict:
-        return {**Reloadable.info(self), "evaluation": evaluation_summary(self.storage, self.path)}
+        return {**Reloadable.info(self),
+                "evaluation": evaluation_summary(self.storage, self.path, self.origin)}

@@ -70,10 +70,10 @@ def make_storage(root: Path) -> Path:
     """A storage folder whose registry points at a tiny VAE and a tiny DDPM."""
     from hw4.registry import record_best
 
-    for kind, write in (("vae", write_vae), ("ddpm", write_ddpm)):
-        path = write(root / kind / "checkpoint.pt")
-        record_best(root, kind, checkpoint=path, metric="val_loss", value=1.0, mode="min",
-                    config={}, source=str(root / kind))
+    for family, write in (("vae", write_vae), ("ddpm", write_ddpm)):
+        path = write(root / family / "checkpoint.pt")
+        record_best(root, family, checkpoint=path, metric="val_loss", value=1.0, mode="min",
+                    config={}, source=str(root / family))
     return root
 
 
@@ -103,3 +103,58 @@ def stop_ray_head(gcs_port: int) -> None:
         deadline = time.time() + wait
         while mine() and time.time() < deadline:
             time.sleep(0.5)
+
+
+# --- one local Ray and Serve for every test module that talks to the app over HTTP ------------
+
+SERVE_PORT = 8311
+SERVE_URL = f"http://127.0.0.1:{SERVE_PORT}"
+SERVE_TOKEN_ENV, SERVE_TOKEN = "HW4_TEST_SERVE_TOKEN", "s3cret-token"
+
+
+def add_job_outputs(storage: Path) -> None:
+    """What the jobs leave beside the tiny checkpoints: training histories (metrics.json) and
+    an evaluation report on the served VAE, shaped as the jobs write them."""
+    import json
+
+    for kind in ("vae", "ddpm"):
+        history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1)} for e in range(4)]
+        (storage / kind / "metrics.json").write_text(json.dumps({"history": history}))
+    curve = {"untargeted": {str(e): {"accuracy": round(0.9 - 2 * e, 3)} for e in (0.0, 0.1, 0.2, 0.3)}}
+    report = {"vae": {"checkpoint": str(storage / "vae" / "checkpoint.pt"),
+                      "robustness": {m: {"fgsm": curve, "pgd": curve}
+                                     for m in ("pixel_cnn", "latent_classifier",
+                                               "reconstruct_then_classify")}}}
+    (storage / "eval" / "web").mkdir(parents=True)
+    (storage / "eval" / "web" / "report.json").write_text(json.dumps(report))
+
+
+@pytest.fixture(scope="session")
+def serve_apps(tmp_path_factory):
+    """Two apps on one Serve: ``/`` (no token) and ``/secured`` (token from an environment
+    variable, short queues for the load test), over tiny checkpoints with job outputs beside
+    them (``HW4_WEB_STORAGE=results`` serves the trained models instead, for screenshots).
+    Started once for tests/test_serve.py and tests/test_web.py; stopped at the session's end."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from serve.app import build_app
+
+    if os.environ.get("HW4_WEB_STORAGE"):
+        storage = Path(os.environ["HW4_WEB_STORAGE"]).resolve()
+    else:
+        storage = make_storage(tmp_path_factory.mktemp("serve"))
+        add_job_outputs(storage)
+    os.environ[SERVE_TOKEN_ENV] = SERVE_TOKEN  # before ray.init: the replicas inherit it
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+        args = {"storage_path": str(storage)}
+        serve.run(build_app(args), name="open", route_prefix="/")
+        serve.run(build_app({**args, "token_env": SERVE_TOKEN_ENV, "max_queued_requests": "4"}),
+                  name="secured", route_prefix="/secured")
+        yield {"storage": storage, "args": args, "serve": serve, "build": build_app}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop(SERVE_TOKEN_ENV, None)

@@ -1,7 +1,7 @@
 """The Serve app for real: a local Ray in this process, Serve on loopback, tiny checkpoints.
 
-Two apps run side by side: ``/`` (no token) and ``/secured`` (token from an environment
-variable). The fixture stops Serve and Ray at the end."""
+Two apps run side by side (conftest's ``serve_apps``, shared with the browser tests): ``/`` (no
+token) and ``/secured`` (token from an environment variable, short queues)."""
 
 import base64
 import io
@@ -17,38 +17,16 @@ import pytest
 import requests
 from PIL import Image
 
-from .conftest import make_storage, needs_data
+from .conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data
 
 pytestmark = [pytest.mark.ray]
 
-PORT = 8311
-URL = f"http://127.0.0.1:{PORT}"
-TOKEN_ENV, TOKEN = "HW4_TEST_SERVE_TOKEN", "s3cret-token"
+URL, TOKEN_ENV, TOKEN = SERVE_URL, SERVE_TOKEN_ENV, SERVE_TOKEN
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    from ray import serve
-
-    from serve.app import build_app
-
-    storage = make_storage(tmp_path_factory.mktemp("serve"))
-    os.environ[TOKEN_ENV] = TOKEN  # before ray.init: the replicas inherit the environment
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        args = {"storage_path": str(storage)}
-        serve.run(build_app(args), name="open", route_prefix="/")
-        # the secured app also has short queues: the load test overflows them
-        serve.run(build_app({**args, "token_env": TOKEN_ENV, "max_queued_requests": "4"}),
-                  name="secured",
-                  route_prefix="/secured")
-        yield {"storage": storage, "args": args, "serve": serve, "build": build_app}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        os.environ.pop(TOKEN_ENV, None)
+def app(serve_apps):
+    return serve_apps
 
 
 def post(path, body, **kw):
@@ -85,7 +63,9 @@ def test_every_endpoint_returns_png_or_json(app):
     assert all(len(m["prediction"]) == 2 for m in c["models"].values())
     info = requests.get(URL + "/info", timeout=30).json()
     assert info["ddpm"]["loaded"] and info["ddpm"]["config"]["timesteps"] == 20
-    assert info["vae"]["checkpoint"].endswith("vae/checkpoint.pt")
+    assert info["vae"]["origin"].endswith("vae/checkpoint.pt")  # served from its registered copy
+    assert "/registry/checkpoints/vae-" in info["vae"]["checkpoint"]
+    assert [h["epoch"] for h in info["ddpm"]["history"]] == [0, 1, 2, 3]  # the run's metrics.json
     assert requests.get(URL + "/healthz", timeout=30).json()["models"] == {"ddpm": True, "vae": True}
     assert requests.get(URL + "/docs", timeout=30).status_code == 200
 

@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.ray]
 
 GCS_PORT, DASHBOARD_PORT, HTTP_PORT = 6391, 8276, 8312
 URL = f"http://127.0.0.1:{HTTP_PORT}"
+TOKEN = "deploy-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def deploy(config: dict, path: Path, env: dict) -> None:
@@ -43,7 +45,7 @@ def wait_for(predicate, timeout: float = 180.0):
 
 
 def ddpm_info() -> dict:
-    return requests.get(URL + "/info", timeout=30).json()["ddpm"]
+    return requests.get(URL + "/info", headers=AUTH, timeout=30).json()["ddpm"]
 
 
 def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
@@ -56,7 +58,8 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     config["http_options"]["port"] = HTTP_PORT
     app = config["applications"][0]
-    app["runtime_env"] = {}
+    assert app["args"]["token_env"] == "HW4_SERVE_TOKEN"  # the shipped config requires a token
+    app["runtime_env"] = {"env_vars": {"HW4_SERVE_TOKEN": TOKEN}}
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["DDPMModel"].pop("autoscaling_config")
     deployments["DDPMModel"].update(num_replicas=1, ray_actor_options={"num_cpus": 1})
@@ -80,7 +83,8 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
 
         def load() -> None:  # keeps requests flowing during the reload
             while not stop.is_set():
-                codes.append(requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code)
+                codes.append(requests.post(URL + "/ddpm/sample", json=body, headers=AUTH,
+                                           timeout=60).status_code)
 
         worker = threading.Thread(target=load)
         worker.start()
@@ -99,6 +103,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
         failed = wait_for(lambda: ddpm_info()["load_error"] and ddpm_info())
         assert "not a readable checkpoint" in failed["load_error"]
         assert failed["checkpoint"] == str(second) and failed["pid"] == first["pid"]
-        assert requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code == 200
+        assert requests.post(URL + "/ddpm/sample", json=body, headers=AUTH, timeout=60).status_code == 200
+        assert requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code == 401
     finally:
         stop_ray_head(GCS_PORT)

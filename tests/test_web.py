@@ -13,58 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_storage, needs_data
+from .conftest import SERVE_TOKEN, SERVE_URL, needs_data
 
 pytestmark = [pytest.mark.ray, needs_data]
 
-PORT = 8316
-URL = f"http://127.0.0.1:{PORT}"
-TOKEN_ENV, TOKEN = "HW4_TEST_WEB_TOKEN", "web-s3cret"
+URL, TOKEN = SERVE_URL, SERVE_TOKEN
 CHROMIUM = os.environ.get("HW4_CHROMIUM", "/usr/bin/chromium")
 # as root in a container, with this machine's closed network: no sandbox, no background traffic
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def add_job_outputs(storage: Path) -> None:
-    """What the jobs leave beside the tiny checkpoints: training histories (metrics.json) and
-    an evaluation report on the served VAE, shaped as the jobs write them."""
-    for kind in ("vae", "ddpm"):
-        history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1)} for e in range(4)]
-        (storage / kind / "metrics.json").write_text(json.dumps({"history": history}))
-    curve = {"untargeted": {str(e): {"accuracy": round(0.9 - 2 * e, 3)} for e in (0.0, 0.1, 0.2, 0.3)}}
-    report = {"vae": {"checkpoint": str(storage / "vae" / "checkpoint.pt"),
-                      "robustness": {m: {"fgsm": curve, "pgd": curve}
-                                     for m in ("pixel_cnn", "latent_classifier",
-                                               "reconstruct_then_classify")}}}
-    (storage / "eval" / "web").mkdir(parents=True)
-    (storage / "eval" / "web" / "report.json").write_text(json.dumps(report))
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    from ray import serve
-
-    from serve.app import build_app
-
-    if os.environ.get("HW4_WEB_STORAGE"):
-        storage = Path(os.environ["HW4_WEB_STORAGE"]).resolve()
-    else:
-        storage = make_storage(tmp_path_factory.mktemp("web"))
-        add_job_outputs(storage)
-    os.environ[TOKEN_ENV] = TOKEN
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        serve.run(build_app({"storage_path": str(storage)}), name="open", route_prefix="/")
-        serve.run(build_app({"storage_path": str(storage), "token_env": TOKEN_ENV}),
-                  name="secured", route_prefix="/secured")
-        yield storage
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        os.environ.pop(TOKEN_ENV, None)
+def server(serve_apps):
+    return serve_apps["storage"]
 
 
 @pytest.fixture(scope="module")
