@@ -1,0 +1,59 @@
+"""A node lost mid-run: a two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``),
+the node holding the DDPM job's training worker is removed mid-epoch, and the run resumes from
+its last checkpoint on the other node with nothing lost and nothing repeated."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from .conftest import needs_data
+
+pytestmark = [pytest.mark.ray, needs_data]
+
+
+def busy_node(ray, cpus: int) -> str | None:
+    """The id of the worker node whose free CPUs dropped by ``cpus`` (the training worker's)."""
+    from ray._private.state import available_resources_per_node
+
+    total = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+    for node, free in available_resources_per_node().items():
+        if node in total and total[node] - free.get("CPU", 0) >= cpus:
+            return node
+    return None
+
+
+def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from jobs import train_ddpm
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})  # driver, controller
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]  # one training worker fits on each
+    try:
+        ray.init(address=cluster.address)
+        out: dict = {}
+        args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "lost", "--epochs", "8",
+                "--train-subset", "1024", "--cpus-per-worker", "2", "--max-failures", "2"]
+        job = threading.Thread(target=lambda: out.update(summary=train_ddpm.main(args)))
+        job.start()
+        run = tmp_path / "lost"
+        deadline = time.time() + 240
+        while not list(run.glob("checkpoint_*/checkpoint.pt")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert list(run.glob("checkpoint_*")), "no checkpoint before the deadline"
+        time.sleep(1.0)  # into the next epoch
+        victim = busy_node(ray, 2)
+        assert victim is not None, "could not find the training worker's node"
+        node = next(n for n in nodes if n.node_id == victim)
+        cluster.remove_node(node, allow_graceful=False)
+        job.join(timeout=300)
+        assert not job.is_alive(), "the run did not finish after the node was lost"
+        history = json.loads((run / "artifacts" / "metrics.json").read_text())["history"]
+        assert [h["epoch"] for h in history] == list(range(8))  # nothing lost, nothing repeated
+        assert max(h["resumed_from_epoch"] for h in history) > 0  # a restarted worker group
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
