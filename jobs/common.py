@@ -111,6 +111,19 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(flag, **kw)
 
 
+def to_argv(values: dict[str, Any]) -> list[str]:
+    """{"base_channels": 16, "channel_mults": (1, 2)} -> ["--base-channels", "16",
+    "--channel-mults", "1", "2"]: settings kept as a dict, handed to a job's command line."""
+    argv: list[str] = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            argv += [flag, *map(str, value if isinstance(value, tuple | list) else [value])]
+    return argv
+
+
 def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -20,11 +20,9 @@ from jobs import common, train_ddpm, train_vae
 VAE_ARGS = ["--name", "demo-vae", "--epochs", "5", "--classifier-epochs", "2"]
 # the class-conditional U-Net of the homework, labels dropped 10% of the time; samples and the
 # served grid use DDIM-50 with eta = 1 (it beat eta = 0 on this model size) and guidance w = 1
-DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000", "--base-channels", "16",
-             "--channel-mults", "1", "2", "4", "--attention-resolutions", "4", "--dropout", "0",
-             "--lr", "1e-3", "--warmup-steps", "100", "--ema-decay", "0.995",
-             "--sample-every", "1", "--conditional", "--p-uncond", "0.1", "--guidance", "1",
-             "--sample-eta", "1", "--num-samples", "80"]
+DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000",
+             *common.to_argv(train_ddpm.SMALL), "--sample-every", "1", "--conditional",
+             "--p-uncond", "0.1", "--guidance", "1", "--sample-eta", "1", "--num-samples", "80"]
 
 
 SERVED_DIGITS_PER_ROW = 6

@@ -94,6 +94,9 @@ class DDPMJobConfig(common.RunOptions):
 
 
 NUM_CLASSES = 10  # MNIST digits
+# The small U-Net and recipe that fit a 2-core CPU's budget: make demo and the schedule sweep
+SMALL = dict(base_channels=16, channel_mults=(1, 2, 4), attention_resolutions=(4,), dropout=0.0,
+             lr=1e-3, warmup_steps=100, ema_decay=0.995)
 SMOKE = dict(train_subset=256, val_subset=64, base_channels=8, channel_mults=(1, 2),
              attention_resolutions=(2,), num_heads=2, groups=4, timesteps=50, epochs=2,
              batch_size=32, warmup_steps=2, num_samples=10, sample_steps=5, sample_every=1)

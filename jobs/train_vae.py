@@ -31,6 +31,8 @@ from hw4.models.autoencoder import (
 from jobs import common
 from jobs.common import opt
 
+_AE = AutoencoderConfig()
+
 
 @dataclass
 class VAEJobConfig(common.RunOptions):
@@ -38,9 +40,10 @@ class VAEJobConfig(common.RunOptions):
     train_subset: int | None = opt(None, "train on this many images")
     val_subset: int | None = opt(None, "evaluate on this many test images")
     model: Literal["ae", "vae"] = opt("vae", "autoencoder or VAE")
-    latent_dim: int = opt(16, "latent size")
-    channels: int = opt(32, "conv width")
-    hidden: int = opt(256, "fully connected width")
+    # the model's own fields, with its defaults (saved apart as the checkpoint's model_config)
+    latent_dim: int = opt(_AE.latent_dim, "latent size")
+    channels: int = opt(_AE.channels, "conv width")
+    hidden: int = opt(_AE.hidden, "fully connected width")
     beta: float = opt(1.0, "weight of the KL term")
     reconstruction: Literal["bernoulli", "gaussian"] = opt("bernoulli", "decoder likelihood")
     kl_warmup_steps: int = opt(0, "steps of linear KL warm-up (0: none)")

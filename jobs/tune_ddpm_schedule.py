@@ -35,7 +35,7 @@ class DDPMSweepConfig(sweep.SweepOptions):
     epochs: int = opt(4, "epochs per trial (ASHA's max_t)")
     grace_epochs: int = opt(1, "epochs before ASHA may stop a trial")
     train_subset: int | None = opt(20000, "train on this many MNIST images")
-    base_channels: int = opt(16, "U-Net width of every trial")
+    base_channels: int = opt(train_ddpm.SMALL["base_channels"], "U-Net width of every trial")
     fid_samples: int = opt(500, "DDIM samples per FID")
     sample_steps: int = opt(50, "DDIM steps of the FID samples")
 
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = common.parse_config(DDPMSweepConfig, argv, SMOKE, __doc__)
     base = dataclasses.asdict(train_ddpm.DDPMJobConfig())
     base.update(train_ddpm.SMOKE if cfg.smoke_test else dict(
-        base_channels=cfg.base_channels, channel_mults=(1, 2, 4), dropout=0.0, lr=1e-3,
-        warmup_steps=100, ema_decay=0.995))
+        train_ddpm.SMALL, base_channels=cfg.base_channels))
     base.update(epochs=cfg.epochs, train_subset=cfg.train_subset, fid_every=1,
                 fid_samples=cfg.fid_samples, sample_steps=cfg.sample_steps,
                 sample_every=cfg.epochs, **sweep.options_dict(cfg))
