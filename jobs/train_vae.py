@@ -53,6 +53,7 @@ class VAEJobConfig(common.RunOptions):
     batch_size: int = opt(128, "global batch size (split over workers)")
     lr: float = opt(1e-3, "Adam learning rate")
     classifier_lr: float = opt(1e-3, "Adam learning rate of the classifiers")
+    compile: bool = opt(False, "torch.compile the autoencoder (pays off on GPUs; slow to start)")
 
     def validate(self) -> None:
         super().validate()
@@ -136,6 +137,7 @@ def train_func(config: dict) -> None:
         start_epoch, step_count = state["epoch"] + 1, state["step"]
         history, clf_state = state["extra"]["history"], state["extra"].get("classifiers")
     model = common.prepare_model(vae)
+    forward = torch.compile(model) if cfg.compile else model
     gen = w.generator()
     classifiers = None
 
@@ -143,7 +145,7 @@ def train_func(config: dict) -> None:
         nonlocal step_count
         beta = objectives.kl_warmup(step_count, cfg.kl_warmup_steps, cfg.beta)
         step_count += 1
-        return train.autoencoder_train_step(model, x, optimizer, beta=beta, generator=gen,
+        return train.autoencoder_train_step(forward, x, optimizer, beta=beta, generator=gen,
                                             reconstruction=cfg.reconstruction,
                                             free_bits=cfg.free_bits)
 
