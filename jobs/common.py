@@ -400,9 +400,10 @@ class Worker:
 
     def progress(self, phase: str, epoch: int, first_epoch: int, epochs: int
                  ) -> Callable[[int, dict[str, float]], None] | None:
-        """``run_epoch``'s ``on_log`` for rank 0: this phase's steps done so far and the running
-        loss, written (atomically) where the driver's ``follow_progress`` reads them."""
-        if self.rank != 0:
+        """``run_epoch``'s ``on_log`` for rank 0 of a ``--quiet`` run: this phase's steps done so
+        far and the running loss, written (atomically) where the driver's ``follow_progress``
+        reads them."""
+        if self.rank != 0 or not self.cfg.quiet:
             return None
         per_epoch = len(self.loader)
 
