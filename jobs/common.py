@@ -257,7 +257,8 @@ def follow_progress(path: Path, poll_s: float = 0.5) -> Iterator[None]:
                 if bar is not None:
                     bar.close()
                 phase = p["phase"]
-                bar = tqdm(total=p["total"], desc=f"{phase:<11}", unit="step", dynamic_ncols=True)
+                bar = tqdm(total=p["total"], initial=p["done"], desc=f"{phase:<11}", unit="step",
+                           dynamic_ncols=True)
             bar.n = p["done"]
             bar.set_postfix_str(f"epoch {p['epoch'] + 1}/{p['epochs']}, loss {p['loss']:.4f}",
                                 refresh=False)
@@ -409,7 +410,7 @@ class Worker:
 
         def write(i: int, means: dict[str, float]) -> None:
             write_json_atomic(run_dir(self.cfg.storage_path, self.cfg.name) / PROGRESS_FILE, {
-                "phase": phase, "epoch": epoch, "epochs": epochs,
+                "phase": phase, "epoch": epoch - first_epoch, "epochs": epochs - first_epoch,
                 "done": (epoch - first_epoch) * per_epoch + i,
                 "total": (epochs - first_epoch) * per_epoch, "loss": means.get("loss", float("nan"))})
 
