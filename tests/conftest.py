@@ -103,6 +103,13 @@ def stop_ray_head(gcs_port: int) -> None:
         deadline = time.time() + wait
         while mine() and time.time() < deadline:
             time.sleep(0.5)
+    # `ray start` records its address for later CLI calls; leave none behind for a user's `serve run`
+    current = Path("/tmp/ray/ray_current_cluster")
+    try:
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs_port}"):
+            current.unlink()
+    except OSError:
+        pass
 
 
 # --- one local Ray and Serve for every test module that talks to the app over HTTP ------------
