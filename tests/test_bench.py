@@ -88,3 +88,10 @@ def test_train_step_bench_runs_tiny(tmp_path):
     assert [r["variant"] for r in rows] == ["before", "after"]
     assert all(r["images_per_s"] > 0 and 0 < r["share_of_peak"] for r in rows)
     assert result["matmul_peaks"]["fp32"]["n"] in (128, 256)
+
+
+def test_serve_limits_bench_runs_tiny(tmp_path):
+    result = run_tiny("serve_limits", tmp_path / "limits.json")
+    assert result["sample"]["seconds_per_image_call"] > 0
+    assert result["attack"]["seconds_per_gradient_eval"] > 0
+    assert result["sample"]["limit"] == 16_384
