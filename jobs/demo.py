@@ -8,6 +8,8 @@ faster. Running it again reuses the finished runs under --storage-path (delete i
 from __future__ import annotations
 
 import base64
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -31,11 +33,13 @@ SERVED_DIGITS_PER_ROW = 6
 def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
     """Start the Serve app on the registry's checkpoints, fetch a DDIM-50 grid over HTTP (one row
     per digit, with the pinned classifier's verdicts), stop Serve."""
+    import ray
     from ray import serve
 
     from serve.app import build_app
 
     common.init_ray(quiet=True)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are not for users
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app({"storage_path": storage_path}), name="hw4", route_prefix="/")
@@ -52,7 +56,10 @@ def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
         hits = sum(a == b for a, b in zip(reply["labels"], reply["verdict"]["class"], strict=True))
         return out, {"asked": len(reply["labels"]), "recognised": hits, "seconds": reply["seconds"]}
     finally:
-        serve.shutdown()
+        if os.environ.get("RAY_ADDRESS"):
+            serve.shutdown()  # a cluster's Ray outlives the demo: remove the app from it
+        else:
+            ray.shutdown()  # the demo's own local Ray: stopping it stops Serve with it
 
 
 def summary(vae: dict, ddpm: dict, served: Path, verdict: dict, times: dict[str, float],

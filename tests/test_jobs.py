@@ -41,16 +41,30 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted(run.glob("checkpoint_*/checkpoint.pt"))
 
 
+def check_fault_recovery(run: Path, fault: str) -> list[dict]:
+    """The injected fault happened, the restarted worker group resumed from the checkpoint
+    before it, and every kept checkpoint is whole."""
+    assert (run / "fault_injected").read_text().startswith(fault)
+    history = json.loads((run / "artifacts" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history][:3] == [0, 1, 2]  # nothing lost, nothing repeated
+    assert history[2]["resumed_from_epoch"] == 2  # the restarted group began at epoch 2
+    for ckpt in checkpoints(run):
+        load_checkpoint(ckpt)
+    return history
+
+
 @needs_data
-def test_ddpm_smoke_two_workers(tmp_path):
+def test_ddpm_two_workers_survive_a_raised_fault(tmp_path):
+    """A smoke run on two workers with an exception injected at epoch 2 (one run checks both)."""
     run_ok("train_ddpm", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "d")
+           "--name", "d", "--epochs", "3", "--inject-fault", "raise", "--fault-epoch", "2")
     art = tmp_path / "d" / "artifacts"
     state = load_checkpoint(art / "checkpoint.pt")
     assert state["kind"] == "unet" and state["ema"] is not None and state["optimizer"]
+    assert state["model_config"]["num_classes"] == 10  # the model's own config, apart
     assert_png(art / "samples.png")
     summary = json.loads((art / "metrics.json").read_text())
-    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert [h["epoch"] for h in check_fault_recovery(tmp_path / "d", "raise")] == [0, 1, 2]
     assert summary["config"]["num_workers"] == 2
     assert json.loads((art / "config.json").read_text())["smoke_test"] is True
     assert not (tmp_path / "registry").exists()  # a smoke run never changes what is served
@@ -60,13 +74,16 @@ def test_ddpm_smoke_two_workers(tmp_path):
 
 
 @needs_data
-def test_vae_smoke_two_workers(tmp_path):
+def test_vae_two_workers_survive_a_killed_worker_and_register(tmp_path):
     run_ok("train_vae", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "v", "--beta", "0.5", "--register")
+           "--name", "v", "--beta", "0.5", "--register", "--epochs", "3", "--inject-fault", "kill",
+           "--fault-epoch", "2")
     art = tmp_path / "v" / "artifacts"
+    check_fault_recovery(tmp_path / "v", "kill")
     state = load_checkpoint(art / "checkpoint.pt")
     clf = state["extra"]["classifiers"]
     assert set(clf) == {"probe_head", "finetune", "optimizers"}
+    assert state["model_config"]["variational"] is True
     for png in ("reconstructions.png", "traversal.png", "samples.png"):
         assert_png(art / png)
     final = json.loads((art / "metrics.json").read_text())["final"]
@@ -74,21 +91,7 @@ def test_vae_smoke_two_workers(tmp_path):
     assert len(final["val_kl_per_dim"]) == 4
     best = read_best(tmp_path, "vae")
     assert best["config"]["beta"] == 0.5 and best["registered_from"] == str(art / "checkpoint.pt")
-    assert best["value"] == json.loads((art / "metrics.json").read_text())["final"]["val_loss"]
-
-
-@needs_data
-@pytest.mark.parametrize("name,fault", [("train_ddpm", "raise"), ("train_vae", "kill")])
-def test_worker_fault_resumes_from_last_checkpoint(tmp_path, name, fault):
-    run_ok(name, "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "f", "--epochs", "3", "--inject-fault", fault, "--fault-epoch", "2")
-    run = tmp_path / "f"
-    assert (run / "fault_injected").read_text().startswith(fault)
-    history = json.loads((run / "artifacts" / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history][:3] == [0, 1, 2]  # nothing lost, nothing repeated
-    assert history[2]["resumed_from_epoch"] == 2  # the restarted group began at epoch 2
-    for ckpt in checkpoints(run):
-        load_checkpoint(ckpt)  # every kept checkpoint is whole
+    assert best["value"] == final["val_loss"]
 
 
 @needs_data
