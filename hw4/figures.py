@@ -56,8 +56,8 @@ def image_rows(rows: list[torch.Tensor], path: Path, *, row_labels: list[str],
     """A grid of 28x28 images, one tensor (n, 1, 28, 28) per row, labelled rows and columns."""
     plt = _pyplot()
     n_cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.4, 0.95 * len(rows) + 0.4),
-                             squeeze=False)
+    height = 0.95 * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.4, height), squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -72,7 +72,7 @@ def image_rows(rows: list[torch.Tensor], path: Path, *, row_labels: list[str],
                 ax.set_xlabel(col_labels[j], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08, top=1 - 0.5 / height)  # the title, no gap
     save_figure(fig, path)
 
 
@@ -192,12 +192,14 @@ def forward_process(x0: torch.Tensor, path: Path, T: int = 1000,
 
 def reverse_process(ddpm: TrainedDDPM, path: Path, label: int | None = 7, guidance: float = 1.0,
                     columns: int = 9, ddim_steps: int = 50, seed: int = 0) -> None:
-    """x_t and the predicted x_0 at evenly spaced steps of one DDPM and one DDIM chain."""
+    """x_t and the predicted x_0 at evenly spaced steps of one DDPM chain and two DDIM chains
+    (eta = 1 and the deterministic eta = 0), all from the same x_T."""
     labels = torch.tensor([label]) if label is not None and ddpm.conditional else None
     model = diffusion.guided_model(ddpm.model.eval(), labels, guidance if labels is not None else 0.0,
                                    ddpm.model.null_label)
     rows, names = [], []
-    for method, steps, eta in (("ddpm", None, 1.0), ("ddim", min(ddim_steps, ddpm.timesteps), 0.0)):
+    ddim = min(ddim_steps, ddpm.timesteps)
+    for method, steps, eta in (("ddpm", None, 1.0), ("ddim", ddim, 1.0), ("ddim", ddim, 0.0)):
         g = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             chain = list(diffusion.sample_progressive(
@@ -206,8 +208,8 @@ def reverse_process(ddpm: TrainedDDPM, path: Path, label: int | None = 7, guidan
         keep = torch.linspace(0, len(chain) - 1, columns).round().long().tolist()
         rows.append(torch.cat([(chain[i].prev_sample + 1) / 2 for i in keep]).clamp(0, 1))
         rows.append(torch.cat([(chain[i].pred_original_sample + 1) / 2 for i in keep]).clamp(0, 1))
-        n = len(chain)
-        names += [f"{method.upper()}-{n}: x_t", f"{method.upper()}-{n}: x0 pred."]
+        name = f"{method.upper()}-{len(chain)}" + (f", eta={eta:g}" if method == "ddim" else "")
+        names += [f"{name}: x_t", f"{name}: x0 pred."]
     cond = f", digit {label}, w = {guidance:g}" if labels is not None else ""
     done = [f"{100 * c // (columns - 1)}%" for c in range(columns)]
     image_rows(rows, path, row_labels=names, col_labels=done,
