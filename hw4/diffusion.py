@@ -193,16 +193,20 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
     """eps~ = (1 + w) eps(x_t, c) - w eps(x_t, null): the homework's convention, w = 0 is the plain
-    conditional model. The weights sum to one, so for a fixed x_t the combination is the same in
-    eps, x0 or v space (each is an affine map of the other): any ``prediction`` may be guided."""
+    conditional model; ``w`` a number or one weight per row (N,). The weights sum to one, so for
+    a fixed x_t the combination is the same in eps, x0 or v space (each is an affine map of the
+    other): any ``prediction`` may be guided."""
+    if torch.is_tensor(w):
+        w = w.to(cond.device, cond.dtype).view(-1, *([1] * (cond.dim() - 1)))  # (N, 1, ...)
     return (1 + w) * cond - w * uncond
 
 
-def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None, w: float,
-                 null_label: int | None) -> Model:
-    """A ``model(x_t, t)`` that samples class ``labels`` (N,) with guidance ``w``.
+def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None,
+                 w: float | torch.Tensor, null_label: int | None) -> Model:
+    """A ``model(x_t, t)`` that samples class ``labels`` (N,) with guidance ``w`` (a number, or
+    one per row: requests with different weights can share a batch).
 
     One network call per step: the conditional and null halves run as one batch of 2N. Rows whose
     label is ``null_label`` are unconditional samples (guidance leaves them unchanged). With no
@@ -211,7 +215,7 @@ def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None
         return model
     if null_label is None:
         raise HW4Error("labels need a class-conditional model; this one is unconditional")
-    if w == 0:
+    if not (torch.as_tensor(w) != 0).any():  # no guidance anywhere: the conditional model alone
         return lambda x, t: model(x, t, labels.to(x.device))
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -123,12 +123,14 @@ class TrainedDDPM:
         return self.model.config.num_classes
 
     def sample(self, n: int, *, method: Literal["ddpm", "ddim"] = "ddim", steps: int | None = 50,
-               eta: float = 0.0, labels: torch.Tensor | None = None, guidance: float = 0.0,
+               eta: float = 0.0, labels: torch.Tensor | None = None,
+               guidance: float | torch.Tensor = 0.0,
                seed: int = 0, generator: diffusion.Generators = None,
                device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
         ``labels`` (n,): the class of each row (``num_classes``, the null label, for an
-        unguided unconditional row) for a conditional model, guided with weight ``guidance``.
+        unguided unconditional row) for a conditional model, guided with weight ``guidance`` (a
+        number, or one per row).
         ``generator`` (e.g. per-request blocks of a served batch) replaces the seed."""
         if labels is not None:
             labels = self.check_labels(labels, n)

@@ -163,10 +163,10 @@ def _images_in_batch(requests: list[dict]) -> int:
 
 def batch_key(req: dict) -> tuple:
     """Requests that can share one model call: the same sampler settings. Settings a sampler
-    ignores are left out (DDPM has no steps or eta; guidance only acts on labelled rows), so
-    they do not split a batch."""
+    ignores are left out (DDPM has no steps or eta), so they do not split a batch; labels and
+    guidance are per row, so they never do."""
     steps, eta = (req["steps"], req["eta"]) if req["sampler"] == "ddim" else (None, None)
-    return req["sampler"], steps, eta, req["guidance"] if req.get("labels") else None
+    return req["sampler"], steps, eta
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=64,
@@ -222,17 +222,19 @@ class DDPMModel(Reloadable):
         for i, r in enumerate(requests):
             groups.setdefault(batch_key(r), []).append(i)
         async with self.lock:
-            for (sampler, steps, eta, guidance), idx in groups.items():
+            for (sampler, steps, eta), idx in groups.items():
                 blocks = [(torch.Generator().manual_seed(requests[i]["seed"]), requests[i]["n"])
                           for i in idx]
-                labels = None
-                if ddpm.conditional:
+                labels, guidance = None, 0.0
+                if ddpm.conditional:  # rows without labels take the null label (unguided)
                     labels = torch.tensor([c for i in idx for c in requests[i].get("labels")
                                            or [ddpm.num_classes] * requests[i]["n"]])
+                    guidance = torch.tensor([float(requests[i].get("guidance", 0.0))
+                                             for i in idx for _ in range(requests[i]["n"])])
                 self.batch_sizes.append(len(idx))
                 images = await asyncio.to_thread(
                     ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
-                    eta=eta or 0.0, labels=labels, guidance=guidance or 0.0, generator=blocks,
+                    eta=eta or 0.0, labels=labels, guidance=guidance, generator=blocks,
                     device=self.device)
                 for i, part in zip(idx, images.split([n for _, n in blocks]), strict=True):
                     out[i] = part

@@ -106,9 +106,11 @@ def test_evaluate_writes_the_report_folder(storage):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     folder = storage / "eval" / "inproc"
     report = json.loads((folder / "report.json").read_text())
-    samplers = report["ddpm"]["samplers"]
-    assert [r["sampler"] for r in samplers] == ["ddim:4", "ddim:4:1"]
+    samplers = report["ddpm"]["samplers"]  # the tiny DDPM is conditional: sampler x guidance
+    assert [(r["sampler"], r["guidance"]) for r in samplers] == [
+        ("ddim:4", 0.0), ("ddim:4", 2.0), ("ddim:4:1", 0.0), ("ddim:4:1", 2.0)]
     assert all(r["fid"] > 0 and r["n"] == 24 for r in samplers) and report["ddpm"]["data_floor_fid"] > 0
+    assert all(0 <= r["class_accuracy"] <= 1 for r in samplers) and report["ddpm"]["conditional"]
     vae = report["vae"]
     assert set(vae["likelihood"]["iwae"]) == {"1", "5", "20"}
     curves = vae["robustness"]
@@ -119,10 +121,11 @@ def test_evaluate_writes_the_report_folder(storage):
             assert "target_rate" in c[attack]["targeted"]["0.3"]
     assert vae["most_robust"]["pgd"][0] in curves
     for png in ("robustness.png", "reconstruction_attack.png", "adversarial_examples.png",
-                "samples_ddim_4.png", "vae_samples.png"):
+                "samples_ddim_4_w0.png", "samples_ddim_4_1_w2.png", "guidance_tradeoff.png",
+                "vae_samples.png"):
         with Image.open(folder / png) as im:
             assert im.format == "PNG"
-    assert "| DDIM-4 eta=0 | 4 |" in (folder / "report.md").read_text()
+    assert "| DDIM-4 eta=0 | 2 | 4 |" in (folder / "report.md").read_text()
     assert list((storage / "eval" / "fid_stats").glob("mnist-train-24-*.pt"))  # cached
 
 
@@ -130,12 +133,12 @@ def test_evaluate_writes_the_report_folder(storage):
 @pytest.mark.ray
 def test_ray_sampling_gives_the_same_images_as_in_process(storage):
     """Two Ray tasks at a time draw the chunks; the grid matches the in-process one exactly."""
-    args = ("--smoke-test", "--models", "ddpm", "--samplers", "ddim:4", "--storage-path",
-            str(storage))
+    args = ("--smoke-test", "--models", "ddpm", "--samplers", "ddim:4", "--guidance", "2",
+            "--storage-path", str(storage))
     local = evaluate(*args, "--num-workers", "0", "--cpus-per-worker", "1", "--name", "w0")
     spread = evaluate(*args, "--num-workers", "2", "--cpus-per-worker", "1", "--name", "w2")
     assert local.returncode == 0 and spread.returncode == 0, spread.stderr[-3000:]
-    grids = [(storage / "eval" / n / "samples_ddim_4.png").read_bytes() for n in ("w0", "w2")]
+    grids = [(storage / "eval" / n / "samples_ddim_4_w2.png").read_bytes() for n in ("w0", "w2")]
     assert grids[0] == grids[1]
     reports = [json.loads((storage / "eval" / n / "report.json").read_text()) for n in ("w0", "w2")]
     assert reports[0]["ddpm"]["samplers"][0]["fid"] == reports[1]["ddpm"]["samplers"][0]["fid"]
