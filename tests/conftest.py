@@ -35,6 +35,16 @@ needs_data = pytest.mark.skipif(
 )
 
 
+def cli_in_process(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a job's ``main(argv)`` as its command line does (``run_cli``), in this process: the
+    exit code and stderr of a refused invocation, without a new interpreter's start-up."""
+    from jobs.common import run_cli
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: main(argv))
+    return exc.value.code, capsys.readouterr().err
+
+
 # --- tiny checkpoints in the format the training jobs write (no training) ---------------------
 
 VAE_CFG = dict(model="vae", latent_dim=4, channels=8, hidden=32, beta=1.0)

@@ -18,7 +18,7 @@ from hw4.models.autoencoder import (
 from hw4.models.classifier import ClassifierConfig, ConvClassifier
 from hw4.trained import Purified, load_ddpm, load_vae, resolve_checkpoint
 
-from .conftest import ROOT, make_storage, needs_data, write_vae
+from .conftest import ROOT, cli_in_process, make_storage, needs_data, write_vae
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +150,16 @@ def test_ray_sampling_gives_the_same_images_as_in_process(storage):
     (["--models", "gan"], "--models must be vae and/or ddpm"),
     (["--attacks", "cw"], "--attacks must be among"),
 ])
-def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path):
-    out = evaluate(*args, "--storage-path", str(tmp_path))
-    assert out.returncode == 2 and message in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
+    from jobs import evaluate as job
+
+    code, err = cli_in_process(job.main, [*args, "--storage-path", str(tmp_path)], capsys)
+    assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_missing_registry_is_a_clear_error(tmp_path):
-    out = evaluate("--models", "ddpm", "--storage-path", str(tmp_path))
-    assert out.returncode == 2 and "no registered ddpm checkpoint" in out.stderr
+def test_missing_registry_is_a_clear_error(tmp_path, capsys):
+    from jobs import evaluate as job
+
+    code, err = cli_in_process(job.main, ["--models", "ddpm", "--storage-path", str(tmp_path)], capsys)
+    assert code == 2 and "no registered ddpm checkpoint" in err

@@ -1,5 +1,6 @@
 """The Ray Train jobs, run for real as subprocesses on a local Ray (each starts and stops its own)."""
 
+import importlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from PIL import Image
 from hw4.checkpoint import load_checkpoint
 from hw4.registry import read_best
 
-from .conftest import ROOT, needs_data, stop_ray_head
+from .conftest import ROOT, cli_in_process, needs_data, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
@@ -127,16 +128,22 @@ def test_killed_job_rerun_with_same_name_continues(tmp_path):
     ("train_vae", ["--beta", "-1"], "--beta must be >= 0"),
     ("train_vae", ["--latent-dim", "x"], "invalid int value"),
 ])
-def test_bad_arguments_exit_2_with_one_line(name, args, message):
-    out = job(name, *args, timeout=60)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], out.stderr
+def test_bad_arguments_exit_2_with_one_line(name, args, message, capsys):
+    code, err = cli_in_process(importlib.import_module(f"jobs.{name}").main, args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
 
 
 @pytest.mark.parametrize("name", ["train_ddpm", "train_vae"])
-def test_missing_data_dir_exits_2(tmp_path, name):
-    out = job(name, "--smoke-test", timeout=60, env={"HW4_DATA_DIR": str(tmp_path / "none")})
+def test_missing_data_dir_exits_2(tmp_path, name, capsys, monkeypatch):
+    monkeypatch.setenv("HW4_DATA_DIR", str(tmp_path / "none"))
+    code, err = cli_in_process(importlib.import_module(f"jobs.{name}").main, ["--smoke-test"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "HW4_DATA_DIR" in err
+
+
+def test_the_command_line_itself_exits_2_with_one_line(tmp_path):
+    """The same refusal through the real entry point (a new interpreter, once)."""
+    out = job("train_ddpm", "--smoke-test", timeout=60, env={"HW4_DATA_DIR": str(tmp_path / "none")})
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "HW4_DATA_DIR" in out.stderr
 

@@ -2,8 +2,8 @@
 that resumes without rerunning its finished trial, and one-line errors for bad search spaces."""
 
 import csv
+import importlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +13,7 @@ import pytest
 
 from hw4.registry import read_best
 
-from .conftest import ROOT, needs_data
+from .conftest import ROOT, cli_in_process, needs_data
 
 pytestmark = [pytest.mark.ray]
 
@@ -91,9 +91,8 @@ def test_ddpm_schedule_sweep_compares_trials_by_fid(tmp_path):
     ("tune_ddpm_schedule", ["--timesteps", "10"], "--timesteps must be >= --sample-steps"),
     ("tune_ddpm_schedule", ["--max-concurrent", "x"], "invalid int value"),
 ])
-def test_bad_search_space_exits_2_with_one_line(name, args, message, tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args,
-                          "--storage-path", str(tmp_path)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env={**os.environ})
-    assert out.returncode == 2 and message in out.stderr, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+def test_bad_search_space_exits_2_with_one_line(name, args, message, tmp_path, capsys):
+    main = importlib.import_module(f"jobs.{name}").main
+    code, err = cli_in_process(main, [*args, "--storage-path", str(tmp_path)], capsys)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
