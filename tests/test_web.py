@@ -65,8 +65,9 @@ def shot(pg, selector: str, name: str, tmp_path: Path) -> None:
     assert path.stat().st_size > 2000
 
 
-def test_the_page_works_under_its_content_security_policy(server, browser):
-    """The real policy enforced: load, sample a digit with its verdicts, no violation."""
+def test_the_page_works_under_its_content_security_policy(server, browser, tmp_path):
+    """The real policy enforced: load, sample one row per digit with the classifier's verdicts,
+    no violation."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = context.new_page()
     errors = []
@@ -75,13 +76,15 @@ def test_the_page_works_under_its_content_security_policy(server, browser):
     response = pg.goto(URL + "/")
     assert "default-src 'self'" in response.headers["content-security-policy"]
     pg.wait_for_selector("#l-preds tr")
-    pg.select_option("#s-digit", "3")
-    pg.fill("#s-steps", "4")
-    pg.fill("#s-n", "4")
+    pg.select_option("#s-digit", "rows")
+    pg.fill("#s-steps", "20")
+    pg.locator("#s-eta").fill("1")
+    pg.fill("#s-n", "20")
     pg.click("#s-go")
     pg.wait_for_selector("#s-verdicts figure")
-    assert pg.locator("#s-verdicts figure").count() == 4
-    assert "asked for" in pg.inner_text("#s-verdicts p")
+    assert pg.locator("#s-verdicts figure").count() == 20  # two of each digit
+    assert "of 20 are the digit asked for" in pg.inner_text("#s-verdicts p")
+    shot(pg, "#sampler", "sampler_digits", tmp_path)
     assert not errors, errors
     context.close()
 
