@@ -128,7 +128,7 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
     for req, got in zip(reqs, batched, strict=True):
         # equal up to float rounding (a batch's convolutions may sum in another order); the
         # HTTP test above shows the PNGs are byte-identical
-        torch.testing.assert_close(got, asyncio.run(replica._run([req]))[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, asyncio.run(replica._run([req]))[0], rtol=0, atol=1e-4)
     ddpm = {"n": 1, "sampler": "ddpm", "seed": 0, "labels": None, "guidance": 1.0}
     assert batch_key({**ddpm, "steps": 5, "eta": 0.0}) == batch_key({**ddpm, "steps": 50, "eta": 1.0})
 
