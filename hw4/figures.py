@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from hw4 import adversarial, data, diffusion
-from hw4.atomic_files import write_bytes_atomic
+from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.diffusion import SCHEDULES, DiffusionSchedule
 from hw4.models.autoencoder import Autoencoder, AutoencoderConfig
 from hw4.models.unet import UNet, UNetConfig
 from hw4.objectives import gaussian_kl_per_dim
-from hw4.trained import TrainedDDPM, load_ddpm, load_vae
+from hw4.trained import TrainedDDPM, load_ddpm, load_vae, training_history
 
 FASHION = data.FASHION_CLASSES
 
@@ -289,11 +289,6 @@ def tiny_models() -> tuple[Autoencoder, Autoencoder, TrainedDDPM]:
     return ae, vae, ddpm
 
 
-def history(path: Path) -> list[dict]:
-    metrics = path.parent / "metrics.json"
-    return json.loads(metrics.read_text()).get("history", []) if metrics.is_file() else []
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/homework")
@@ -312,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         ae, vae = load_vae(args.ae).vae, load_vae(args.vae).vae
         ddpm = load_ddpm(args.ddpm)
-        vae_hist, ddpm_hist = history(Path(args.vae)), history(Path(args.ddpm))
+        vae_hist, ddpm_hist = training_history(args.vae), training_history(args.ddpm)
     x, y = data.load_dataset("fashion_mnist", "test", subset=n_codes, seed=0).tensors
     x_train = data.load_dataset("fashion_mnist", "train", subset=n_codes, seed=0).tensors[0]
     digit = data.load_dataset("mnist", "test", subset=1, seed=3).tensors[0]
@@ -329,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     report["attacks"] = small_eps_attacks(load_classifier("fashion_mnist").eval(), x[:1000], y[:1000],
                                           out / "small_eps_attacks.png")
-    write_bytes_atomic(out / "figures.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_json_atomic(out / "figures.json", report)
     print(json.dumps({k: v for k, v in report.items() if k != "forward"}, indent=2))
     return report
 

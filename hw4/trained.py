@@ -5,6 +5,7 @@ extra heads a VAE checkpoint carries. Evaluation, Serve and the theory report al
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,15 @@ def resolve_checkpoint(storage: str | os.PathLike, family: str,
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return path
+
+
+def training_history(path: str | os.PathLike) -> list[dict]:
+    """The per-epoch metrics the training job wrote beside the artifact (none if absent or
+    unreadable)."""
+    try:
+        return json.loads((Path(path).parent / "metrics.json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def _expect_kind(state: dict, kind: str, path: Path) -> None:

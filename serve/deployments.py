@@ -22,7 +22,7 @@ from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.registry import read_best, registry_path
-from hw4.trained import load_ddpm, load_vae, reconstruction, resolve_checkpoint
+from hw4.trained import load_ddpm, load_vae, reconstruction, resolve_checkpoint, training_history
 from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
@@ -75,9 +75,9 @@ class Reloadable:
                                "or set the checkpoint in the deployment's user_config")
             return
         try:
-            path = resolve_checkpoint(storage, self.family, explicit)
-            origin = path if explicit else Path(read_best(storage, self.family).get("registered_from")
-                                                or path)
+            record = None if explicit else read_best(storage, self.family)
+            path = resolve_checkpoint(storage, self.family, explicit or record["checkpoint"])
+            origin = Path(record.get("registered_from") or path) if record else path
             model = self.load(path)
         except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
             self.load_error = str(err)
@@ -129,14 +129,6 @@ def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             continue
     return None
-
-
-def training_history(path: Path) -> list:
-    """The per-epoch metrics the training job wrote beside the artifact (none if absent)."""
-    try:
-        return json.loads((path.parent / "metrics.json").read_text()).get("history", [])
-    except (OSError, ValueError, AttributeError):
-        return []
 
 
 def guarded(method):

@@ -37,7 +37,6 @@ def test_null_label_dropped_with_the_right_frequency():
 
 def test_train_step_drops_labels_seeded():
     """The step draws t, noise and the mask from its generator: same seed, same loss."""
-    model = tiny_unet()
     x0 = torch.rand(6, 1, 28, 28) * 2 - 1
     y = torch.arange(6)
     sched = DiffusionSchedule.named("linear", 50)
@@ -50,7 +49,6 @@ def test_train_step_drops_labels_seeded():
 
     assert loss(3, 0.5) == loss(3, 0.5)
     assert loss(3, 0.0) != loss(3, 1.0)  # the mask reaches the network
-    del model
 
 
 def test_guidance_zero_is_the_conditional_model():

@@ -5,6 +5,7 @@ keep the previous model. Each of these failed (or did not exist) before the hard
 import asyncio
 import io
 import struct
+import time
 import zlib
 
 import pytest
@@ -190,14 +191,9 @@ def test_healthz_answers_fast_and_503_without_models():
 
     api = Api.func_or_class.__new__(Api.func_or_class)
     api.ddpm, api.vae = Handle(True, delay=30), Handle(False)  # a saturated DDPM replica
-    t0 = asyncio.get_event_loop_policy().new_event_loop()
-    try:
-        import time
-        start = time.perf_counter()
-        r = t0.run_until_complete(api.healthz())
-        assert time.perf_counter() - start < 1.0
-        assert r.status_code == 200 and b'"busy"' in r.body
-        api.ddpm = Handle(False)
-        assert t0.run_until_complete(api.healthz()).status_code == 503
-    finally:
-        t0.close()
+    start = time.perf_counter()
+    r = asyncio.run(api.healthz())
+    assert time.perf_counter() - start < 1.0
+    assert r.status_code == 200 and b'"busy"' in r.body
+    api.ddpm = Handle(False)
+    assert asyncio.run(api.healthz()).status_code == 503
