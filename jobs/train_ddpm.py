@@ -116,13 +116,13 @@ def digit_rows(n: int) -> torch.Tensor:
     """Labels 0,0,...,1,1,...: ``n // 10`` of each digit (n a multiple of 10), or 0..9 cycling."""
     if n % NUM_CLASSES == 0:
         return torch.arange(NUM_CLASSES).repeat_interleave(n // NUM_CLASSES)
-    return torch.arange(n) % NUM_CLASSES
+    return evaluation.balanced_labels(0, n, NUM_CLASSES)
 
 
 def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -> dict:
     """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features);
     a conditional model's samples are class-balanced and scored for class accuracy too."""
-    labels = torch.arange(cfg.fid_samples) % NUM_CLASSES if trained.conditional else None
+    labels = evaluation.balanced_labels(0, cfg.fid_samples, NUM_CLASSES) if trained.conditional else None
     images = trained.sample(cfg.fid_samples, method="ddim", steps=cfg.sample_steps,
                             eta=cfg.sample_eta, labels=labels,
                             guidance=cfg.guidance if trained.conditional else 0.0,
