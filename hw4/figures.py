@@ -16,15 +16,14 @@ both jobs, and adversarial examples at small eps.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from hw4 import adversarial, data, diffusion
-from hw4.atomic_files import write_bytes_atomic, write_json_atomic
+from hw4 import adversarial, data, diffusion, viz
+from hw4.atomic_files import write_json_atomic
 from hw4.diffusion import SCHEDULES, DiffusionSchedule
 from hw4.models.autoencoder import Autoencoder, AutoencoderConfig
 from hw4.models.unet import UNet, UNetConfig
@@ -44,10 +43,7 @@ def _pyplot():
 
 
 def save_figure(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    viz.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def image_rows(rows: list[torch.Tensor], path: Path, *, row_labels: list[str],

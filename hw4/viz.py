@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import torch
@@ -75,6 +76,45 @@ def pairs(originals: torch.Tensor, reconstructions: torch.Tensor, nrow: int = 8)
     return torch.cat(rows)
 
 
+def trial_curves(curves: list[tuple[str, list[float], list[float], str]],
+                 path: str | os.PathLike, *, xlabel: str, ylabel: str, title: str = "") -> None:
+    """A sweep at a glance: one line per trial ``(label, xs, ys, status)``. Finished trials are
+    solid, trials a scheduler stopped are dashed and end in a cross, failed ones are grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=110)
+    for label, xs, ys, status in curves:
+        style = {"done": dict(ls="-", marker="o"), "stopped": dict(ls="--", marker="."),
+                 "error": dict(ls=":", marker=".", color="grey")}[status]
+        finite = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
+        note = status + (", diverged: not drawn" if len(finite) < len(xs) else "")
+        (line,) = ax.plot([p[0] for p in finite], [p[1] for p in finite], ms=4,
+                          label=f"{label} ({note})", **style)
+        if status != "done" and finite:
+            ax.plot(*finite[-1], marker="x", ms=9, mew=2, color=line.get_color())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig: object) -> None:
+    """A matplotlib figure -> PNG at ``path``, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    if not savefig:
+        fig.tight_layout()
+    fig.savefig(buf, format="png", **savefig)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os.PathLike, *,
               xlabel: str, ylabel: str, title: str = "",
               point_labels: dict[str, list[str]] | None = None) -> None:
@@ -93,8 +133,4 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    save_figure(fig, path)

@@ -50,8 +50,9 @@ class RunOptions:
     name: str = opt("run", "run name; the same name resumes")
     storage_path: str = opt("results", "where runs, artifacts and the registry live")
     num_workers: int = opt(1, "Ray Train workers (data parallel)")
-    cpus_per_worker: int | None = opt(
-        None, "CPUs (and torch threads) per worker; default: the cluster's CPUs shared out")
+    cpus_per_worker: float | None = opt(
+        None, "CPUs per worker (torch threads: that rounded, at least 1); default: the "
+              "cluster's CPUs shared out")
     gpu: bool | None = opt(None, "use GPUs; default: when the cluster has them")
     seed: int = opt(0, "seed for init, data order and noise")
     keep_checkpoints: int = opt(3, "checkpoints kept (the best by the validation metric)")
@@ -72,8 +73,8 @@ class RunOptions:
 
     def validate(self) -> None:
         check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
-        check(self.cpus_per_worker is None or self.cpus_per_worker >= 1,
-              "--cpus-per-worker must be >= 1")
+        check(self.cpus_per_worker is None or self.cpus_per_worker > 0,
+              "--cpus-per-worker must be > 0")
         check(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
         check(self.max_failures >= 0, "--max-failures must be >= 0")
         check(not (self.resume and self.overwrite), "give --resume or --overwrite, not both")
@@ -148,9 +149,13 @@ def check(condition: bool, message: str) -> None:
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
 
 
-def init_ray(quiet: bool = False) -> None:
+def init_ray(quiet: bool = False, state_api: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray;
-    ``quiet`` keeps the local Ray's worker and actor logs off this terminal.
+    ``quiet`` keeps the local Ray's worker and actor logs off this terminal. ``state_api``
+    starts the local Ray's dashboard, which serves Ray's state API: a sweep needs it, since Ray
+    Train's placement-group cleaner asks it whether a trial's Train controller is still alive,
+    and without an answer a stopped trial's placement group (created by the controller, but owned
+    by the job) is never removed and the next trial waits forever for its CPUs.
 
     A submitted job already runs in the job's runtime environment (``--runtime-env-json``), which
     its workers inherit: passing one here too would conflict with it, so only a driver started by
@@ -164,7 +169,7 @@ def init_ray(quiet: bool = False) -> None:
         env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir and not submitted else None
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=not quiet,
+        ray.init(address="local", include_dashboard=state_api, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
 
 
@@ -182,10 +187,11 @@ def default_cpus_per_worker(num_workers: int) -> int:
     return max(1, int(min(max(per_node, default=1), total // num_workers)))
 
 
-def set_worker_threads(cpus: int | None) -> None:
-    """Torch intra-op threads = the CPUs Ray reserved for this worker."""
+def set_worker_threads(cpus: float | None) -> None:
+    """Torch intra-op threads = the CPUs Ray reserved for this worker (a fraction of a CPU, as
+    concurrent sweep trials get, is one thread)."""
     if cpus:
-        torch.set_num_threads(cpus)
+        torch.set_num_threads(max(1, round(cpus)))
 
 
 def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> Any:

@@ -1,7 +1,16 @@
-"""Glue shared by the Ray Tune sweeps: each trial drives one Ray Train run of a training job (the
-pattern Ray Train V2 wants: a function trainable that fits a ``TorchTrainer`` and forwards its
-reports with ``TuneReportCallback``), an interrupted sweep resumes with ``Tuner.restore``, and
-the end writes the results table and registers the best trial's checkpoint."""
+"""Glue shared by the Ray Tune sweeps.
+
+Each trial drives one Ray Train run of a training job (the pattern Ray Train V2 wants: a function
+trainable that fits a ``TorchTrainer`` and forwards its reports to Tune). On top of that:
+
+- a search algorithm: a grid, seeded random draws, or Optuna's TPE (``--search``);
+- early stopping: ASHA compares trials at rungs of ``epochs_done`` and stops the weak ones; a
+  stopped trial's actor exits and takes its Train controller, workers and placement group with it;
+- as many trials at once as the cluster fits (fractional CPUs per worker, one GPU per worker);
+- a trial whose worker crashes is restarted by Tune and resumes its Train run's last checkpoint;
+- ``Tuner.restore`` resumes an interrupted sweep (searcher state included);
+- the end writes the results table and a plot, and registers the best finished trial.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +18,50 @@ import csv
 import dataclasses
 import io
 import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
+from hw4 import viz
 from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from jobs import common
 from jobs.common import check, opt
+
+TRIAL_CPU = 0.1  # a trial's own actor only waits on its Train run; Tune refuses 0
+ATTEMPTS_FILE = "attempts.log"  # one line per start of a trial (a restart after a crash adds one)
+SEARCHES = ("grid", "random", "optuna")
 
 
 @dataclass
 class SweepOptions:
     name: str = opt("sweep", "sweep name; rerunning the same name resumes it")
     storage_path: str = opt("results", "where trials, tables and the registry live")
-    num_samples: int = opt(1, "samples of the search space (each grid point this many times)")
-    max_concurrent: int = opt(1, "trials running at once")
+    search: Literal["grid", "random", "optuna"] = opt(
+        "grid", "grid: every combination; random: seeded draws; optuna: TPE, drawing where "
+                "the finished trials did well")
+    num_samples: int = opt(1, "trials drawn (random, optuna), or repeats of the grid")
+    scheduler: Literal["asha", "none"] = opt("asha", "asha: stop trials below the median at "
+                                                     "each rung of epochs; none: run all")
+    grace_epochs: int = opt(1, "epochs every trial trains before it may be stopped")
+    max_concurrent: int | None = opt(None, "trials at once (default: as many as fit: one CPU, "
+                                           "or one GPU, per Train worker)")
     num_workers: int = opt(1, "Ray Train workers per trial")
-    cpus_per_worker: int | None = opt(None, "CPUs per Train worker (default: the cluster's "
-                                            "CPUs shared among concurrent trials)")
+    cpus_per_worker: float | None = opt(None, "CPUs per Train worker (default: the cluster's "
+                                              "CPUs shared among the concurrent trials)")
     gpu: bool | None = opt(None, "use GPUs; default: when the cluster has them")
-    seed: int = opt(0, "seed of every trial")
+    seed: int = opt(0, "seed of every trial and of the search")
+    max_retries: int = opt(1, "restarts of a trial that crashed (it resumes its last checkpoint)")
+    inject_fault: Literal["raise", "kill"] | None = opt(
+        None, "test: the first trial's last worker fails once, at --fault-epoch")
+    fault_epoch: int = opt(1, "test: the epoch at which the first trial fails")
     smoke_test: bool = opt(False, "tiny trials (for tests)")
     register: bool | None = opt(None, "register the best trial when it beats the registry's "
                                       "entry by the same metric (default: yes, but not for "
@@ -42,10 +71,92 @@ class SweepOptions:
 
     def validate(self) -> None:
         check(self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}")
-        check(self.max_concurrent >= 1, f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        check(self.max_concurrent is None or self.max_concurrent >= 1,
+              f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
-        check(self.cpus_per_worker is None or self.cpus_per_worker >= 1,
-              "--cpus-per-worker must be >= 1")
+        check(self.cpus_per_worker is None or self.cpus_per_worker > 0,
+              "--cpus-per-worker must be > 0")
+        check(self.grace_epochs >= 1, f"--grace-epochs must be >= 1, got {self.grace_epochs}")
+        check(self.max_retries >= 0, f"--max-retries must be >= 0, got {self.max_retries}")
+
+
+def search_space(search: str, choices: dict[str, tuple], ranges: dict[str, tuple[float, float]],
+                 log: tuple[str, ...] = ()) -> dict:
+    """Tune's param_space. ``choices``: values to try (a grid, or a categorical draw);
+    ``ranges``: LOW HIGH of a continuous parameter (log-uniform when named in ``log``), which
+    only random and Optuna searches draw from. A single choice is a constant."""
+    space: dict[str, Any] = {}
+    for key, values in choices.items():
+        values = list(values)
+        space[key] = (values[0] if len(values) == 1 else
+                      tune.grid_search(values) if search == "grid" else tune.choice(values))
+    for key, (lo, hi) in ranges.items():
+        check(search != "grid", f"{key}: a range needs --search random or optuna")
+        space[key] = tune.loguniform(lo, hi) if key in log else tune.uniform(lo, hi)
+    return space
+
+
+def searcher(search: str, *, metric: str, mode: str, seed: int, max_concurrent: int) -> Any:
+    """The search algorithm: Tune's variant generator (grid or seeded random), or Optuna's TPE,
+    either holding back new trials while ``max_concurrent`` run (Tune's own
+    ``max_concurrent_trials`` is not applied to a variant generator passed in)."""
+    if search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=seed),
+                                  max_concurrent=max_concurrent)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+
+
+def plan_resources(cpus: float, gpus: float, *, num_workers: int, use_gpu: bool,
+                   max_concurrent: int | None, cpus_per_worker: float | None) -> tuple[int, float]:
+    """(trials at once, CPUs per Train worker) for a cluster of ``cpus`` and ``gpus``.
+
+    By default as many trials run as give each worker one whole CPU (or one GPU), and the CPUs
+    left after the trials' own actors (``TRIAL_CPU`` each) are shared among their workers, in
+    hundredths so that Ray never sees more asked for than there is."""
+    if max_concurrent is None:
+        if use_gpu:
+            max_concurrent = int(gpus // num_workers)
+        elif cpus_per_worker is not None:
+            max_concurrent = int(cpus // (num_workers * cpus_per_worker + TRIAL_CPU))
+        else:
+            max_concurrent = int(cpus // num_workers)
+        max_concurrent = max(1, max_concurrent)
+    if cpus_per_worker is None:
+        spare = cpus - TRIAL_CPU * max_concurrent
+        cpus_per_worker = math.floor(100 * spare / (max_concurrent * num_workers)) / 100
+        check(cpus_per_worker > 0, f"{max_concurrent} trials of {num_workers} workers do not fit "
+                                   f"in {cpus:g} CPUs; lower --max-concurrent")
+    return max_concurrent, cpus_per_worker
+
+
+def trial_metrics(metrics: dict, metric: str, mode: str) -> dict:
+    """A Train report as the sweep hands it to Tune: with ``epochs_done`` (the scheduler's clock,
+    right across a restart that resumed mid-run), and a non-finite ``metric`` (a diverged trial)
+    replaced by the worst value and flagged ``diverged``: ASHA passes a NaN as if unranked."""
+    out = dict(metrics)
+    if "epoch" in out:
+        out["epochs_done"] = out["epoch"] + 1
+    value = out.get(metric)
+    if isinstance(value, float) and not math.isfinite(value):
+        out[metric], out["diverged"] = -math.inf if mode == "max" else math.inf, True
+    return out
+
+
+class TrialReport(TuneReportCallback):
+    """Tune's report callback (it runs in the Train controller) with ``trial_metrics``."""
+
+    def __init__(self, metric: str, mode: str):
+        super().__init__()
+        self.metric, self.mode = metric, mode
+
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+        first = trial_metrics(metrics[0], self.metric, self.mode)
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
 @dataclass
@@ -58,31 +169,65 @@ class TrialSpec:
     base: dict  # the job config every trial starts from
     sweep: str
     storage_path: str
+    metric: str
+    mode: Literal["min", "max"]
+    inject_fault: str | None = None  # the first trial only
+    fault_epoch: int = 1
+
+
+def trial_dir(storage_path: str, sweep_name: str, trial_id: str) -> Path:
+    return Path(storage_path) / f"{sweep_name}-runs" / trial_id
 
 
 def run_trial(config: dict, spec: TrialSpec) -> None:
-    """Tune's trainable: one training run with this trial's parameters, artifacts included."""
+    """Tune's trainable: one training run with this trial's parameters, artifacts included.
+
+    The Train run is named after the trial, so a restarted trial resumes it. Crashes are not
+    retried inside the run (``max_failures=0``): Tune sees them, counts them and restarts."""
     trial_id = tune.get_context().get_trial_id()
+    first = trial_id.endswith("_00000")
     job = spec.job_cls(**{**spec.base, **config, "name": f"{spec.sweep}-runs/{trial_id}",
-                          "storage_path": spec.storage_path})
+                          "storage_path": spec.storage_path, "max_failures": 0,
+                          "inject_fault": spec.inject_fault if first else None,
+                          "fault_epoch": spec.fault_epoch})
     job.validate()
-    result = common.fit(spec.train_func, job, metric="val_loss", mode="min",
-                        callbacks=[TuneReportCallback()])
+    run = trial_dir(spec.storage_path, spec.sweep, trial_id)
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / ATTEMPTS_FILE, "a") as f:
+        f.write(f"start {time.time():.3f}\n")
+    result = common.fit(spec.train_func, job, metric=spec.metric, mode=spec.mode,
+                        callbacks=[TrialReport(spec.metric, spec.mode)])
     # the final checkpoint is the one whose metrics Tune saw last
-    common.finalize(result, job, family="", metric="val_loss", mode="min", render=spec.render,
-                    select="final", register=False)
+    common.finalize(result, job, family="", metric=spec.metric, mode=spec.mode,
+                    render=spec.render, select="final", register=False)
 
 
-def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, metric: str,
-          mode: Literal["min", "max"], scheduler: Any = None) -> tune.ResultGrid:
-    """Run (or resume) the sweep ``opts.name`` under ``opts.storage_path``."""
-    common.init_ray()
-    if opts.cpus_per_worker is None:  # each trial's driver holds 0.1 CPU besides its workers
-        total = common.default_cpus_per_worker(1)
-        spare = total - 0.1 * opts.max_concurrent
-        opts.cpus_per_worker = max(1, int(spare // (opts.max_concurrent * opts.num_workers)))
-        spec.base["cpus_per_worker"] = opts.cpus_per_worker
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": 0.1})
+def asha(opts: SweepOptions, epochs: int) -> ASHAScheduler | None:
+    """ASHA over ``epochs_done`` with rungs at grace, 2·grace, 4·grace, ... below ``epochs``.
+
+    The last epoch is no rung and there is no stop at max_t (``stop_last_trials=False``): a trial
+    that survived the rungs finishes on its own, so its final checkpoint and artifacts are
+    written; a stop only ever cuts a weak trial short."""
+    if opts.scheduler == "none" or opts.grace_epochs >= epochs:
+        return None
+    return ASHAScheduler(time_attr="epochs_done", max_t=epochs - 1, grace_period=opts.grace_epochs,
+                         reduction_factor=2, stop_last_trials=False)
+
+
+def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, epochs: int) -> tune.ResultGrid:
+    """Run (or resume) the sweep ``opts.name`` under ``opts.storage_path``; ``epochs``: the
+    reports each trial makes (the scheduler's rungs lie below it)."""
+    common.init_ray(quiet=True, state_api=True)  # Tune's table, not every worker's log lines
+    res = ray.cluster_resources()
+    use_gpu = res.get("GPU", 0) > 0 if opts.gpu is None else opts.gpu
+    opts.max_concurrent, opts.cpus_per_worker = plan_resources(
+        res.get("CPU", 1), res.get("GPU", 0), num_workers=opts.num_workers, use_gpu=use_gpu,
+        max_concurrent=opts.max_concurrent, cpus_per_worker=opts.cpus_per_worker)
+    spec.base.update(cpus_per_worker=opts.cpus_per_worker, gpu=use_gpu)
+    print(f"{opts.max_concurrent} trial(s) at once, {opts.num_workers} worker(s) each with "
+          f"{opts.cpus_per_worker:g} CPU{' and 1 GPU' if use_gpu else ''}; search {opts.search}, "
+          f"scheduler {opts.scheduler}")
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": TRIAL_CPU})
     path = Path(opts.storage_path) / opts.name
     if tune.Tuner.can_restore(str(path)):
         print(f"resuming the sweep in {path} (finished trials are kept)")
@@ -90,28 +235,51 @@ def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, metric: str
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=opts.num_samples,
-                                        max_concurrent_trials=opts.max_concurrent,
-                                        scheduler=scheduler),
-            run_config=tune.RunConfig(name=opts.name, storage_path=opts.storage_path))
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, num_samples=opts.num_samples,
+                scheduler=asha(opts, epochs),
+                search_alg=searcher(opts.search, metric=spec.metric, mode=spec.mode,
+                                    seed=opts.seed, max_concurrent=opts.max_concurrent)),
+            run_config=tune.RunConfig(name=opts.name, storage_path=opts.storage_path,
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=opts.max_retries)))
     return tuner.fit()
 
 
 def trial_rows(grid: tune.ResultGrid, params: list[str], metrics: list[str],
-               storage_path: str, sweep_name: str) -> list[dict]:
-    """One row per trial: its parameters, its last reported metrics, its artifact if any."""
+               opts: SweepOptions) -> list[dict]:
+    """One row per trial: its parameters, its last reported metrics, how far it got (the epochs
+    it reported; ``stopped`` when the scheduler cut it short), its restarts after crashes, and
+    its artifact if it finished. Finished trials are ranked by the sweep's metric first."""
     rows = []
     for r in grid:
         m = r.metrics or {}
-        trial_id = m.get("trial_id")
-        artifact = Path(storage_path) / f"{sweep_name}-runs" / str(trial_id) / "artifacts" / \
-            "checkpoint.pt"
+        trial_id = m.get("trial_id")  # absent only for a trial that failed before any report
+        run = trial_dir(opts.storage_path, opts.name, str(trial_id))
+        artifact = run / "artifacts" / "checkpoint.pt"
+        attempts = (run / ATTEMPTS_FILE).read_text().count("start") if (
+            run / ATTEMPTS_FILE).is_file() else 1
+        status = "error" if r.error else ("done" if artifact.is_file() else "stopped")
         rows.append({**{p: r.config.get(p) for p in params},
                      **{k: m.get(k) for k in metrics},
-                     "epochs": m.get("training_iteration"), "trial_id": trial_id,
-                     "status": "error" if r.error else ("done" if artifact.is_file() else "stopped"),
+                     "status": status, "epochs": m.get("epochs_done"),
+                     "restarts": attempts - 1, "diverged": bool(m.get("diverged")),
+                     "trial_id": trial_id,
                      "checkpoint": str(artifact) if artifact.is_file() else None})
     return rows
+
+
+def rank(rows: list[dict], metric: str, mode: Literal["min", "max"]) -> list[dict]:
+    """Finished trials first, best first, with their rank; then stopped and failed trials (not
+    ranked: they were not trained as far)."""
+    done = [r for r in rows if r["status"] == "done" and r.get(metric) is not None]
+    done.sort(key=lambda r: r[metric], reverse=mode == "max")
+    for i, r in enumerate(done):
+        r["rank"] = i + 1
+    rest = [r for r in rows if r not in done]
+    for r in rest:
+        r["rank"] = None
+    return [{"rank": r.pop("rank"), **r} for r in done + rest]
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
@@ -131,6 +299,23 @@ def write_tables(rows: list[dict], out: Path) -> None:
     write_bytes_atomic(out / "results.md", ("\n".join(lines) + "\n").encode())
 
 
+def plot_trials(grid: tune.ResultGrid, rows: list[dict], *, metric: str, label: Callable[[dict], str],
+                path: Path, title: str) -> None:
+    """The metric after every epoch of every trial (every report, stopped trials included):
+    finished trials solid, stopped ones dashed and ending in a cross."""
+    status = {str(r["trial_id"]): r["status"] for r in rows}
+    curves = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is None or metric not in df or "epochs_done" not in df:
+            continue
+        df = df.dropna(subset=[metric])
+        trial_id = str(df["trial_id"].iloc[-1]) if len(df) else ""
+        curves.append((label(r.config), df["epochs_done"].tolist(), df[metric].tolist(),
+                       status.get(trial_id, "stopped")))
+    viz.trial_curves(curves, path, xlabel="epochs trained", ylabel=metric, title=title)
+
+
 def register_best(rows: list[dict], *, family: str, metric: str, mode: Literal["min", "max"],
                   opts: SweepOptions, out: Path) -> dict | None:
     """Write the best finished trial (by ``metric``) to ``best.json`` and offer it to the
@@ -146,6 +331,15 @@ def register_best(rows: list[dict], *, family: str, metric: str, mode: Literal["
     write_json_atomic(out / "best.json", best)
     print(json.dumps({"best": best}, indent=2, default=str))
     return best
+
+
+def summarize(rows: list[dict]) -> str:
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    at = ", ".join(str(r["epochs"]) for r in stopped)
+    return (f"{len(rows)} trials: {sum(r['status'] == 'done' for r in rows)} finished, "
+            f"{len(stopped)} stopped early" + (f" (after epochs {at})" if stopped else "") +
+            f", {sum(r['status'] == 'error' for r in rows)} failed, "
+            f"{sum(r['restarts'] for r in rows)} restart(s) after crashes")
 
 
 def options_dict(opts: SweepOptions) -> dict:

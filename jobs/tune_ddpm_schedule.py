@@ -1,12 +1,16 @@
-"""Sweep the DDPM's noise schedule, number of timesteps and prediction target with Ray Tune.
+"""Sweep the conditional DDPM's noise schedule and label-drop probability (and T, the
+prediction target) with Ray Tune.
 
-    python jobs/tune_ddpm_schedule.py --schedules linear cosine sigmoid --timesteps 1000 \
-        --predictions eps v --epochs 4 --fid-samples 500
+    python jobs/tune_ddpm_schedule.py --schedules linear cosine sigmoid --p-unconds 0.1 0.2 \
+        --epochs 6 --fid-samples 500
+    python jobs/tune_ddpm_schedule.py --search optuna --p-uncond-range 0.05 0.4 --num-samples 8
 
-Trials are compared by sample quality: the FID of DDIM samples (pinned MNIST features) computed
-after every epoch; ASHA stops trials whose intermediate FID is poor. Writes
-``<storage>/<name>/results.{csv,md}``, ``fid_by_trial.png`` and ``best.json``, and registers the
-best finished trial's checkpoint for Serve. Rerunning the same --name resumes the sweep.
+Trials are compared by the FID of class-balanced DDIM samples (pinned MNIST features) at one
+fixed guidance weight (--guidance), computed after every epoch; the table adds the pinned
+classifier's accuracy on them. ASHA stops trials whose FID trails at its rungs, and only trials
+that trained all their epochs are ranked. Writes ``<storage>/<name>/results.{csv,md}``,
+``fid_by_trial.png`` and ``best.json``, and registers the best finished trial's checkpoint for
+Serve. Rerunning the same --name resumes the sweep.
 """
 
 from __future__ import annotations
@@ -15,15 +19,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-
-from hw4 import viz
 from hw4.diffusion import PREDICTIONS, SCHEDULES
 from jobs import common, sweep, train_ddpm
 from jobs.common import check, opt
 
-METRICS = ["fid", "fid_confident", "val_loss"]
+METRICS = ["fid", "class_accuracy", "fid_confident", "val_loss"]
 
 
 @dataclass
@@ -32,8 +32,12 @@ class DDPMSweepConfig(sweep.SweepOptions):
     schedules: tuple[str, ...] = opt(SCHEDULES, "noise schedules to try")
     timesteps: tuple[int, ...] = opt((1000,), "numbers of diffusion steps T to try")
     predictions: tuple[str, ...] = opt(("eps",), "network targets to try: eps, x0, v")
-    epochs: int = opt(4, "epochs per trial (ASHA's max_t)")
-    grace_epochs: int = opt(1, "epochs before ASHA may stop a trial")
+    p_unconds: tuple[float, ...] = opt((0.1,), "label-drop probabilities (--search grid)")
+    p_uncond_range: tuple[float, ...] = opt(
+        (), "LOW HIGH: p_uncond drawn uniformly (--search random or optuna; replaces --p-unconds)")
+    guidance: float = opt(0.5, "the guidance weight w of every trial's FID samples: trials are "
+                               "ranked at one w, and w is tuned afterwards with evaluate.py")
+    epochs: int = opt(4, "epochs per trial")
     train_subset: int | None = opt(20000, "train on this many MNIST images")
     base_channels: int = opt(train_ddpm.SMALL["base_channels"], "U-Net width of every trial")
     fid_samples: int = opt(500, "DDIM samples per FID")
@@ -49,18 +53,33 @@ class DDPMSweepConfig(sweep.SweepOptions):
               f"--predictions must be among {list(PREDICTIONS)}, got {bad or 'none'}")
         check(len(self.timesteps) > 0 and all(t >= self.sample_steps for t in self.timesteps),
               f"--timesteps must be >= --sample-steps ({self.sample_steps}), got {list(self.timesteps)}")
-        check(self.epochs >= 1 and 1 <= self.grace_epochs <= self.epochs,
-              "--epochs must be >= 1 and --grace-epochs in 1..--epochs")
+        check(len(self.p_unconds) > 0 and all(0 <= p <= 1 for p in self.p_unconds),
+              f"--p-unconds must be in [0, 1], got {list(self.p_unconds)}")
+        check(len(self.p_uncond_range) in (0, 2), "--p-uncond-range takes two numbers: LOW HIGH")
+        if self.p_uncond_range:
+            lo, hi = self.p_uncond_range
+            check(0 <= lo < hi <= 1, f"--p-uncond-range needs 0 <= LOW < HIGH <= 1, got {lo} {hi}")
+            check(self.search != "grid", "--p-uncond-range needs --search random or optuna")
+        check(self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
+        check(self.epochs >= 1, "--epochs must be >= 1")
         check(self.fid_samples >= 2, "--fid-samples must be >= 2")
 
     def param_space(self) -> dict:
-        return {"schedule": tune.grid_search(list(self.schedules)),
-                "timesteps": tune.grid_search(list(self.timesteps)),
-                "prediction": tune.grid_search(list(self.predictions))}
+        choices = {"schedule": self.schedules, "timesteps": self.timesteps,
+                   "prediction": self.predictions}
+        if not self.p_uncond_range:
+            choices["p_uncond"] = self.p_unconds
+        ranges = {"p_uncond": tuple(self.p_uncond_range)} if self.p_uncond_range else {}
+        return sweep.search_space(self.search, choices, ranges)
 
 
 SMOKE = dict(schedules=("linear", "cosine"), timesteps=(50,), epochs=2, train_subset=256,
              fid_samples=32, sample_steps=5)
+
+
+def label(config: dict) -> str:
+    return (f"{config['schedule']} T={config['timesteps']} {config['prediction']} "
+            f"p_uncond={config['p_uncond']:.2g}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -69,30 +88,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base.update(train_ddpm.SMOKE if cfg.smoke_test else dict(
         train_ddpm.SMALL, base_channels=cfg.base_channels))
     base.update(epochs=cfg.epochs, train_subset=cfg.train_subset, fid_every=1,
-                fid_samples=cfg.fid_samples, sample_steps=cfg.sample_steps,
-                sample_every=cfg.epochs, **sweep.options_dict(cfg))
+                fid_samples=cfg.fid_samples, sample_steps=cfg.sample_steps, guidance=cfg.guidance,
+                sample_every=cfg.epochs, conditional=True, **sweep.options_dict(cfg))
     spec = sweep.TrialSpec(train_ddpm.DDPMJobConfig, train_ddpm.train_func, train_ddpm.render,
-                           base, cfg.name, cfg.storage_path)
-    # max_t one past the last epoch: ASHA only ever stops weak trials early, and a trial that
-    # completes finishes on its own (writing its artifacts) instead of being stopped at max_t
-    asha = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1,
-                         grace_period=cfg.grace_epochs, reduction_factor=2)
-    grid = sweep.sweep(spec, cfg, cfg.param_space(), metric="fid", mode="min", scheduler=asha)
+                           base, cfg.name, cfg.storage_path, metric="fid", mode="min",
+                           inject_fault=cfg.inject_fault, fault_epoch=cfg.fault_epoch)
+    grid = sweep.sweep(spec, cfg, cfg.param_space(), epochs=cfg.epochs)
     out = Path(cfg.storage_path) / cfg.name
-    rows = sweep.trial_rows(grid, ["schedule", "timesteps", "prediction"], METRICS,
-                            cfg.storage_path, cfg.name)
-    rows.sort(key=lambda r: (r["fid"] is None, r["fid"] or 0.0))
+    rows = sweep.rank(sweep.trial_rows(grid, ["schedule", "timesteps", "prediction", "p_uncond"],
+                                       METRICS, cfg), "fid", "min")
     sweep.write_tables(rows, out)
-    curves = {}
-    for r in grid:  # every report of every trial, including the ones ASHA stopped
-        df = r.metrics_dataframe
-        if df is not None and "fid" in df:
-            df = df.dropna(subset=["fid"])
-            label = f"{r.config['schedule']} T={r.config['timesteps']} {r.config['prediction']}"
-            curves[label] = ((df["epoch"] + 1).tolist(), df["fid"].tolist())
-    viz.line_plot(curves, out / "fid_by_trial.png", xlabel="epoch", ylabel="FID (DDIM samples)",
-                  title="DDPM schedule sweep: FID after each epoch (ASHA stops the weak)")
+    sweep.plot_trials(grid, rows, metric="fid", path=out / "fid_by_trial.png", label=label,
+                      title=f"DDPM sweep: FID at w = {cfg.guidance:g} after each epoch")
     sweep.register_best(rows, family="ddpm", metric="fid", mode="min", opts=cfg, out=out)
+    print(sweep.summarize(rows))
     print(f"table, plot and best trial in {out}")
     return rows
 

@@ -29,25 +29,54 @@ def finish(proc, timeout=600) -> str:
     return out
 
 
-def check_table_and_registry(folder, storage, kind, metric, better, stoppable=False):
-    """Two trials in the table; the best finished one is best.json and the registry's entry.
-    ``stoppable``: ASHA may have stopped one early (status "stopped", no artifacts)."""
+def check_table_and_registry(folder, storage, kind, metric, better, n=2):
+    """``n`` trials in the table, ranked; the best finished one is best.json and the registry's
+    entry."""
     rows = list(csv.DictReader((folder / "results.csv").open()))
-    statuses = {"done", "stopped"} if stoppable else {"done"}
-    assert len(rows) == 2 and {r["status"] for r in rows} <= statuses, rows
+    assert len(rows) == n and {r["status"] for r in rows} <= {"done", "stopped"}, rows
     done = [r for r in rows if r["status"] == "done"]
-    assert done, rows
+    assert done and [int(r["rank"]) for r in done] == list(range(1, len(done) + 1)), rows
     best = json.loads((folder / "best.json").read_text())
-    assert float(best[metric]) == better(float(r[metric]) for r in done)
+    assert float(best[metric]) == better(float(r[metric]) for r in done) == float(done[0][metric])
     record = read_best(storage, kind)
     assert record["registered_from"] == best["checkpoint"] and record["metric"] == metric
     assert (folder / "results.md").read_text().count("| done |") == len(done)
     return rows, best
 
 
+def starts_and_ends(storage, sweep_name, row):
+    """When a trial started (each attempt) and when its artifacts were written."""
+    run = storage / f"{sweep_name}-runs" / row["trial_id"]
+    starts = [float(line.split()[1]) for line in (run / "attempts.log").read_text().splitlines()]
+    return starts, (run / "artifacts" / "checkpoint.pt").stat().st_mtime
+
+
 @needs_data
-def test_vae_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tmp_path):
-    args = ("--smoke-test", "--register", "--storage-path", str(tmp_path))
+def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(tmp_path):
+    """lr = 1 makes the VAE's loss NaN in its first epoch. ASHA must stop that trial at its
+    first rung (a NaN metric would pass as unranked: the sweep reports it as the worst ELBO), and
+    the trial after it must get the CPUs back and finish: one trial at a time, each holding 1.9 of
+    the 2 CPUs, so a placement group left behind by the stopped trial would stall the sweep."""
+    t0 = time.time()
+    out = finish(sweep("tune_vae_beta", "--smoke-test", "--betas", "1", "--lrs", "0.001", "1",
+                       "0.002", "--max-concurrent", "1", "--storage-path", str(tmp_path)),
+                 timeout=300)
+    rows = {float(r["lr"]): r for r in csv.DictReader(
+        (tmp_path / "vae-beta-sweep" / "results.csv").open())}
+    bad = rows[1.0]
+    assert (bad["status"], bad["epochs"], bad["diverged"], bad["rank"]) == (
+        "stopped", "1", "True", ""), bad
+    assert bad["val_elbo"] == "-inf"
+    assert [rows[lr]["status"] for lr in (0.001, 0.002)] == ["done", "done"], rows
+    assert "3 trials: 2 finished, 1 stopped early (after epochs 1)" in out
+    assert time.time() - t0 < 240, "the sweep after the stopped trial took too long"
+    assert (tmp_path / "vae-beta-sweep" / "elbo_by_trial.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_data
+def test_optuna_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tmp_path):
+    args = ("--smoke-test", "--search", "optuna", "--num-samples", "2", "--max-concurrent", "1",
+            "--register", "--storage-path", str(tmp_path))
     first = sweep("tune_vae_beta", *args)
     runs = tmp_path / "vae-beta-sweep-runs"
     deadline = time.time() + 400
@@ -55,7 +84,7 @@ def test_vae_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tm
     while len(list(runs.glob("*"))) < 2 and time.time() < deadline:
         assert first.poll() is None, first.communicate()[0][-3000:]
         time.sleep(0.5)
-    first.send_signal(signal.SIGINT)  # Tune saves the experiment state and exits
+    first.send_signal(signal.SIGINT)  # Tune saves the experiment and searcher state and exits
     first.communicate(timeout=180)
     done = list(runs.glob("*/artifacts/checkpoint.pt"))
     assert len(done) == 1, "the sweep was meant to stop after its first trial"
@@ -66,17 +95,26 @@ def test_vae_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tm
     assert done[0].stat().st_mtime_ns == stamp, "the finished trial ran again"
     folder = tmp_path / "vae-beta-sweep"
     rows, _ = check_table_and_registry(folder, tmp_path, "vae", "val_elbo", max)
-    assert {float(r["beta"]) for r in rows} == {0.5, 4.0}
+    betas = [float(r["beta"]) for r in rows]
+    assert all(0.5 <= b <= 4.0 for b in betas) and betas[0] != betas[1], betas  # drawn by TPE
     assert (folder / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @needs_data
-def test_ddpm_schedule_sweep_compares_trials_by_fid(tmp_path):
-    out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--storage-path",
-                       str(tmp_path)))
+def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
+    """Two conditional-DDPM trials on a 2-core machine run at the same time (one CPU each, by
+    default); the first one's worker is killed once and Tune restarts it from its checkpoint."""
+    out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--inject-fault", "kill",
+                       "--fault-epoch", "1", "--storage-path", str(tmp_path)))
+    assert "2 trial(s) at once, 1 worker(s) each with 0.9 CPU" in out
     folder = tmp_path / "ddpm-schedule-sweep"
-    rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "fid", min, stoppable=True)
+    rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "fid", min)
     assert {r["schedule"] for r in rows} == {"linear", "cosine"}
+    assert sorted(int(r["restarts"]) for r in rows) == [0, 1], rows
+    assert all(r["status"] == "done" and r["class_accuracy"] for r in rows), rows
+    (a_starts, a_end), (b_starts, b_end) = (starts_and_ends(tmp_path, "ddpm-schedule-sweep", r)
+                                            for r in rows)
+    assert a_starts[0] < b_end and b_starts[0] < a_end, "the two trials did not overlap"
     assert (folder / "fid_by_trial.png").read_bytes()[:4] == b"\x89PNG"
     assert "table, plot and best trial" in out
 
@@ -90,6 +128,10 @@ def test_ddpm_schedule_sweep_compares_trials_by_fid(tmp_path):
     ("tune_ddpm_schedule", ["--predictions", "score"], "--predictions must be among"),
     ("tune_ddpm_schedule", ["--timesteps", "10"], "--timesteps must be >= --sample-steps"),
     ("tune_ddpm_schedule", ["--max-concurrent", "x"], "invalid int value"),
+    ("tune_ddpm_schedule", ["--p-uncond-range", "0.3", "0.1"], "--p-uncond-range needs"),
+    ("tune_ddpm_schedule", ["--p-uncond-range", "0.1", "0.3"], "--p-uncond-range needs --search random"),
+    ("tune_vae_beta", ["--search", "bayes"], "invalid choice"),
+    ("tune_vae_beta", ["--lrs", "-1"], "--lrs must be positive"),
 ])
 def test_bad_search_space_exits_2_with_one_line(name, args, message, tmp_path, capsys):
     main = importlib.import_module(f"jobs.{name}").main
