@@ -104,7 +104,8 @@ def test_optuna_sweep_interrupted_after_one_trial_resumes_and_registers_the_best
 def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
     """Two conditional-DDPM trials on a 2-core machine run at the same time (one CPU each, by
     default); the first one's worker is killed once and Tune restarts it from its checkpoint."""
-    out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--inject-fault", "kill",
+    out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--scheduler", "none",
+                       "--inject-fault", "kill",
                        "--fault-epoch", "1", "--storage-path", str(tmp_path)))
     assert "2 trial(s) at once, 1 worker(s) each with 0.9 CPU" in out
     folder = tmp_path / "ddpm-schedule-sweep"
