@@ -152,10 +152,11 @@ SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver o
 def init_ray(quiet: bool = False, state_api: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray;
     ``quiet`` keeps the local Ray's worker and actor logs off this terminal. ``state_api``
-    starts the local Ray's dashboard, which serves Ray's state API: a sweep needs it, since Ray
-    Train's placement-group cleaner asks it whether a trial's Train controller is still alive,
-    and without an answer a stopped trial's placement group (created by the controller, but owned
-    by the job) is never removed and the next trial waits forever for its CPUs.
+    starts the local Ray's dashboard, which serves Ray's state API. A sweep needs it: when Tune
+    stops a trial, the trial's Train placement group outlives its Train controller, and Ray Train
+    removes it through a detached cleaner that asks the state API whether the controller is
+    gone. Without the API the cleaner only logs "Failed to query Ray Train Controller actor
+    state" every second, the group stays reserved, and the next trial waits for its CPUs forever.
 
     A submitted job already runs in the job's runtime environment (``--runtime-env-json``), which
     its workers inherit: passing one here too would conflict with it, so only a driver started by
