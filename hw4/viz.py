@@ -100,16 +100,16 @@ def trial_curves(curves: list[tuple[str, list[float], list[float], str]],
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
     save_figure(fig, path)
 
 
 def save_figure(fig, path: str | os.PathLike, **savefig: object) -> None:
-    """A matplotlib figure -> PNG at ``path``, atomically; the figure is closed."""
+    """A matplotlib figure -> PNG at ``path``, atomically (``savefig``: more arguments of
+    ``Figure.savefig``, e.g. dpi); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    if not savefig:
-        fig.tight_layout()
     fig.savefig(buf, format="png", **savefig)
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
@@ -133,4 +133,5 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
