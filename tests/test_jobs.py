@@ -97,7 +97,9 @@ def test_vae_two_workers_survive_a_killed_worker_and_register(tmp_path, ray_head
 
 
 @needs_data
-def test_killed_job_rerun_with_same_name_continues(tmp_path):
+def test_killed_job_rerun_with_same_name_continues(tmp_path, ray_head):
+    """The killed driver ran on a local Ray of its own (killed with it); the reruns join the
+    session's head."""
     args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "k", "--epochs", "40",
             "--train-subset", "1024"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train_ddpm.py"), *args],
@@ -116,7 +118,7 @@ def test_killed_job_rerun_with_same_name_continues(tmp_path):
     refused = job("train_ddpm", *more, timeout=120)  # a changed config is not resumed silently
     assert refused.returncode == 2 and f"--epochs 40 -> {done + 3}" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    run_ok("train_ddpm", *more, "--resume")
+    run_ok("train_ddpm", *more, "--resume", env=ray_head.env)
     history = json.loads((tmp_path / "k" / "artifacts" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(done + 3))
     # it resumes from the newest checkpoint Ray had recorded: the one on disk, or the one before
