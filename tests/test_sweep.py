@@ -63,3 +63,8 @@ def test_search_space_per_algorithm():
     assert type(drawn["p"].sampler).__name__ == "_Uniform"
     with pytest.raises(HW4Error, match="a range needs --search random or optuna"):
         sweep.search_space("grid", {}, {"beta": (0.1, 10.0)})
+
+
+@pytest.mark.parametrize("num_samples, startup", [(1, 2), (8, 2), (20, 5), (100, 10)])
+def test_tpe_models_the_results_after_a_quarter_of_the_trials(num_samples, startup):
+    assert sweep.startup_trials(num_samples) == startup
