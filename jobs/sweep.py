@@ -60,7 +60,8 @@ class SweepOptions:
     seed: int = opt(0, "seed of every trial and of the search")
     max_retries: int = opt(1, "restarts of a trial that crashed (it resumes its last checkpoint)")
     inject_fault: Literal["raise", "kill"] | None = opt(
-        None, "test: the first trial's last worker fails once, at --fault-epoch")
+        None, "test: the first trial's last worker fails once, at --fault-epoch (grid and "
+              "random searches: their trial ids count from _00000)")
     fault_epoch: int = opt(1, "test: the epoch at which the first trial fails")
     smoke_test: bool = opt(False, "tiny trials (for tests)")
     register: bool | None = opt(None, "register the best trial when it beats the registry's "
