@@ -1,10 +1,6 @@
 import dataclasses
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -124,44 +120,6 @@ def stop_ray_head(gcs_port: int) -> None:
             current.unlink()
     except OSError:
         pass
-
-
-# --- one Ray head for every test that runs jobs and sweeps as subprocesses ---------------------
-
-HEAD_GCS_PORT, HEAD_DASHBOARD_PORT = 6390, 8275
-
-
-@dataclasses.dataclass
-class RayHead:
-    """A running local head: ``env`` makes a subprocess join it (RAY_ADDRESS, token auth, the
-    venv's ``python`` and ``ray`` first on PATH, as after ``source .venv/bin/activate``)."""
-
-    address: str
-    dashboard: str
-    env: dict
-    ray: str
-
-
-@pytest.fixture(scope="session")
-def ray_head():
-    """``ray start --head`` once per session: each job or sweep subprocess joins it instead of
-    starting (≈ 8 s) and stopping its own local Ray. Its dashboard serves the state API that
-    sweeps need. Its own --temp-dir; stopped by PID at the end, leaving no address behind."""
-    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
-    temp = tempfile.mkdtemp(prefix="hw4ray-")  # short: Ray's socket paths live under it
-    start = [ray, "start", "--head", "--num-cpus=2", f"--port={HEAD_GCS_PORT}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={HEAD_DASHBOARD_PORT}",
-             "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
-    try:
-        yield RayHead(address=f"127.0.0.1:{HEAD_GCS_PORT}",
-                      dashboard=f"http://127.0.0.1:{HEAD_DASHBOARD_PORT}",
-                      env={**env, "RAY_ADDRESS": f"127.0.0.1:{HEAD_GCS_PORT}"}, ray=ray)
-    finally:
-        stop_ray_head(HEAD_GCS_PORT)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 # --- one local Ray and Serve for every test module that talks to the app over HTTP ------------

@@ -131,13 +131,12 @@ def test_evaluate_writes_the_report_folder(storage):
 
 @needs_data
 @pytest.mark.ray
-def test_ray_sampling_gives_the_same_images_as_in_process(storage, ray_head):
+def test_ray_sampling_gives_the_same_images_as_in_process(storage):
     """Two Ray tasks at a time draw the chunks; the grid matches the in-process one exactly."""
     args = ("--smoke-test", "--models", "ddpm", "--samplers", "ddim:4", "--guidance", "2",
             "--storage-path", str(storage))
     local = evaluate(*args, "--num-workers", "0", "--cpus-per-worker", "1", "--name", "w0")
-    spread = evaluate(*args, "--num-workers", "2", "--cpus-per-worker", "1", "--name", "w2",
-                      env=ray_head.env)
+    spread = evaluate(*args, "--num-workers", "2", "--cpus-per-worker", "1", "--name", "w2")
     assert local.returncode == 0 and spread.returncode == 0, spread.stderr[-3000:]
     grids = [(storage / "eval" / n / "samples_ddim_4_w2.png").read_bytes() for n in ("w0", "w2")]
     assert grids[0] == grids[1]

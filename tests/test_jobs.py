@@ -1,9 +1,9 @@
-"""The Ray Train jobs, run for real as subprocesses: joining the session's Ray head (tests/conftest.py
-``ray_head``), through ``ray job submit`` to it, or (the killed driver) on a local Ray of their own."""
+"""The Ray Train jobs, run for real as subprocesses on a local Ray (each starts and stops its own)."""
 
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +17,7 @@ from PIL import Image
 from hw4.checkpoint import load_checkpoint
 from hw4.registry import read_best
 
-from .conftest import ROOT, cli_in_process, needs_data
+from .conftest import ROOT, cli_in_process, needs_data, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
@@ -28,8 +28,8 @@ def job(name: str, *args: str, timeout: int = 300, env: dict | None = None, **kw
                            env={**os.environ, **(env or {})}, **kw)
 
 
-def run_ok(name: str, *args: str, env: dict | None = None) -> None:
-    out = job(name, *args, env=env)
+def run_ok(name: str, *args: str) -> None:
+    out = job(name, *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
@@ -55,11 +55,10 @@ def check_fault_recovery(run: Path, fault: str) -> list[dict]:
 
 
 @needs_data
-def test_ddpm_two_workers_survive_a_raised_fault(tmp_path, ray_head):
+def test_ddpm_two_workers_survive_a_raised_fault(tmp_path):
     """A smoke run on two workers with an exception injected at epoch 2 (one run checks both)."""
     run_ok("train_ddpm", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "d", "--epochs", "3", "--inject-fault", "raise", "--fault-epoch", "2",
-           env=ray_head.env)
+           "--name", "d", "--epochs", "3", "--inject-fault", "raise", "--fault-epoch", "2")
     art = tmp_path / "d" / "artifacts"
     state = load_checkpoint(art / "checkpoint.pt")
     assert state["kind"] == "unet" and state["ema"] is not None and state["optimizer"]
@@ -76,10 +75,10 @@ def test_ddpm_two_workers_survive_a_raised_fault(tmp_path, ray_head):
 
 
 @needs_data
-def test_vae_two_workers_survive_a_killed_worker_and_register(tmp_path, ray_head):
+def test_vae_two_workers_survive_a_killed_worker_and_register(tmp_path):
     run_ok("train_vae", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
            "--name", "v", "--beta", "0.5", "--register", "--epochs", "3", "--inject-fault", "kill",
-           "--fault-epoch", "2", env=ray_head.env)
+           "--fault-epoch", "2")
     art = tmp_path / "v" / "artifacts"
     check_fault_recovery(tmp_path / "v", "kill")
     state = load_checkpoint(art / "checkpoint.pt")
@@ -97,9 +96,7 @@ def test_vae_two_workers_survive_a_killed_worker_and_register(tmp_path, ray_head
 
 
 @needs_data
-def test_killed_job_rerun_with_same_name_continues(tmp_path, ray_head):
-    """The killed driver ran on a local Ray of its own (killed with it); the reruns join the
-    session's head."""
+def test_killed_job_rerun_with_same_name_continues(tmp_path):
     args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "k", "--epochs", "40",
             "--train-subset", "1024"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train_ddpm.py"), *args],
@@ -118,7 +115,7 @@ def test_killed_job_rerun_with_same_name_continues(tmp_path, ray_head):
     refused = job("train_ddpm", *more, timeout=120)  # a changed config is not resumed silently
     assert refused.returncode == 2 and f"--epochs 40 -> {done + 3}" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    run_ok("train_ddpm", *more, "--resume", env=ray_head.env)
+    run_ok("train_ddpm", *more, "--resume")
     history = json.loads((tmp_path / "k" / "artifacts" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(done + 3))
     # it resumes from the newest checkpoint Ray had recorded: the one on disk, or the one before
@@ -154,21 +151,34 @@ def test_the_command_line_itself_exits_2_with_one_line(tmp_path):
 
 
 @needs_data
-def test_ray_job_submit_on_a_local_head(tmp_path, ray_head):
+def test_ray_job_submit_on_a_local_head(tmp_path):
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    # the venv first on PATH, as after `source .venv/bin/activate`: the job's `python` is its python
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # the data folder reaches the job only through its runtime environment, as on a cluster
-    env = {k: v for k, v in ray_head.env.items() if k not in ("HW4_DATA_DIR", "RAY_ADDRESS")}
-    address = ["--address", ray_head.dashboard]
-    job_id = f"hw4-test-{os.getpid()}"
-    out = subprocess.run(  # blocks until the job ends, tailing its logs
-        [ray_head.ray, "job", "submit", *address, "--submission-id", job_id, "--working-dir", ".",
-         "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": os.environ["HW4_DATA_DIR"]}}),
-         "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--storage-path", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    status = subprocess.run([ray_head.ray, "job", "status", *address, job_id], env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert f"job '{job_id}' succeeded" in status.stdout.lower(), status.stdout  # SUCCEEDED
-    assert (tmp_path / "ddpm" / "artifacts" / "samples.png").is_file()
+    data_dir = os.environ["HW4_DATA_DIR"]
+    env = {**{k: v for k, v in os.environ.items() if k != "HW4_DATA_DIR"}, "RAY_AUTH_MODE": "token",
+           "PATH": path}
+    port = "8275"
+    start = [ray, "start", "--head", "--num-cpus=2", "--port=6390", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={port}", "--include-dashboard=true"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        address = ["--address", f"http://127.0.0.1:{port}"]
+        job_id = f"hw4-test-{os.getpid()}"
+        out = subprocess.run(  # blocks until the job ends, tailing its logs
+            [ray, "job", "submit", *address, "--submission-id", job_id, "--working-dir", ".",
+             "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": data_dir}}),
+             "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--storage-path",
+             str(tmp_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        status = subprocess.run([ray, "job", "status", *address, job_id], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert f"job '{job_id}' succeeded" in status.stdout.lower(), status.stdout  # SUCCEEDED
+        assert (tmp_path / "ddpm" / "artifacts" / "samples.png").is_file()
+    finally:
+        stop_ray_head(6390)
 
 
 def test_cluster_yaml_passes_ray_validation():

@@ -1,6 +1,7 @@
 """`serve deploy serve/config.yaml` on a local head: a changed checkpoint reloads in place while
 requests keep succeeding, and a corrupt one is reported while the previous model keeps serving."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,32 +13,22 @@ import pytest
 import requests
 import yaml
 
-from .conftest import ROOT, make_storage
+from .conftest import ROOT, make_storage, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
-HTTP_PORT = 8312
+GCS_PORT, DASHBOARD_PORT, HTTP_PORT = 6391, 8276, 8312
 URL = f"http://127.0.0.1:{HTTP_PORT}"
 TOKEN = "deploy-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def serve_cli(head, *args: str) -> None:
-    serve = shutil.which("serve", path=str(Path(sys.executable).parent))
-    out = subprocess.run([serve, *args, "-a", head.dashboard], cwd=ROOT, env=head.env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-
-
-def deploy(config: dict, path: Path, head) -> None:
+def deploy(config: dict, path: Path, env: dict) -> None:
     path.write_text(yaml.safe_dump(config))
-    serve_cli(head, "deploy", str(path))
-
-
-def cpus_free(head) -> bool:
-    out = subprocess.run([head.ray, "status"], env=head.env, capture_output=True, text=True,
-                         timeout=60)
-    return " 0.0/2.0 CPU" in out.stdout
+    serve = shutil.which("serve", path=str(Path(sys.executable).parent))
+    out = subprocess.run([serve, "deploy", str(path), "-a", f"http://127.0.0.1:{DASHBOARD_PORT}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def wait_for(predicate, timeout: float = 180.0):
@@ -57,9 +48,7 @@ def ddpm_info() -> dict:
     return requests.get(URL + "/info", headers=AUTH, timeout=30).json()["ddpm"]
 
 
-def test_serve_deploy_reloads_checkpoints_in_place(tmp_path, ray_head):
-    """On the session's Ray head (2 CPUs): deploy, reconfigure under load, deploy a corrupt
-    checkpoint; then ``serve shutdown`` hands every CPU back to the tests after this one."""
+def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
     storage = make_storage(tmp_path / "storage")
     second = tmp_path / "second.pt"
     shutil.copyfile(storage / "ddpm" / "checkpoint.pt", second)
@@ -74,12 +63,18 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path, ray_head):
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["DDPMModel"].pop("autoscaling_config")
     deployments["DDPMModel"].update(num_replicas=1, ray_actor_options={"num_cpus": 1})
-    deployments["VAEModel"]["ray_actor_options"] = {"num_cpus": 0.5}
     for d in ("DDPMModel", "VAEModel"):
         deployments[d]["user_config"]["storage_path"] = str(storage)
 
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    subprocess.run([ray, "start", "--head", "--num-cpus=4", f"--port={GCS_PORT}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
+                    "--include-dashboard=true"], check=True, env=env, capture_output=True,
+                   timeout=120)
     try:
-        deploy(config, tmp_path / "serve.yaml", ray_head)
+        deploy(config, tmp_path / "serve.yaml", env)
         first = wait_for(lambda: ddpm_info()["loaded"] and ddpm_info())
         body = {"n": 1, "steps": 3}
 
@@ -95,7 +90,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path, ray_head):
         worker.start()
         try:
             deployments["DDPMModel"]["user_config"]["checkpoint"] = str(second)
-            deploy(config, tmp_path / "serve.yaml", ray_head)
+            deploy(config, tmp_path / "serve.yaml", env)
             reloaded = wait_for(lambda: ddpm_info()["checkpoint"] == str(second) and ddpm_info())
         finally:
             stop.set()
@@ -104,12 +99,11 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path, ray_head):
         assert codes and set(codes) == {200}, codes
 
         deployments["DDPMModel"]["user_config"]["checkpoint"] = str(corrupt)
-        deploy(config, tmp_path / "serve.yaml", ray_head)
+        deploy(config, tmp_path / "serve.yaml", env)
         failed = wait_for(lambda: ddpm_info()["load_error"] and ddpm_info())
         assert "not a readable checkpoint" in failed["load_error"]
         assert failed["checkpoint"] == str(second) and failed["pid"] == first["pid"]
         assert requests.post(URL + "/ddpm/sample", json=body, headers=AUTH, timeout=60).status_code == 200
         assert requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code == 401
     finally:
-        serve_cli(ray_head, "shutdown", "-y")
-        wait_for(lambda: cpus_free(ray_head), timeout=60)
+        stop_ray_head(GCS_PORT)

@@ -1,5 +1,6 @@
-"""The Tune sweeps for real, on the session's Ray head: smoke sweeps of 2 trials each, an interrupted sweep
-that resumes without rerunning its finished trial, and one-line errors for bad search spaces."""
+"""The Tune sweeps for real, each on a local Ray of its own: early stopping of a diverging trial
+with the next trial running, an interrupted Optuna sweep resumed, two trials at once with a
+crashed one retried, and one-line errors for bad search spaces."""
 
 import csv
 import importlib
@@ -18,11 +19,10 @@ from .conftest import ROOT, cli_in_process, needs_data
 pytestmark = [pytest.mark.ray]
 
 
-def sweep(name, *args, head, **kw):
-    """The sweep as a subprocess joined to the session's Ray head."""
+def sweep(name, *args, **kw):
+    """The sweep as a subprocess on a local Ray of its own."""
     return subprocess.Popen([sys.executable, str(ROOT / "jobs" / f"{name}.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=head.env, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def finish(proc, timeout=600) -> str:
@@ -54,15 +54,15 @@ def starts_and_ends(storage, sweep_name, row):
 
 
 @needs_data
-def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(tmp_path, ray_head):
+def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(tmp_path):
     """lr = 1 makes the VAE's loss NaN in its first epoch. ASHA must stop that trial at its
     first rung (a NaN metric would pass as unranked: the sweep reports it as the worst ELBO), and
     the trial after it must get the CPUs back and finish: one trial at a time, each holding 1.9 of
     the 2 CPUs, so a placement group left behind by the stopped trial would stall the sweep."""
     t0 = time.time()
     out = finish(sweep("tune_vae_beta", "--smoke-test", "--betas", "1", "--lrs", "0.001", "1",
-                       "0.002", "--max-concurrent", "1", "--storage-path", str(tmp_path),
-                       head=ray_head), timeout=300)
+                       "0.002", "--max-concurrent", "1", "--storage-path", str(tmp_path)),
+                 timeout=300)
     rows = {float(r["lr"]): r for r in csv.DictReader(
         (tmp_path / "vae-beta-sweep" / "results.csv").open())}
     bad = rows[1.0]
@@ -76,10 +76,10 @@ def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(
 
 
 @needs_data
-def test_optuna_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tmp_path, ray_head):
+def test_optuna_sweep_interrupted_after_one_trial_resumes_and_registers_the_best(tmp_path):
     args = ("--smoke-test", "--search", "optuna", "--num-samples", "2", "--max-concurrent", "1",
             "--register", "--storage-path", str(tmp_path))
-    first = sweep("tune_vae_beta", *args, head=ray_head)
+    first = sweep("tune_vae_beta", *args)
     runs = tmp_path / "vae-beta-sweep-runs"
     deadline = time.time() + 400
     # one trial at a time: the second run's folder appears once Tune has recorded the first as done
@@ -92,7 +92,7 @@ def test_optuna_sweep_interrupted_after_one_trial_resumes_and_registers_the_best
     assert len(done) == 1, "the sweep was meant to stop after its first trial"
     stamp = done[0].stat().st_mtime_ns
 
-    out = finish(sweep("tune_vae_beta", *args, head=ray_head))
+    out = finish(sweep("tune_vae_beta", *args))
     assert "resuming the sweep" in out
     assert done[0].stat().st_mtime_ns == stamp, "the finished trial ran again"
     folder = tmp_path / "vae-beta-sweep"
@@ -103,12 +103,12 @@ def test_optuna_sweep_interrupted_after_one_trial_resumes_and_registers_the_best
 
 
 @needs_data
-def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path, ray_head):
+def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
     """Two conditional-DDPM trials on a 2-core machine run at the same time (one CPU each, by
     default); the first one's worker is killed once and Tune restarts it from its checkpoint."""
     out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--scheduler", "none",
                        "--inject-fault", "kill",
-                       "--fault-epoch", "1", "--storage-path", str(tmp_path), head=ray_head))
+                       "--fault-epoch", "1", "--storage-path", str(tmp_path)))
     assert "2 trial(s) at once, 1 worker(s) each with 0.9 CPU" in out
     folder = tmp_path / "ddpm-schedule-sweep"
     rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "fid", min)
