@@ -1,6 +1,12 @@
 """The Tune sweeps for real, each on a local Ray of its own: early stopping of a diverging trial
 with the next trial running, an interrupted Optuna sweep resumed, two trials at once with a
-crashed one retried, and one-line errors for bad search spaces."""
+crashed one retried, and one-line errors for bad search spaces.
+
+Named to run before tests/test_serve.py: that module's Serve (shared with the browser tests)
+keeps a second local Ray alive to the session's end, and beside it a sweep's own Ray dashboard
+failed to bind a port ("Address already in use"), leaving no state API for Ray Train's
+placement-group cleaner, so a stopped trial's CPUs were never released (the early-stopping test
+hung). A sweep on a machine already running another local Ray has the same limit."""
 
 import csv
 import importlib
