@@ -123,7 +123,10 @@ def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:
         try:
             vae = json.loads(path.read_text()).get("vae") or {}
             if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() in served:
-                return {"report": str(path), "robustness": vae["robustness"],
+                # where it came from in words: the evaluation run's name and date, not a path
+                date = time.strftime("%Y-%m-%d", time.gmtime(mtime(path)))
+                return {"report": path.parent.name, "report_date": date,
+                        "robustness": vae["robustness"],
                         "clean_accuracy": vae.get("clean_accuracy"),
                         "most_robust": vae.get("most_robust")}
         except (OSError, ValueError, AttributeError, KeyError, TypeError):

@@ -363,7 +363,7 @@ function drawCurves() {
   box.replaceChildren(chart(series, "ε", `accuracy under ${a.toUpperCase()}`));
   const note = document.createElement("p");
   note.className = "status";
-  note.textContent = `from ${ev.report}`;
+  note.textContent = `from the evaluation run "${ev.report}" of ${ev.report_date}`;
   box.append(note);
 }
 
