@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -157,6 +158,10 @@ def init_ray(quiet: bool = False, state_api: bool = False) -> None:
     removes it through a detached cleaner that asks the state API whether the controller is
     gone. Without the API the cleaner only logs "Failed to query Ray Train Controller actor
     state" every second, the group stays reserved, and the next trial waits for its CPUs forever.
+    The cleaner finds the API through RAY_ADDRESS, else by looking for Ray processes on the
+    machine, which fails when another local Ray runs there ("Found multiple active Ray
+    instances"). So this Ray's GCS and dashboard get free ports chosen here, and its workers get
+    RAY_ADDRESS pointing back at it.
 
     A submitted job already runs in the job's runtime environment (``--runtime-env-json``), which
     its workers inherit: passing one here too would conflict with it, so only a driver started by
@@ -169,9 +174,28 @@ def init_ray(quiet: bool = False, state_api: bool = False) -> None:
         submitted = SUBMITTED_JOB_ENV in os.environ
         env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir and not submitted else None
         ray.init(address=address, runtime_env=env, log_to_driver=True)
+    elif state_api:
+        gcs_port, dashboard_port = free_ports(2)
+        node = ray.util.get_node_ip_address()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS
+        try:
+            ray.init(address="local", include_dashboard=True, dashboard_port=dashboard_port,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{node}:{gcs_port}"}},
+                     log_to_driver=not quiet, logging_level="ERROR" if quiet else "INFO")
+        finally:
+            del os.environ["RAY_GCS_SERVER_PORT"]
     else:
-        ray.init(address="local", include_dashboard=state_api, log_to_driver=not quiet,
+        ray.init(address="local", include_dashboard=False, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on this machine now (held open together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def cluster_has_gpus() -> bool:

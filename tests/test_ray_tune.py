@@ -1,16 +1,11 @@
 """The Tune sweeps for real, each on a local Ray of its own: early stopping of a diverging trial
-with the next trial running, an interrupted Optuna sweep resumed, two trials at once with a
-crashed one retried, and one-line errors for bad search spaces.
-
-Named to run before tests/test_serve.py: that module's Serve (shared with the browser tests)
-keeps a second local Ray alive to the session's end, and beside it a sweep's own Ray dashboard
-failed to bind a port ("Address already in use"), leaving no state API for Ray Train's
-placement-group cleaner, so a stopped trial's CPUs were never released (the early-stopping test
-hung). A sweep on a machine already running another local Ray has the same limit."""
+with the next trial running (beside another local Ray), an interrupted Optuna sweep resumed, two
+trials at once with a crashed one retried, and one-line errors for bad search spaces."""
 
 import csv
 import importlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -59,12 +54,36 @@ def starts_and_ends(storage, sweep_name, row):
     return starts, (run / "artifacts" / "checkpoint.pt").stat().st_mtime
 
 
+@pytest.fixture
+def another_local_ray():
+    """A second local Ray on this machine, dashboard included, for as long as the test runs."""
+    code = ("import sys, ray; ray.init(address='local', num_cpus=1, include_dashboard=True); "
+            "print('up', flush=True); sys.stdin.read(); ray.shutdown()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        yield
+    finally:
+        proc.stdin.close()  # it shuts its Ray down and exits
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @needs_data
-def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(tmp_path):
+def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(
+        tmp_path, another_local_ray):
     """lr = 1 makes the VAE's loss NaN in its first epoch. ASHA must stop that trial at its
     first rung (a NaN metric would pass as unranked: the sweep reports it as the worst ELBO), and
     the trial after it must get the CPUs back and finish: one trial at a time, each holding 1.9 of
-    the 2 CPUs, so a placement group left behind by the stopped trial would stall the sweep."""
+    the 2 CPUs, so a placement group left behind by the stopped trial would stall the sweep.
+
+    With another local Ray running beside it: Ray Train releases a stopped trial's CPUs through
+    the state API, which must find this sweep's Ray among the two (``common.init_ray``)."""
     t0 = time.time()
     out = finish(sweep("tune_vae_beta", "--smoke-test", "--betas", "1", "--lrs", "0.001", "1",
                        "0.002", "--max-concurrent", "1", "--storage-path", str(tmp_path)),
