@@ -158,10 +158,13 @@ def init_ray(quiet: bool = False, state_api: bool = False) -> None:
     removes it through a detached cleaner that asks the state API whether the controller is
     gone. Without the API the cleaner only logs "Failed to query Ray Train Controller actor
     state" every second, the group stays reserved, and the next trial waits for its CPUs forever.
-    The cleaner finds the API through RAY_ADDRESS, else by looking for Ray processes on the
-    machine, which fails when another local Ray runs there ("Found multiple active Ray
-    instances"). So this Ray's GCS and dashboard get free ports chosen here, and its workers get
-    RAY_ADDRESS pointing back at it.
+
+    The cleaner finds the state API through RAY_ADDRESS, else through the address `ray start`
+    left in /tmp/ray, else by looking for Ray processes on the machine. Beside another Ray it
+    asked the other one (seen with a `ray start` head running: "Connecting to latest cluster",
+    then, not finding this run's controller there, it took the controller for dead and exited)
+    or none ("Found multiple active Ray instances"). So a local Ray's GCS (and dashboard) get
+    free ports chosen here, and its workers get RAY_ADDRESS pointing back at it.
 
     A submitted job already runs in the job's runtime environment (``--runtime-env-json``), which
     its workers inherit: passing one here too would conflict with it, so only a driver started by
@@ -174,19 +177,16 @@ def init_ray(quiet: bool = False, state_api: bool = False) -> None:
         submitted = SUBMITTED_JOB_ENV in os.environ
         env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir and not submitted else None
         ray.init(address=address, runtime_env=env, log_to_driver=True)
-    elif state_api:
-        gcs_port, dashboard_port = free_ports(2)
-        node = ray.util.get_node_ip_address()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS
-        try:
-            ray.init(address="local", include_dashboard=True, dashboard_port=dashboard_port,
-                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{node}:{gcs_port}"}},
-                     log_to_driver=not quiet, logging_level="ERROR" if quiet else "INFO")
-        finally:
-            del os.environ["RAY_GCS_SERVER_PORT"]
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=not quiet,
+        return
+    gcs_port, dashboard_port = free_ports(2)
+    os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS
+    try:
+        own = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+        ray.init(address="local", include_dashboard=state_api, dashboard_port=dashboard_port,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": own}}, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 def free_ports(n: int) -> list[int]:
