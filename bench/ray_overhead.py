@@ -149,14 +149,15 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
+    from jobs import common
+
     cfg = TINY if args.tiny else DEFAULT
     if args.tiny:
         args.batch, args.steps, args.warmup, args.repeats, args.report_every = 4, 3, 1, 1, 2
     config = {"unet": cfg.__dict__, "batch": args.batch, "steps": args.steps,
               "warmup": args.warmup, "report_every": args.report_every,
               "threads": args.threads, "tiny": args.tiny}
-    ray.init(address="local", include_dashboard=False, num_cpus=max(args.threads, 1),
-             log_to_driver=False)
+    common.init_ray(quiet=True, num_cpus=max(args.threads, 1))  # Ray Train's cleaner finds this Ray
     plain, in_ray, fit_s, cpu = [], [], [], []
     try:
         with tempfile.TemporaryDirectory(prefix="hw4-bench-ray-") as storage:

@@ -150,14 +150,15 @@ def check(condition: bool, message: str) -> None:
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
 
 
-def init_ray(quiet: bool = False, state_api: bool = False) -> None:
-    """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray;
-    ``quiet`` keeps the local Ray's worker and actor logs off this terminal. ``state_api``
-    starts the local Ray's dashboard, which serves Ray's state API. A sweep needs it: when Tune
-    stops a trial, the trial's Train placement group outlives its Train controller, and Ray Train
-    removes it through a detached cleaner that asks the state API whether the controller is
-    gone. Without the API the cleaner only logs "Failed to query Ray Train Controller actor
-    state" every second, the group stays reserved, and the next trial waits for its CPUs forever.
+def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None = None) -> None:
+    """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray
+    with ``num_cpus`` (default: all); ``quiet`` keeps the local Ray's worker and actor logs off
+    this terminal. ``state_api`` starts the local Ray's dashboard, which serves Ray's state API.
+    A sweep needs it: when Tune stops a trial, the trial's Train placement group outlives its
+    Train controller, and Ray Train removes it through a detached cleaner that asks the state API
+    whether the controller is gone. Without the API the cleaner only logs "Failed to query Ray
+    Train Controller actor state" every second, the group stays reserved, and the next trial
+    waits for its CPUs forever.
 
     The cleaner finds the state API through RAY_ADDRESS, else through the address `ray start`
     left in /tmp/ray, else by looking for Ray processes on the machine. Beside another Ray it
@@ -182,9 +183,9 @@ def init_ray(quiet: bool = False, state_api: bool = False) -> None:
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS
     try:
         own = f"{ray.util.get_node_ip_address()}:{gcs_port}"
-        ray.init(address="local", include_dashboard=state_api, dashboard_port=dashboard_port,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": own}}, log_to_driver=not quiet,
-                 logging_level="ERROR" if quiet else "INFO")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=state_api,
+                 dashboard_port=dashboard_port, runtime_env={"env_vars": {"RAY_ADDRESS": own}},
+                 log_to_driver=not quiet, logging_level="ERROR" if quiet else "INFO")
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
 
