@@ -55,72 +55,59 @@ def check_fault_recovery(run: Path, fault: str) -> list[dict]:
 
 
 @needs_data
-def test_ddpm_two_workers_survive_a_raised_fault(tmp_path):
-    """A smoke run on two workers with an exception injected at epoch 2 (one run checks both)."""
-    run_ok("train_ddpm", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "d", "--epochs", "3", "--inject-fault", "raise", "--fault-epoch", "2")
-    art = tmp_path / "d" / "artifacts"
-    state = load_checkpoint(art / "checkpoint.pt")
-    assert state["kind"] == "unet" and state["ema"] is not None and state["optimizer"]
-    assert state["model_config"]["num_classes"] == 10  # the model's own config, apart
-    assert_png(art / "samples.png")
-    summary = json.loads((art / "metrics.json").read_text())
-    assert [h["epoch"] for h in check_fault_recovery(tmp_path / "d", "raise")] == [0, 1, 2]
-    assert summary["config"]["num_workers"] == 2
-    assert json.loads((art / "config.json").read_text())["smoke_test"] is True
-    assert not (tmp_path / "registry").exists()  # a smoke run never changes what is served
-    assert list((tmp_path / "d" / "tensorboard").glob("events.out.tfevents.*"))
-    for ckpt in checkpoints(tmp_path / "d"):  # the config travels with every checkpoint
-        assert json.loads((ckpt.parent / "config.json").read_text())["name"] == "d"
-
-
-@needs_data
-def test_vae_two_workers_survive_a_killed_worker_and_register(tmp_path):
-    run_ok("train_vae", "--smoke-test", "--num-workers", "2", "--storage-path", str(tmp_path),
-           "--name", "v", "--beta", "0.5", "--register", "--epochs", "3", "--inject-fault", "kill",
-           "--fault-epoch", "2")
-    art = tmp_path / "v" / "artifacts"
-    check_fault_recovery(tmp_path / "v", "kill")
-    state = load_checkpoint(art / "checkpoint.pt")
-    clf = state["extra"]["classifiers"]
-    assert set(clf) == {"probe_head", "finetune", "optimizers"}
-    assert state["model_config"]["variational"] is True
-    for png in ("reconstructions.png", "traversal.png", "samples.png"):
-        assert_png(art / png)
-    final = json.loads((art / "metrics.json").read_text())["final"]
-    assert {"val_elbo", "val_kl", "val_recon", "probe_accuracy", "finetune_accuracy"} <= set(final)
-    assert len(final["val_kl_per_dim"]) == 4
-    best = read_best(tmp_path, "vae")
-    assert best["config"]["beta"] == 0.5 and best["registered_from"] == str(art / "checkpoint.pt")
-    assert best["value"] == final["val_loss"]
-
-
-@needs_data
-def test_killed_job_rerun_with_same_name_continues(tmp_path):
-    args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "k", "--epochs", "40",
-            "--train-subset", "1024"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train_ddpm.py"), *args],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def test_a_killed_job_resumes_on_two_workers_through_a_killed_worker_and_registers(tmp_path):
+    """A VAE run through three failures: its driver and local Ray are SIGKILLed mid-run; a rerun
+    of the same name with another config is refused (exit 2, one line); the rerun with
+    ``--resume`` continues from the last checkpoint on two workers, one of which is SIGKILLed at
+    an epoch, and the restarted worker group resumes from the checkpoint before it. The finished
+    run has every artifact and registers."""
+    args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "k", "--beta", "0.5"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train_vae.py"), *args,
+                             "--epochs", "40"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    run = tmp_path / "k"
     try:
         deadline = time.time() + 240
-        while len(checkpoints(tmp_path / "k")) < 2 and time.time() < deadline:
+        while len(checkpoints(run)) < 2 and time.time() < deadline:
             time.sleep(0.5)
-        assert checkpoints(tmp_path / "k"), "no checkpoint before the deadline"
+        assert checkpoints(run), "no checkpoint before the deadline"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
-    done = max(load_checkpoint(c)["epoch"] for c in checkpoints(tmp_path / "k"))
-    more = [*args[:-4], "--epochs", str(done + 3), "--train-subset", "1024"]
-    refused = job("train_ddpm", *more, timeout=120)  # a changed config is not resumed silently
-    assert refused.returncode == 2 and f"--epochs 40 -> {done + 3}" in refused.stderr
+    done = max(load_checkpoint(c)["epoch"] for c in checkpoints(run))
+    epochs, fault_epoch = done + 4, done + 2
+    more = [*args, "--epochs", str(epochs)]
+    refused = job("train_vae", *more, timeout=120)  # a changed config is not resumed silently
+    assert refused.returncode == 2 and f"--epochs 40 -> {epochs}" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    run_ok("train_ddpm", *more, "--resume")
-    history = json.loads((tmp_path / "k" / "artifacts" / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == list(range(done + 3))
-    # it resumes from the newest checkpoint Ray had recorded: the one on disk, or the one before
-    # when the kill came within Ray's 2 s report window (common.FAULT_DELAY_S explains)
-    assert 1 <= history[-1]["resumed_from_epoch"] <= done + 1
+    run_ok("train_vae", *more, "--resume", "--num-workers", "2", "--register",
+           "--inject-fault", "kill", "--fault-epoch", str(fault_epoch))
+
+    assert (run / "fault_injected").read_text().startswith("kill")
+    history = json.loads((run / "artifacts" / "metrics.json").read_text())["history"]
+    vae = [h for h in history if h["phase"] == "vae"]  # then the classifier heads' epochs
+    assert [h["epoch"] for h in vae] == list(range(epochs))  # nothing lost, nothing repeated
+    # the rerun resumes from the newest checkpoint Ray had recorded: the one on disk, or the one
+    # before when the kill came within Ray's 2 s report window (common.FAULT_DELAY_S explains)
+    assert done <= max(h["resumed_from_epoch"] for h in vae[:fault_epoch]) <= done + 1
+    assert vae[fault_epoch]["resumed_from_epoch"] == fault_epoch  # the restarted group
+    changed = json.loads((run / "changes.json").read_text())[0]["changed"]
+    assert changed["epochs"] == {"from": 40, "to": epochs}
+    for ckpt in checkpoints(run):
+        load_checkpoint(ckpt)
+    art = run / "artifacts"
+    state = load_checkpoint(art / "checkpoint.pt")
+    assert set(state["extra"]["classifiers"]) == {"probe_head", "finetune", "optimizers"}
+    assert state["model_config"]["variational"] is True
+    for png in ("reconstructions.png", "traversal.png", "samples.png"):
+        assert_png(art / png)
+    summary = json.loads((art / "metrics.json").read_text())
+    final = summary["final"]
+    assert {"val_elbo", "val_kl", "val_recon", "probe_accuracy", "finetune_accuracy"} <= set(final)
+    assert len(final["val_kl_per_dim"]) == 4 and summary["config"]["num_workers"] == 2
+    best = read_best(tmp_path, "vae")
+    assert best["config"]["beta"] == 0.5 and best["registered_from"] == str(art / "checkpoint.pt")
+    assert best["value"] == final["val_loss"]
 
 
 @pytest.mark.parametrize("name,args,message", [
@@ -151,7 +138,10 @@ def test_the_command_line_itself_exits_2_with_one_line(tmp_path):
 
 
 @needs_data
-def test_ray_job_submit_on_a_local_head(tmp_path):
+def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
+    """`ray job submit` on a local head (token auth, data folder through the runtime environment,
+    as on a cluster): a DDPM smoke run on two workers with an exception injected at epoch 2
+    restarts its worker group, resumes, and writes every artifact."""
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     # the venv first on PATH, as after `source .venv/bin/activate`: the job's `python` is its python
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -169,16 +159,29 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
         out = subprocess.run(  # blocks until the job ends, tailing its logs
             [ray, "job", "submit", *address, "--submission-id", job_id, "--working-dir", ".",
              "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": data_dir}}),
-             "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--storage-path",
-             str(tmp_path)],
+             "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--num-workers", "2",
+             "--storage-path", str(tmp_path), "--name", "d", "--epochs", "3",
+             "--inject-fault", "raise", "--fault-epoch", "2"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         status = subprocess.run([ray, "job", "status", *address, job_id], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert f"job '{job_id}' succeeded" in status.stdout.lower(), status.stdout  # SUCCEEDED
-        assert (tmp_path / "ddpm" / "artifacts" / "samples.png").is_file()
     finally:
         stop_ray_head(6390)
+    art = tmp_path / "d" / "artifacts"
+    state = load_checkpoint(art / "checkpoint.pt")
+    assert state["kind"] == "unet" and state["ema"] is not None and state["optimizer"]
+    assert state["model_config"]["num_classes"] == 10  # the model's own config, apart
+    assert_png(art / "samples.png")
+    summary = json.loads((art / "metrics.json").read_text())
+    assert [h["epoch"] for h in check_fault_recovery(tmp_path / "d", "raise")] == [0, 1, 2]
+    assert summary["config"]["num_workers"] == 2
+    assert json.loads((art / "config.json").read_text())["smoke_test"] is True
+    assert not (tmp_path / "registry").exists()  # a smoke run never changes what is served
+    assert list((tmp_path / "d" / "tensorboard").glob("events.out.tfevents.*"))
+    for ckpt in checkpoints(tmp_path / "d"):  # the config travels with every checkpoint
+        assert json.loads((ckpt.parent / "config.json").read_text())["name"] == "d"
 
 
 def test_cluster_yaml_passes_ray_validation():
