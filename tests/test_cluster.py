@@ -36,7 +36,7 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
         ray.init(address=cluster.address)
         out: dict = {}
         args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "lost", "--epochs", "8",
-                "--train-subset", "1024", "--cpus-per-worker", "2", "--max-failures", "2"]
+                "--train-subset", "512", "--cpus-per-worker", "2", "--max-failures", "2"]
         job = threading.Thread(target=lambda: out.update(summary=train_ddpm.main(args)))
         job.start()
         run = tmp_path / "lost"
