@@ -8,10 +8,27 @@ import os
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from hw4.atomic_files import write_bytes_atomic
 from hw4.errors import HW4Error
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
+    """Tile (N, C, H, W) images into one (3, H', W') image, ``nrow`` per row, ``padding`` black
+    pixels around each; grey images become RGB. The layout of ``torchvision.utils.make_grid``
+    (a test compares them), without importing torchvision (about 1.5 s per process)."""
+    if images.size(1) == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.size(0) == 1:
+        return images[0].clone()
+    n, c, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = images.new_zeros(c, rows * (h + padding) + padding, cols * (w + padding) + padding)
+    for i, image in enumerate(images):
+        top, left = (i // cols) * (h + padding) + padding, (i % cols) * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = image
+    return grid
 
 
 def grid_image(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:

@@ -18,7 +18,6 @@ from typing import Literal
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 
 from hw4 import data, evaluation, train, viz
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
@@ -202,7 +201,7 @@ def log_epoch(writer: SummaryWriter, metrics: dict, trained: TrainedDDPM, cfg: D
             writer.add_scalar(k, metrics[k], metrics["step"])
     if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
         grid = render_samples(trained, cfg, 20, cfg.seed, device)
-        writer.add_image("samples_ema", make_grid(grid, nrow=2 if trained.conditional else 4),
+        writer.add_image("samples_ema", viz.make_grid(grid, nrow=2 if trained.conditional else 4),
                          metrics["step"])
     writer.flush()
 

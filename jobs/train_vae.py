@@ -18,7 +18,6 @@ from typing import Literal
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 
 from hw4 import data, objectives, train, viz
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
@@ -109,8 +108,8 @@ class Classifiers:
 
 def tensorboard_images(writer: SummaryWriter, vae: Autoencoder, x: torch.Tensor, step: int) -> None:
     vae.eval()
-    writer.add_image("reconstructions", make_grid(viz.pairs(x, vae.reconstruct(x)).cpu()), step)
-    writer.add_image("traversal", make_grid(traversal(vae, x[:1]).cpu(), nrow=9), step)
+    writer.add_image("reconstructions", viz.make_grid(viz.pairs(x, vae.reconstruct(x)).cpu()), step)
+    writer.add_image("traversal", viz.make_grid(traversal(vae, x[:1]).cpu(), nrow=9), step)
 
 
 def traversal(vae: Autoencoder, x: torch.Tensor, rows: int = 8) -> torch.Tensor:

@@ -4,8 +4,9 @@ import sys
 import pytest
 import torch
 
-from hw4.data import load_dataset, make_loader
+from hw4.data import FOLDERS, data_root, load_dataset, load_tensors, make_loader, read_idx
 from hw4.errors import HW4Error
+from hw4.viz import make_grid
 
 from .conftest import ROOT, needs_data
 
@@ -21,6 +22,44 @@ def test_loads_full_train_split(name, mean):
     assert float(x.mean()) == pytest.approx(mean, abs=1e-3)
     assert sorted(y.unique().tolist()) == list(range(10))
     assert len(load_dataset(name, "test")) == 10_000
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_own_idx_reader_gives_torchvision_tensors(name):
+    from torchvision import datasets
+
+    images, labels = load_tensors(name, "test")
+    root, _ = data_root()
+    ref = getattr(datasets, FOLDERS[name])(root=str(root), train=False, download=False)
+    assert torch.equal(images, ref.data.unsqueeze(1).float() / 255) and torch.equal(labels, ref.targets)
+
+
+def test_a_file_that_is_not_idx_is_refused(tmp_path):
+    (tmp_path / "f").write_bytes(b"\x00\x00\x0d\x01" + bytes(8))  # float32, not unsigned bytes
+    with pytest.raises(HW4Error, match="not an IDX file of unsigned bytes"):
+        read_idx(tmp_path / "f")
+    (tmp_path / "g").write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + bytes(4))
+    with pytest.raises(HW4Error, match="4 bytes of data for shape"):
+        read_idx(tmp_path / "g")
+
+
+def test_importing_the_library_and_the_jobs_does_not_import_torchvision():
+    """torchvision costs every Ray worker and replica about 1.5 s of start-up (it imports
+    torch._dynamo); only a download imports it."""
+    code = ("import sys, jobs.train_ddpm, jobs.train_vae, jobs.evaluate, serve.app\n"
+            "assert 'torchvision' not in sys.modules\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("n, nrow", [(1, 8), (5, 2), (16, 4), (10, 10)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_make_grid_matches_torchvision(n, nrow, channels):
+    from torchvision.utils import make_grid as reference
+
+    images = torch.rand(n, channels, 7, 5)
+    torch.testing.assert_close(make_grid(images, nrow=nrow), reference(images, nrow=nrow), rtol=0, atol=0)
 
 
 @needs_data
