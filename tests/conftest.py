@@ -25,11 +25,6 @@ def _seed_and_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-# The modules that start Ray inside the pytest process (the lost-node cluster, the Serve app of
-# the HTTP and browser tests) run on one xdist worker, in file order: one process holds one Ray.
-IN_PROCESS_RAY = pytest.mark.xdist_group("in-process-ray")
-
-
 def have_data() -> bool:
     d = os.environ.get("HW4_DATA_DIR")
     return bool(d) and (Path(d) / "MNIST" / "raw").is_dir()

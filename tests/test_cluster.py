@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from .conftest import IN_PROCESS_RAY, needs_data
+from .conftest import needs_data
 
-pytestmark = [pytest.mark.ray, needs_data, IN_PROCESS_RAY]
+pytestmark = [pytest.mark.ray, needs_data]
 
 
 def busy_node(ray, cpus: int) -> str | None:

@@ -17,9 +17,9 @@ import pytest
 import requests
 from PIL import Image
 
-from .conftest import IN_PROCESS_RAY, SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data
+from .conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data
 
-pytestmark = [pytest.mark.ray, IN_PROCESS_RAY]
+pytestmark = [pytest.mark.ray]
 
 URL, TOKEN_ENV, TOKEN = SERVE_URL, SERVE_TOKEN_ENV, SERVE_TOKEN
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IN_PROCESS_RAY, SERVE_TOKEN, SERVE_URL, needs_data
+from .conftest import SERVE_TOKEN, SERVE_URL, needs_data
 
-pytestmark = [pytest.mark.ray, needs_data, IN_PROCESS_RAY]
+pytestmark = [pytest.mark.ray, needs_data]
 
 URL, TOKEN = SERVE_URL, SERVE_TOKEN
 CHROMIUM = os.environ.get("HW4_CHROMIUM", "/usr/bin/chromium")
