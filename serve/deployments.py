@@ -1,17 +1,12 @@
 """The Serve app's model deployments: each loads its checkpoint from ``user_config`` (reloading
-in place when it changes; a failed load keeps the previous model) and runs inference through
-``hw4``. ``DDPMModel`` batches concurrent sample requests; ``VAEModel`` serves the VAE, its latent
-classifiers and the adversarial evaluation."""
+in place when it changes; a failed load keeps the previous model: serve/replica.py) and runs
+inference through ``hw4``. ``DDPMModel`` batches concurrent sample requests; ``VAEModel`` serves
+the VAE, its latent classifiers and the adversarial evaluation."""
 
 import asyncio
 import base64
-import functools
-import json
-import os
-import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,21 +16,11 @@ from hw4 import adversarial, data, viz
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
-from hw4.registry import read_best, registry_path
-from hw4.trained import load_ddpm, load_vae, reconstruction, resolve_checkpoint, training_history
+from hw4.trained import load_ddpm, load_vae, reconstruction
+from serve.replica import Reloadable, TooCostly, Unavailable, evaluation_summary, guarded
 from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
-# what a damaged checkpoint or registry entry raises on load: reported, the old model kept
-LOAD_ERRORS = (HW4Error, OSError, KeyError, ValueError, TypeError, RuntimeError)
-
-
-class Unavailable(HW4Error):
-    """No model is loaded (nothing registered, or its checkpoint failed to load): HTTP 503."""
-
-
-class TooCostly(HW4Error):
-    """A request over its route's cost budget, refused before any work: HTTP 422."""
 
 
 def sample_cost(req: dict, timesteps: int) -> int:
@@ -43,106 +28,6 @@ def sample_cost(req: dict, timesteps: int) -> int:
     calls = timesteps if req["sampler"] == "ddpm" else req["steps"]
     guided = req.get("labels") is not None and req.get("guidance", 0) > 0
     return req["n"] * calls * (2 if guided else 1)
-
-
-class Reloadable:
-    """A model that (re)loads from its ``user_config``; a failed load keeps the previous model."""
-
-    family = ""  # the registry entry it serves: "ddpm" or "vae"
-
-    def _setup(self) -> None:
-        self.model: Any = None
-        self.path: Path | None = None
-        self.origin: Path | None = None  # the run artifact a registered copy was made from
-        self.history: list = []
-        self.load_error: str | None = None
-        self.loaded_at: float | None = None
-        self.storage = "results"
-
-    def load(self, path: Path) -> Any:
-        raise NotImplementedError
-
-    def reconfigure(self, config: dict) -> None:
-        """Load the configured checkpoint (or the registry's best). A replica that already
-        serves a model keeps it when the new one fails to load (a ``user_config`` change); a new
-        replica fails to start and ``serve status`` shows the error (after a code redeploy the
-        old replicas are gone by then). With nothing registered and no explicit checkpoint, the
-        replica starts empty and answers 503."""
-        storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
-        self.storage = storage
-        if not explicit and not registry_path(storage, self.family).is_file():
-            self.load_error = (f"no registered {self.family} checkpoint under {storage}; train one "
-                               "or set the checkpoint in the deployment's user_config")
-            return
-        try:
-            record = None if explicit else read_best(storage, self.family)
-            path = resolve_checkpoint(storage, self.family, explicit or record["checkpoint"])
-            origin = Path(record.get("registered_from") or path) if record else path
-            model = self.load(path)
-        except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
-            self.load_error = str(err)
-            if self.model is None:
-                raise
-            print(f"[hw4] {self.family}: keeping {self.path}; the new checkpoint failed: {err}",
-                  flush=True)
-            return
-        self.history = training_history(origin)  # the run's metrics.json sits beside the origin
-        self.model, self.path, self.origin = model, path, origin
-        self.load_error, self.loaded_at = None, time.time()
-
-    def require(self) -> Any:
-        if self.model is None:
-            raise Unavailable(f"no {self.family} model is loaded: {self.load_error}")
-        return self.model
-
-    async def loaded(self) -> bool:
-        return self.model is not None
-
-    def info(self) -> dict:
-        m = self.model
-        return {"loaded": m is not None, "checkpoint": str(self.path) if self.path else None,
-                "origin": str(self.origin) if self.origin else None,
-                "load_error": self.load_error, "loaded_at": self.loaded_at,
-                "metrics": m.metrics if m else None, "config": m.config if m else None,
-                "history": self.history, "pid": os.getpid()}
-
-
-def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:
-    """Robustness curves of the newest ``jobs/evaluate.py`` report on this VAE checkpoint (the
-    served file or the run artifact it was registered from)."""
-    served = {c.resolve() for c in checkpoints if c is not None}
-    if not served:
-        return None
-    def mtime(path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except OSError:  # deleted meanwhile
-            return 0.0
-
-    for path in sorted(Path(storage).glob("eval/*/report.json"), key=mtime, reverse=True):
-        try:
-            vae = json.loads(path.read_text()).get("vae") or {}
-            if vae.get("checkpoint") and Path(vae["checkpoint"]).resolve() in served:
-                # where it came from in words: the evaluation run's name and date, not a path
-                date = time.strftime("%Y-%m-%d", time.gmtime(mtime(path)))
-                return {"report": path.parent.name, "report_date": date,
-                        "robustness": vae["robustness"],
-                        "clean_accuracy": vae.get("clean_accuracy"),
-                        "most_robust": vae.get("most_robust")}
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
-            continue
-    return None
-
-
-def guarded(method):
-    """Return ``HW4Error``s as values: exceptions crossing a Ray handle carry tracebacks."""
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        try:
-            return await method(self, *args, **kwargs)
-        except HW4Error as err:
-            return err
-    return wrapper
 
 
 def b64decode(text: str) -> bytes:

@@ -19,8 +19,8 @@ from hw4 import viz
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGET_LABELS
 from serve import guard
-from serve.deployments import TooCostly, Unavailable
 from serve.guard import LOOPBACK_HOSTS, MAX_BODY_BYTES, TOKEN_ENV, Guard
+from serve.replica import TooCostly, Unavailable
 from serve.schemas import (
     MAX_ATTACK_COST,
     MAX_GUIDANCE,
