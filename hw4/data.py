@@ -83,7 +83,11 @@ def load_tensors(name: DatasetName, split: Split = "train") -> tuple[torch.Tenso
     if download and not all(f.is_file() for f in files):
         from torchvision import datasets  # downloads into the same raw layout
 
-        getattr(datasets, FOLDERS[name])(root=str(root), train=split == "train", download=True)
+        try:
+            getattr(datasets, FOLDERS[name])(root=str(root), train=split == "train", download=True)
+        except (RuntimeError, OSError) as err:  # offline, or a mirror that failed
+            raise HW4Error(f"could not download {name} into {root}: {err}; set {DATA_ENV} to a "
+                           f"folder holding {FOLDERS[name]}/raw") from err
     if not all(f.is_file() for f in files):
         raise HW4Error(
             f"{name} not found under {root} ({DATA_ENV}={os.environ.get(DATA_ENV, '<unset>')}); "

@@ -35,6 +35,19 @@ def test_own_idx_reader_gives_torchvision_tensors(name):
     assert torch.equal(images, ref.data.unsqueeze(1).float() / 255) and torch.equal(labels, ref.targets)
 
 
+def test_a_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.delenv("HW4_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # ./data, where a download would go
+    monkeypatch.setattr(datasets, "MNIST", offline)
+    with pytest.raises(HW4Error, match="could not download mnist into data: Error downloading"):
+        load_tensors("mnist", "test")
+
+
 def test_a_file_that_is_not_idx_is_refused(tmp_path):
     (tmp_path / "f").write_bytes(b"\x00\x00\x0d\x01" + bytes(8))  # float32, not unsigned bytes
     with pytest.raises(HW4Error, match="not an IDX file of unsigned bytes"):
