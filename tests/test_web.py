@@ -148,6 +148,14 @@ def test_an_attack_runs_and_shows_predictions(page, tmp_path):
     text = page.inner_text(".attack-grid")
     assert "clean:" in text and "attacked:" in text and "ε=0.1" in text
     assert page.locator(".attack-grid canvas").count() == 3  # the amplified perturbations
+    # "fooled" only where the clean answer was right: a wrong clean answer is said as such
+    label = page.locator(".attack-grid figcaption").first.inner_text().removeprefix("original: ")
+    for i in range(cards.count()):
+        card = cards.nth(i).inner_text()
+        clean = card.split("clean: ")[1].splitlines()[0].rsplit(" ", 1)[0]
+        verdicts = [v for v in ("(wrong before the attack too)", "(still right)", "(fooled)") if v in card]
+        assert verdicts == (["(wrong before the attack too)"] if clean != label else verdicts[:1]), card
+        assert len(verdicts) == 1, card
     shot(page, "#attack", "attack", tmp_path)
     assert page.errors == []
 

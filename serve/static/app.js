@@ -329,7 +329,9 @@ async function attack() {
     const advSrc = png(byEps(r.examples[name], eps));
     const card = document.createElement("div");
     const said = (p) => `${CLASSES[p.class[0]]} ${(100 * p.confidence[0]).toFixed(0)}%`;
-    const ok = adv.class[0] === label;
+    // fooled only if the attack changed a right answer; a wrong clean answer is said as such
+    const verdict = clean.class[0] !== label ? ["wrong", "(wrong before the attack too)"]
+      : adv.class[0] === label ? ["ok", "(still right)"] : ["wrong", "(fooled)"];
     card.append(Object.assign(document.createElement("h4"), {textContent: modelName(name)}));
     const pf = document.createElement("figure");
     pf.append(await perturbation(orig, advSrc, gain), Object.assign(
@@ -337,8 +339,8 @@ async function attack() {
     card.append(figure(advSrc, `adversarial (ε=${eps})`), pf);
     const p = document.createElement("p");
     p.append(`clean: ${said(clean)}`, document.createElement("br"), "attacked: ",
-             Object.assign(document.createElement("span"), {className: ok ? "ok" : "wrong",
-                           textContent: `${said(adv)} ${ok ? "(still right)" : "(fooled)"}`}));
+             Object.assign(document.createElement("span"), {className: verdict[0],
+                           textContent: `${said(adv)} ${verdict[1]}`}));
     card.append(p);
     cards.push(card);
   }
