@@ -57,15 +57,14 @@ def normalize(images: torch.Tensor, name: DatasetName, normalization: Normalizat
 def read_idx(path: Path) -> torch.Tensor:
     """An IDX file of unsigned bytes (MNIST's format): a big-endian header of magic ``0x08``
     (uint8) and the number of dimensions, one 4-byte size per dimension, then the data."""
-    raw = path.read_bytes()
+    raw = bytearray(path.read_bytes())  # writable, so torch shares it rather than copy it again
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise HW4Error(f"{path} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
+    ndim, start = raw[3], 4 + 4 * raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = raw[4 + 4 * ndim:]
-    if len(body) != math.prod(shape):
-        raise HW4Error(f"{path}: {len(body)} bytes of data for shape {shape}")
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+    if len(raw) - start != math.prod(shape):
+        raise HW4Error(f"{path}: {len(raw) - start} bytes of data for shape {shape}")
+    return torch.frombuffer(raw, dtype=torch.uint8, offset=start).reshape(shape)
 
 
 def raw_files(root: Path, name: DatasetName, split: Split) -> tuple[Path, Path]:

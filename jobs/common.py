@@ -180,14 +180,18 @@ def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None 
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return
     gcs_port, dashboard_port = free_ports(2)
+    users = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS
     try:
         own = f"{ray.util.get_node_ip_address()}:{gcs_port}"
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=state_api,
                  dashboard_port=dashboard_port, runtime_env={"env_vars": {"RAY_ADDRESS": own}},
                  log_to_driver=not quiet, logging_level="ERROR" if quiet else "INFO")
-    finally:
-        del os.environ["RAY_GCS_SERVER_PORT"]
+    finally:  # as it was
+        if users is None:
+            del os.environ["RAY_GCS_SERVER_PORT"]
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = users
 
 
 def free_ports(n: int) -> list[int]:
