@@ -19,7 +19,7 @@ from hw4.errors import HW4Error
 TOKEN_ENV = "HW4_SERVE_TOKEN"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-PUBLIC_PATHS = ("/", "/static/app.js", "/static/style.css")  # the page asks for the token itself
+PAGE_PREFIX = "/static/"  # the page (/ and its files) asks for the token itself
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
                                  b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
@@ -125,7 +125,7 @@ class Guard:
         prefix = scope.get("root_path") or ""
         if prefix and path.startswith(prefix):
             path = path[len(prefix):] or "/"
-        public = scope["method"] == "GET" and path in PUBLIC_PATHS
+        public = scope["method"] == "GET" and (path == "/" or path.startswith(PAGE_PREFIX))
         if cfg.token is not None and not public:
             given = headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {cfg.token}".encode()):

@@ -39,7 +39,9 @@ from serve.schemas import (
 
 HEALTH_TIMEOUT_S = 0.5
 STATIC = Path(__file__).resolve().parent / "static"  # the web page at /
-STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC_TYPES = {"style.css": "text/css"} | {  # the page's scripts, in the order index.html loads them
+    f"{name}.js": "text/javascript"
+    for name in ("common", "chart", "sampler", "latent", "attack", "models", "app")}
 
 
 def b64png(images: torch.Tensor, nrow: int = 8) -> str:

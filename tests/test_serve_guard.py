@@ -4,6 +4,7 @@ keep the previous model. Each of these failed (or did not exist) before the hard
 
 import asyncio
 import io
+import re
 import struct
 import time
 import zlib
@@ -74,6 +75,20 @@ def test_token_required_on_api_routes_not_on_the_page(guarded):
     assert call(headers={"authorization": "Bearer tok"})[0] == 200
     assert call("/")[0] == 200 and call("/static/app.js")[0] == 200
     assert call("/", method="POST")[0] == 401
+
+
+def test_the_page_loads_every_script_the_server_serves_and_none_is_over_300_lines():
+    """index.html's scripts are exactly the ones /static/ serves, in one order, and each exists
+    (a missing one would break the page without a server error); no file in serve/ passes 300
+    lines (#15)."""
+    from serve.routes import STATIC, STATIC_TYPES
+
+    loaded = re.findall(r'<script src="static/([^"]+)"', (STATIC / "index.html").read_text())
+    assert loaded == [name for name in STATIC_TYPES if name.endswith(".js")]
+    assert all((STATIC / name).is_file() for name in STATIC_TYPES)
+    long = {p.name: n for p in STATIC.parent.rglob("*.*") if p.suffix in (".py", ".js", ".html", ".css")
+            and (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
 
 
 def test_token_resolution_fails_closed(monkeypatch):

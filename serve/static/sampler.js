@@ -1,0 +1,69 @@
+// The DDPM sampler panel: DDPM or DDIM, digit and guidance, and the pinned classifier's verdicts.
+"use strict";
+
+// the served DDPM's number of diffusion steps T (DDPM sampling always takes all of them)
+function servedT() { return (info && info.ddpm.config && info.ddpm.config.timesteps) || 1000; }
+
+function servedConditional() { return Boolean(info && info.ddpm && info.ddpm.conditional); }
+
+async function sample(params, verdicts) {
+  const t0 = performance.now();
+  const r = await api("ddpm/sample", {...params, format: "json"});
+  let label = params.sampler === "ddpm" ? `DDPM-${servedT()}` : `DDIM-${params.steps}, η=${params.eta}`;
+  if (params.labels !== undefined) label += `, w=${params.guidance}`;
+  if (verdicts) showVerdicts(r);
+  return figure(png(r.grid_png_base64),
+                `${label}, seed ${params.seed}: ${r.seconds.toFixed(2)} s on the server, ` +
+                `${((performance.now() - t0) / 1000).toFixed(2)} s here`, `${r.shape[0]} samples, ${label}`);
+}
+
+// Each sample with what the pinned MNIST classifier sees in it; red when it is not the digit asked for.
+function showVerdicts(r) {
+  const cells = r.images_png_base64.map((b64, i) => {
+    const cls = r.verdict.class[i], conf = r.verdict.confidence[i];
+    const asked = r.labels ? r.labels[i] : null;
+    const f = figure(png(b64), `${cls} (${(100 * conf).toFixed(0)}%)`,
+                     `sample ${i + 1}: classified as ${cls}` + (asked === null ? "" : `, asked for ${asked}`), 2);
+    if (asked !== null && asked !== cls) f.classList.add("miss");
+    return f;
+  });
+  const hits = r.labels ? r.labels.filter((c, i) => c === r.verdict.class[i]).length : null;
+  const head = document.createElement("p");
+  head.textContent = "The pinned MNIST classifier's verdict on each sample" +
+    (hits === null ? "." : `: ${hits} of ${r.labels.length} are the digit asked for.`);
+  $("s-verdicts").replaceChildren(head, ...cells);
+}
+
+function samplerParams() {
+  const p = {sampler: $("s-sampler").value, steps: intIn("s-steps", 1, 1000, "Steps"),
+             eta: Number($("s-eta").value), seed: intIn("s-seed", 0, 2 ** 31 - 1, "Seed"),
+             n: intIn("s-n", 1, 64, "Images")};
+  const digit = $("s-digit").value;
+  if (digit === "any" || !servedConditional()) return p;
+  p.guidance = Number($("s-guidance").value);
+  if (digit === "rows") {  // n rounded down to whole rows of the ten digits
+    const per = Math.max(1, Math.floor(Math.min(p.n, 60) / 10));
+    p.n = 10 * per;
+    p.nrow = per;
+    p.labels = Array.from({length: p.n}, (_, i) => Math.floor(i / per));
+  } else {
+    p.labels = Number(digit);
+  }
+  return p;
+}
+
+$("s-eta").addEventListener("input", () => { $("s-eta-out").value = $("s-eta").value; });
+$("s-guidance").addEventListener("input", () => { $("s-guidance-out").value = $("s-guidance").value; });
+$("sample-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  run($("s-go"), "sampler-error", async () => {
+    $("s-out").replaceChildren(await sample(samplerParams(), true));
+  });
+});
+$("s-compare").addEventListener("click", () => run($("s-compare"), "sampler-error", async () => {
+  const p = samplerParams();
+  const T = servedT();
+  $("s-verdicts").replaceChildren();
+  $("s-out").replaceChildren(await sample({...p, sampler: "ddpm", steps: T, eta: 1}),
+                             await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0}));
+}));
