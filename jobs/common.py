@@ -150,6 +150,9 @@ def check(condition: bool, message: str) -> None:
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
 
 
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
 def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS (set by ``ray job submit`` too), else start a local Ray
     with ``num_cpus`` (default: all); ``quiet`` keeps the local Ray's worker and actor logs off
@@ -184,8 +187,11 @@ def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None 
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS
     try:
         own = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+        # no cloud provider drains a node of a local Ray: Ray Train's preemption watcher (one more
+        # process per run, polling the drain state) would have nothing to watch
+        env = {"RAY_ADDRESS": own, PREEMPTION_WATCHER_ENV: os.environ.get(PREEMPTION_WATCHER_ENV, "0")}
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=state_api,
-                 dashboard_port=dashboard_port, runtime_env={"env_vars": {"RAY_ADDRESS": own}},
+                 dashboard_port=dashboard_port, runtime_env={"env_vars": env},
                  log_to_driver=not quiet, logging_level="ERROR" if quiet else "INFO")
     finally:  # as it was
         if users is None:
@@ -392,15 +398,29 @@ def report(metrics: dict, save: Callable[[Path], None] | None, config: Any = Non
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-# Ray Train's controller collects reports every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): a worker
-# killed sooner after a report can take that report's checkpoint with it, and the run then resumes
-# from the one before. The injected fault waits past that window, like a crash mid-epoch.
-FAULT_DELAY_S = 5.0
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train has recorded for a run
+
+
+def latest_recorded_epoch(run: Path) -> int | None:
+    """The epoch of the newest checkpoint Ray Train has recorded for the run in ``run`` (the one
+    a restarted worker group or a ``--resume`` starts from), or None before the first."""
+    try:
+        latest = json.loads((run / RAY_SNAPSHOT).read_text())["latest_checkpoint_result"]
+        return int(latest["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, caught mid-write, none
+        return None
+
+
+# A report reaches Ray Train's controller at its next poll of the workers: a worker killed before
+# that can take the report's checkpoint with it, and the run resumes from the one before. The
+# injected fault waits (at most this long) until the previous epoch's checkpoint is recorded.
+FAULT_WAIT_S = 60.0
 
 
 def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: Path) -> None:
-    """Fail once (a marker file remembers it) on the last rank, ``FAULT_DELAY_S`` into
-    ``fault_epoch``: raise an exception, or SIGKILL the worker process."""
+    """Fail once (a marker file, in the run's folder, remembers it) on the last rank at the start
+    of ``fault_epoch``, once Ray has recorded the checkpoint before it: raise an exception, or
+    SIGKILL the worker process."""
     ctx = ray.train.get_context()
     if fault is None or epoch != fault_epoch or ctx.get_world_rank() != ctx.get_world_size() - 1:
         return
@@ -408,7 +428,12 @@ def maybe_inject_fault(fault: str | None, fault_epoch: int, epoch: int, marker: 
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{fault} at epoch {epoch}\n")
-    time.sleep(FAULT_DELAY_S)
+    deadline = time.monotonic() + FAULT_WAIT_S
+    while epoch > 0 and time.monotonic() < deadline:
+        latest = latest_recorded_epoch(marker.parent)
+        if latest is not None and latest >= epoch - 1:
+            break
+        time.sleep(0.05)
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected fault at epoch {epoch}")

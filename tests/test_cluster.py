@@ -29,6 +29,7 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
     from ray.cluster_utils import Cluster
 
     from jobs import train_ddpm
+    from jobs.common import latest_recorded_epoch
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})  # driver, controller
     nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]  # one training worker fits on each
@@ -41,11 +42,9 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
         job.start()
         run = tmp_path / "lost"
         deadline = time.time() + 240
-        while not list(run.glob("checkpoint_*/checkpoint.pt")) and time.time() < deadline:
-            time.sleep(0.2)
-        assert list(run.glob("checkpoint_*")), "no checkpoint before the deadline"
-        # past Ray Train's 2 s report window, so the checkpoint is recorded (common.FAULT_DELAY_S)
-        time.sleep(3.0)
+        while latest_recorded_epoch(run) is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert latest_recorded_epoch(run) is not None, "no checkpoint recorded before the deadline"
         victim = busy_node(ray, 2)
         assert victim is not None, "could not find the training worker's node"
         node = next(n for n in nodes if n.node_id == victim)
