@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint browser
-	$(PY) -m pytest -q --durations=15  # the slowest tests, to keep the suite's time in view
+	$(PY) -m pytest -q -n 2 --durations=15  # two workers; the slowest tests, to keep the suite's time in view
 
 # tests/test_web.py drives Debian's Chromium through Playwright (which downloads no browser):
 # installed here when missing, so `make test` passes on a fresh machine as it is

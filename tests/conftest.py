@@ -24,10 +24,39 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
+# `make test` runs two pytest workers (pytest-xdist): each module's tests stay together on one
+# worker (its module fixtures start once), the browser tests with tests/test_serve.py (they share
+# its Serve), and the longest modules go first, so the two workers finish together.
+LONGEST_FIRST = ["test_ray_tune", "test_serve", "test_web", "test_jobs", "test_cluster", "test_bench",
+                 "test_serve_deploy", "test_evaluation", "test_models"]  # from --durations
+SAME_WORKER = {"tests/test_web.py": "tests/test_serve.py"}
+IN_A_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order otherwise
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker, in the order above. (``--dist loadgroup`` would need marks that
+    pytest-xdist 3.8 can no longer put into pytest 9's node ids.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(module, module)
+
+    config.option.loadscopereorder = False  # keep the order above, not the most tests first
+    return ByModule(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # beside another pytest worker, two threads per process would wait on each other's cores
+    torch.set_num_threads(1 if IN_A_WORKER else min(2, os.cpu_count() or 1))
 
 
 def have_data() -> bool:
@@ -151,12 +180,16 @@ def add_job_outputs(storage: Path) -> None:
     (storage / "eval" / "web" / "report.json").write_text(json.dumps(report))
 
 
+_serve_stop: list = []  # how to stop the session's Serve, while it runs
+
+
 @pytest.fixture(scope="session")
 def serve_apps(tmp_path_factory):
     """Two apps on one Serve: ``/`` (no token) and ``/secured`` (token from an environment
     variable, short queues for the load test), over tiny checkpoints with job outputs beside
     them (``HW4_WEB_STORAGE=results`` serves the trained models instead, for screenshots).
-    Started once for tests/test_serve.py and tests/test_web.py; stopped at the session's end."""
+    Started once for tests/test_serve.py and tests/test_web.py (which run one after the other)
+    and stopped after the last test that uses it, not left running under the tests after it."""
     ray = pytest.importorskip("ray")
     from ray import serve
 
@@ -167,8 +200,15 @@ def serve_apps(tmp_path_factory):
     else:
         storage = make_storage(tmp_path_factory.mktemp("serve"))
         add_job_outputs(storage)
+
+    def stop():
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop(SERVE_TOKEN_ENV, None)
+
     os.environ[SERVE_TOKEN_ENV] = SERVE_TOKEN  # before ray.init: the replicas inherit it
     ray.init(address="local", num_cpus=8, include_dashboard=False)
+    _serve_stop.append(stop)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
         args = {"storage_path": str(storage)}
@@ -177,6 +217,11 @@ def serve_apps(tmp_path_factory):
                   name="secured", route_prefix="/secured")
         yield {"storage": storage, "args": args, "serve": serve, "build": build_app}
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        os.environ.pop(SERVE_TOKEN_ENV, None)
+        if _serve_stop:
+            _serve_stop.pop()()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the session's Serve after the last test that uses it (they run one after another)."""
+    if _serve_stop and item is [i for i in item.session.items if "serve_apps" in i.fixturenames][-1]:
+        _serve_stop.pop()()
