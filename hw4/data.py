@@ -42,6 +42,15 @@ def data_root() -> tuple[Path, bool]:
     return Path("data"), True
 
 
+def pin_data_dir() -> None:
+    """Make a relative ``HW4_DATA_DIR`` absolute in this process's environment, from the folder
+    it was given in, so that processes started elsewhere (Ray Train runs each worker in its run's
+    folder) inherit a path that still points at the data."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        os.environ[DATA_ENV] = str(Path(env).expanduser().resolve())
+
+
 def normalize(images: torch.Tensor, name: DatasetName, normalization: Normalization) -> torch.Tensor:
     """Map ``[0, 1]`` images to the chosen range."""
     if normalization == "unit":

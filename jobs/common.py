@@ -173,6 +173,7 @@ def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None 
     A submitted job already runs in the job's runtime environment (``--runtime-env-json``), which
     its workers inherit: passing one here too would conflict with it, so only a driver started by
     hand forwards HW4_DATA_DIR to the workers."""
+    data.pin_data_dir()  # the workers run in other folders
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")

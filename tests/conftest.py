@@ -1,12 +1,16 @@
 import dataclasses
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from hw4 import data
 from hw4.checkpoint import save_checkpoint
 from hw4.models.autoencoder import (
     Autoencoder,
@@ -22,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # finish waits up to 2 s to be seen; the tests' jobs, sweeps and heads (which inherit this
 # environment) poll every 0.5 s. A smoke run took about 4 s less (BENCHMARKS.md, "Test suite").
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# README's `HW4_DATA_DIR=../shared/data make test`: absolute for every process the tests start
+data.pin_data_dir()
 
 
 # `make test` runs two pytest workers (pytest-xdist): each module's tests stay together on one
@@ -119,6 +125,19 @@ def make_storage(root: Path) -> Path:
         record_best(root, family, checkpoint=path, metric="val_loss", value=1.0, mode="min",
                     config={}, source=str(root / family))
     return root
+
+
+def start_ray_head(gcs_port: int, dashboard_port: int, num_cpus: int, env: dict) -> None:
+    """`ray start --head` on this machine, its dashboard on loopback. The job agent listens on a
+    free port: at Ray's default (52365), beside another local Ray (the other pytest worker's), it
+    could not, and `ray job submit` was answered "No available agent to submit job"."""
+    from jobs.common import free_ports
+
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    subprocess.run([ray, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                    f"--dashboard-agent-listen-port={free_ports(1)[0]}", "--include-dashboard=true"],
+                   check=True, env=env, capture_output=True, timeout=120)
 
 
 def stop_ray_head(gcs_port: int) -> None:

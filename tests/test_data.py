@@ -1,10 +1,19 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from hw4.data import FOLDERS, data_root, load_dataset, load_tensors, make_loader, read_idx
+from hw4.data import (
+    FOLDERS,
+    data_root,
+    load_dataset,
+    load_tensors,
+    make_loader,
+    pin_data_dir,
+    read_idx,
+)
 from hw4.errors import HW4Error
 from hw4.viz import make_grid
 
@@ -93,6 +102,20 @@ def test_missing_data_names_the_variable(tmp_path, monkeypatch):
         load_dataset("mnist")
     with pytest.raises(HW4Error, match="unknown dataset"):
         load_dataset("cifar10")
+
+
+def test_a_relative_data_dir_is_pinned_to_where_it_was_given(tmp_path, monkeypatch):
+    """README's `HW4_DATA_DIR=../shared/data make test`: Ray Train starts each worker in its run's
+    folder, where the relative path pointed nowhere (every training test failed)."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path / "data")
+    monkeypatch.setenv("HW4_DATA_DIR", "../data")
+    pin_data_dir()
+    monkeypatch.chdir(ROOT)
+    assert data_root() == (tmp_path.resolve() / "data", False)
+    monkeypatch.delenv("HW4_DATA_DIR")
+    pin_data_dir()  # unset stays unset: ./data and a download
+    assert data_root() == (Path("data"), True)
 
 
 def test_import_hw4_loads_no_ray():

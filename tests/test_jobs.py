@@ -16,9 +16,9 @@ from PIL import Image
 
 from hw4.checkpoint import load_checkpoint
 from hw4.registry import read_best
-from jobs.common import free_ports, latest_recorded_epoch
+from jobs.common import latest_recorded_epoch
 
-from .conftest import ROOT, cli_in_process, needs_data, stop_ray_head
+from .conftest import ROOT, cli_in_process, needs_data, start_ray_head, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
@@ -154,28 +154,18 @@ def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
     data_dir = os.environ["HW4_DATA_DIR"]
     env = {**{k: v for k, v in os.environ.items() if k != "HW4_DATA_DIR"}, "RAY_AUTH_MODE": "token",
            "PATH": path}
-    port, agent_port = (str(p) for p in free_ports(2))
-    # the job agent's own port too: at Ray's default (52365) beside another local Ray, the agent
-    # could not listen and every submission was "No available agent to submit job"
-    start = [ray, "start", "--head", "--num-cpus=2", "--port=6390", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={port}", f"--dashboard-agent-listen-port={agent_port}",
-             "--include-dashboard=true"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    port = 8275
+    start_ray_head(6390, port, num_cpus=2, env=env)
     try:
         address = ["--address", f"http://127.0.0.1:{port}"]
         job_id = f"hw4-test-{os.getpid()}"
-        submit = [ray, "job", "submit", *address, "--submission-id", job_id, "--working-dir", ".",
-                  "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": data_dir}}),
-                  "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--num-workers", "2",
-                  "--storage-path", str(tmp_path), "--name", "d", "--epochs", "3",
-                  "--inject-fault", "raise", "--fault-epoch", "2"]
-        deadline = time.time() + 60
-        while True:  # blocks until the job ends, tailing its logs
-            out = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-            # `ray start` returns before the head's job agent has registered: Ray asks to try again
-            if "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
-                break
-            time.sleep(1)
+        out = subprocess.run(  # blocks until the job ends, tailing its logs
+            [ray, "job", "submit", *address, "--submission-id", job_id, "--working-dir", ".",
+             "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": data_dir}}),
+             "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--num-workers", "2",
+             "--storage-path", str(tmp_path), "--name", "d", "--epochs", "3",
+             "--inject-fault", "raise", "--fault-epoch", "2"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         status = subprocess.run([ray, "job", "status", *address, job_id], env=env,
                                 capture_output=True, text=True, timeout=60)

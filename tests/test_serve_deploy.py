@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from .conftest import ROOT, make_storage, stop_ray_head
+from .conftest import ROOT, make_storage, start_ray_head, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
@@ -68,11 +68,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
 
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
-    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
-    subprocess.run([ray, "start", "--head", "--num-cpus=4", f"--port={GCS_PORT}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
-                    "--include-dashboard=true"], check=True, env=env, capture_output=True,
-                   timeout=120)
+    start_ray_head(GCS_PORT, DASHBOARD_PORT, num_cpus=4, env=env)
     try:
         deploy(config, tmp_path / "serve.yaml", env)
         first = wait_for(lambda: ddpm_info()["loaded"] and ddpm_info())
