@@ -54,6 +54,13 @@ def pytest_xdist_make_scheduler(config, log):
             module = nodeid.split("::", 1)[0]
             return SAME_WORKER.get(module, module)
 
+        def _reschedule(self, node) -> None:
+            # the next module only once a worker is on its last test (pytest-xdist asks at two): a
+            # long module given early to a busy worker left the other idle at the end
+            if self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
+
     config.option.loadscopereorder = False  # keep the order above, not the most tests first
     return ByModule(config, log)
 

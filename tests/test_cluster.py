@@ -31,7 +31,10 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
     from jobs import train_ddpm
     from jobs.common import latest_recorded_epoch
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})  # driver, controller
+    # the head holds the driver and the controller; its GCS checks each node every 0.5 s and
+    # takes three misses for a death (Ray's default: 3 s and five, about 11 s to notice the loss)
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": health})
     nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]  # one training worker fits on each
     try:
         ray.init(address=cluster.address)

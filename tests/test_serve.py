@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import pytest
 import requests
@@ -135,7 +135,7 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
 
 def test_overload_gets_quick_503s_while_health_answers(app):
     """More requests than a replica takes (64 ongoing + 4 queued): the overflow is refused at
-    once, every accepted request is answered, and /healthz answers quickly throughout."""
+    once, every accepted request is answered, and /healthz answers within a second throughout."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
     def one(seed):
@@ -146,6 +146,9 @@ def test_overload_gets_quick_503s_while_health_answers(app):
 
     with ThreadPoolExecutor(120) as pool:
         futures = [pool.submit(one, s) for s in range(120)]
+        # probed from the first answer on (the overflow's refusals come at once): a probe sent
+        # with the burst waited up to 1.6 s behind this process's own 120 threads starting
+        wait(futures, return_when=FIRST_COMPLETED)
         health = []
         for _ in range(6):
             t0 = time.perf_counter()
@@ -158,9 +161,7 @@ def test_overload_gets_quick_503s_while_health_answers(app):
     assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 16, codes
     assert all(head == b"\x89PNG" for c, _, head in results if c == 200)
     assert max(t for c, t, _ in results if c == 503) < 5.0  # refused quickly, not after a wait
-    # HEALTH_TIMEOUT_S (0.5 s) for a busy replica, plus the proxy's time in the burst of 120:
-    # 0.02-1.06 s with the other pytest worker busy on the same 2 cores
-    assert all(code == 200 and dt < 1.5 for code, dt in health), health
+    assert all(code == 200 and dt < 1.0 for code, dt in health), health
 
 
 @pytest.mark.parametrize("path, body, status", [
