@@ -174,6 +174,7 @@ def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None 
     its workers inherit: passing one here too would conflict with it, so only a driver started by
     hand forwards HW4_DATA_DIR to the workers."""
     data.pin_data_dir()  # the workers run in other folders
+    torch_thread_cap()  # a bad value is refused here, not in every worker
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -224,11 +225,27 @@ def default_cpus_per_worker(num_workers: int) -> int:
     return max(1, int(min(max(per_node, default=1), total // num_workers)))
 
 
+THREADS_ENV = "HW4_TORCH_THREADS"
+
+
+def torch_thread_cap() -> int | None:
+    """``HW4_TORCH_THREADS``, the most torch threads a worker may use, if set."""
+    cap = os.environ.get(THREADS_ENV)
+    if cap is None:
+        return None
+    if not cap.strip().isdigit() or int(cap) < 1:
+        raise HW4Error(f"{THREADS_ENV} must be a whole number >= 1, not {cap!r}")
+    return int(cap)
+
+
 def set_worker_threads(cpus: float | None) -> None:
     """Torch intra-op threads = the CPUs Ray reserved for this worker (a fraction of a CPU, as
-    concurrent sweep trials get, is one thread)."""
+    concurrent sweep trials get, is one thread), at most ``HW4_TORCH_THREADS``. On cores shared
+    with other work, the threads of one op wait on whichever of them is descheduled: the test
+    suite (two pytest workers on 2 cores) runs its workers on one thread each."""
     if cpus:
-        torch.set_num_threads(max(1, round(cpus)))
+        threads, cap = max(1, round(cpus)), torch_thread_cap()
+        torch.set_num_threads(threads if cap is None else min(threads, cap))
 
 
 def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> Any:

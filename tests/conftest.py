@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # finish waits up to 2 s to be seen; the tests' jobs, sweeps and heads (which inherit this
 # environment) poll every 0.5 s. A smoke run took about 4 s less (BENCHMARKS.md, "Test suite").
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# one torch thread per training worker the tests start (jobs.common.set_worker_threads): with two
+# pytest workers on 2 cores, a 2-thread worker's ops waited on a descheduled sibling thread
+os.environ.setdefault("HW4_TORCH_THREADS", "1")
 # README's `HW4_DATA_DIR=../shared/data make test`: absolute for every process the tests start
 data.pin_data_dir()
 

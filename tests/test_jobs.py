@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -205,3 +206,28 @@ def test_cluster_yaml_passes_ray_validation():
     with pytest.raises(Exception):  # noqa: B017 - Ray raises jsonschema's ValidationError
         validate_config(prepare_config(bad))
 
+
+
+@pytest.mark.parametrize("reserved, cap, threads", [(2, None, 2), (2, "1", 1), (0.9, None, 1), (1, "4", 1)])
+def test_worker_threads_are_the_reserved_cpus_at_most_the_cap(reserved, cap, threads, monkeypatch):
+    from jobs.common import THREADS_ENV, set_worker_threads
+
+    before = torch.get_num_threads()
+    if cap is None:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(THREADS_ENV, cap)
+    try:
+        set_worker_threads(reserved)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_bad_thread_cap_is_refused_by_the_driver(monkeypatch, capsys):
+    from jobs.common import THREADS_ENV, init_ray, run_cli
+
+    monkeypatch.setenv(THREADS_ENV, "two")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(init_ray)  # refused before any Ray starts
+    assert exc.value.code == 2 and "HW4_TORCH_THREADS must be a whole number" in capsys.readouterr().err
