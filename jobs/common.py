@@ -341,6 +341,9 @@ OPERATIONAL = {"name", "storage_path", "num_workers", "cpus_per_worker", "gpu", 
                "resume", "overwrite", "compile", "precision"}
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train has recorded for a run
+
+
 def saved_config(run: Path) -> dict | None:
     """The config of the run's newest checkpoint (what a rerun would resume), if any."""
     saved = sorted(run.glob("checkpoint_*/config.json"), key=lambda p: p.stat().st_mtime)
@@ -360,6 +363,15 @@ def check_rerun(cfg: Any) -> None:
     if cfg.overwrite and run.exists():
         shutil.rmtree(run)
         return
+    snapshot = run / RAY_SNAPSHOT
+    try:
+        if snapshot.is_file():
+            json.loads(snapshot.read_text())
+    except (OSError, ValueError):  # Ray writes it in place: a kill mid-write leaves it cut short
+        raise HW4Error(f"run {cfg.name!r}: Ray's record of its checkpoints ({snapshot}) is "
+                       "unreadable, as when a driver is killed while Ray writes it; the checkpoints "
+                       f"are still in {run}: rerun with --overwrite to start afresh, or choose a "
+                       "new --name") from None
     old = saved_config(run)
     if old is None:
         return
@@ -414,9 +426,6 @@ def report(metrics: dict, save: Callable[[Path], None] | None, config: Any = Non
         if config is not None:
             write_json_atomic(Path(d) / "config.json", dataclasses.asdict(config))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train has recorded for a run
 
 
 def latest_recorded_epoch(run: Path) -> int | None:

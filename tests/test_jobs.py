@@ -231,3 +231,17 @@ def test_a_bad_thread_cap_is_refused_by_the_driver(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(init_ray)  # refused before any Ray starts
     assert exc.value.code == 2 and "HW4_TORCH_THREADS must be a whole number" in capsys.readouterr().err
+
+
+def test_a_cut_short_ray_snapshot_is_a_clear_error_before_ray_starts(tmp_path, capsys):
+    """Ray Train rewrites a run's checkpoint_manager_snapshot.json in place: a driver killed
+    mid-write left it empty, and the rerun died in Ray with a CheckpointManagerInitializationError
+    traceback (seen by hand: train_vae.py, snapshot emptied, rerun with --resume)."""
+    from jobs import train_vae
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "checkpoint_manager_snapshot.json").write_text("")
+    code, err = cli_in_process(train_vae.main, ["--smoke-test", "--storage-path", str(tmp_path),
+                                                "--name", "k", "--resume"], capsys)
+    assert code == 2 and "is unreadable" in err and "--overwrite" in err, err
+    assert len(err.strip().splitlines()) == 1
