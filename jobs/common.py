@@ -432,9 +432,9 @@ def latest_recorded_epoch(run: Path) -> int | None:
     """The epoch of the newest checkpoint Ray Train has recorded for the run in ``run`` (the one
     a restarted worker group or a ``--resume`` starts from), or None before the first."""
     try:
-        latest = json.loads((run / RAY_SNAPSHOT).read_text())["latest_checkpoint_result"]
-        return int(latest["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):  # not written yet, caught mid-write, none
+        kept = json.loads((run / RAY_SNAPSHOT).read_text())["checkpoint_results"]
+        return max((int(r["metrics"]["epoch"]) for r in kept), default=None)
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or caught mid-write
         return None
 
 

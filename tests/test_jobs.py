@@ -1,5 +1,6 @@
 """The Ray Train jobs, run for real as subprocesses on a local Ray (each starts and stops its own)."""
 
+import contextlib
 import importlib
 import json
 import os
@@ -44,6 +45,25 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted(run.glob("checkpoint_*/checkpoint.pt"))
 
 
+def process_tree(root: int) -> list[int]:
+    """``root``'s descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            tree.append(child)
+            todo.append(child)
+    return tree
+
+
 def check_fault_recovery(run: Path, fault: str) -> list[dict]:
     """The injected fault happened, the restarted worker group resumed from the checkpoint
     before it, and every kept checkpoint is whole."""
@@ -77,9 +97,16 @@ def test_a_killed_job_resumes_on_two_workers_through_a_killed_worker_and_registe
             assert proc.poll() is None, "the run ended before it was killed"
             time.sleep(0.1)
         assert latest_recorded_epoch(run) is not None, "no checkpoint recorded before the deadline"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    finally:  # the driver and every process of the local Ray it started
+        tree = process_tree(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:  # Ray's workers have groups of their own and outlived the killpg
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
+        deadline = time.time() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.time() < deadline:
+            time.sleep(0.1)
     done = max(load_checkpoint(c)["epoch"] for c in checkpoints(run))
     epochs, fault_epoch = done + 4, done + 2
     more = [*args, "--epochs", str(epochs)]
