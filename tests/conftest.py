@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,14 +138,28 @@ def make_storage(root: Path) -> Path:
     return root
 
 
+# the temp folder of each head started here, by GCS port: removed when the head is stopped
+_HEAD_TEMP_DIRS: dict[int, str] = {}
+
+
 def start_ray_head(gcs_port: int, dashboard_port: int, num_cpus: int, env: dict) -> None:
-    """`ray start --head` on this machine, its dashboard on loopback. The job agent listens on a
-    free port: at Ray's default (52365), beside another local Ray (the other pytest worker's), it
-    could not, and `ray job submit` was answered "No available agent to submit job"."""
+    """`ray start --head` on this machine, its dashboard on loopback, in a temp folder of its own.
+
+    The job agent listens on a free port: at Ray's default (52365), beside another local Ray (the
+    other pytest worker's), it could not, and `ray job submit` was answered "No available agent
+    to submit job". The own temp folder (short: Ray's socket paths must fit 107 bytes) keeps the
+    head's address out of /tmp/ray/ray_current_cluster, where a user's next `serve run` would
+    find it, and it is where Ray's job supervisor looks for its own cluster: it resolves
+    RAY_ADDRESS=auto for a submitted job's driver from that file, else from any GCS process on
+    the machine. With a second `ray start` head (test_serve_deploy's, on the other worker)
+    writing that file, one submitted driver joined another local Ray, whose Train controller was
+    cancelled before it ran (the one two-worker CI failure, Session 8 in BENCHMARKS.md)."""
     from jobs.common import free_ports
 
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    temp_dir = _HEAD_TEMP_DIRS[gcs_port] = tempfile.mkdtemp(prefix="hw4-ray-", dir="/tmp")
     subprocess.run([ray, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}",
+                    f"--temp-dir={temp_dir}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                     f"--dashboard-agent-listen-port={free_ports(1)[0]}", "--include-dashboard=true"],
                    check=True, env=env, capture_output=True, timeout=120)
@@ -176,13 +191,9 @@ def stop_ray_head(gcs_port: int) -> None:
         deadline = time.time() + wait
         while mine() and time.time() < deadline:
             time.sleep(0.5)
-    # `ray start` records its address for later CLI calls; leave none behind for a user's `serve run`
-    current = Path("/tmp/ray/ray_current_cluster")
-    try:
-        if current.is_file() and current.read_text().strip().endswith(f":{gcs_port}"):
-            current.unlink()
-    except OSError:
-        pass
+    temp_dir = _HEAD_TEMP_DIRS.pop(gcs_port, None)
+    if temp_dir:  # its logs, sockets and address file
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # --- one local Ray and Serve for every test module that talks to the app over HTTP ------------

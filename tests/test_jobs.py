@@ -4,6 +4,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -183,8 +184,11 @@ def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "HW4_DATA_DIR"}, "RAY_AUTH_MODE": "token",
            "PATH": path}
     port = 8275
+    current = Path("/tmp/ray/ray_current_cluster")  # where `serve run` looks for a cluster
+    before = current.read_text() if current.exists() else None
     start_ray_head(6390, port, num_cpus=2, env=env)
     try:
+        assert (current.read_text() if current.exists() else None) == before  # no trace left
         address = ["--address", f"http://127.0.0.1:{port}"]
         job_id = f"hw4-test-{os.getpid()}"
         out = subprocess.run(  # blocks until the job ends, tailing its logs
@@ -195,6 +199,8 @@ def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
              "--inject-fault", "raise", "--fault-epoch", "2"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        # the driver joined this head, not the other local Ray the other pytest worker may run
+        assert re.search(r"Connecting to existing Ray cluster at address: [\d.]+:6390\b", out.stdout)
         status = subprocess.run([ray, "job", "status", *address, job_id], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert f"job '{job_id}' succeeded" in status.stdout.lower(), status.stdout  # SUCCEEDED
