@@ -153,11 +153,20 @@ def start_ray_head(gcs_port: int, dashboard_port: int, num_cpus: int, env: dict)
     RAY_ADDRESS=auto for a submitted job's driver from that file, else from any GCS process on
     the machine. With a second `ray start` head (test_serve_deploy's, on the other worker)
     writing that file, one submitted driver joined another local Ray, whose Train controller was
-    cancelled before it ran (the one two-worker CI failure, Session 8 in BENCHMARKS.md)."""
+    cancelled before it ran (the one two-worker CI failure, Session 8 in BENCHMARKS.md).
+    Its processes, the workers included, get RAY_ADDRESS pointing back at it, as a local Ray's
+    do (``jobs.common.init_ray``): Ray Train's placement-group cleaner asks the state API of the
+    cluster it finds that way whether its controller lives. Without it, with a user's cluster
+    recorded in /tmp/ray, the cleaner asked that cluster and logged "Failed to query Ray Train
+    Controller actor state" every second; had that cluster a dashboard, it would have taken the
+    controller for dead and removed the run's placement group."""
+    import ray as ray_lib
+
     from jobs.common import free_ports
 
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     temp_dir = _HEAD_TEMP_DIRS[gcs_port] = tempfile.mkdtemp(prefix="hw4-ray-", dir="/tmp")
+    env = {**env, "RAY_ADDRESS": f"{ray_lib.util.get_node_ip_address()}:{gcs_port}"}
     subprocess.run([ray, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}",
                     f"--temp-dir={temp_dir}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
