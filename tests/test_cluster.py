@@ -37,7 +37,9 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": health})
     nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]  # one training worker fits on each
     try:
-        ray.init(address=cluster.address)
+        # its workers look for this cluster's state API through RAY_ADDRESS (Ray Train's cleaner
+        # does), not among the other local Rays of the machine (tests/conftest.start_ray_head)
+        ray.init(address=cluster.address, runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
         out: dict = {}
         args = ["--smoke-test", "--storage-path", str(tmp_path), "--name", "lost", "--epochs", "8",
                 "--train-subset", "512", "--cpus-per-worker", "2", "--max-failures", "2"]
