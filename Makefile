@@ -3,8 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# pytest workers for `make test`: WORKERS=2 takes about 9 min on 2 cores instead of 12.5 (README)
-WORKERS ?= 1
+# pytest workers for `make test`: two take about 9 min on 2 cores, WORKERS=1 about 12.5 (README)
+WORKERS ?= 2
 
 .PHONY: demo test lint install clean bench browser
 
