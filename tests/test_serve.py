@@ -13,6 +13,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -89,17 +90,28 @@ def test_concurrent_requests_are_batched(app):
     assert max(sizes) > 1, sizes
 
 
+def same_image_up_to_rounding(a: bytes, b: bytes) -> bool:
+    """Two PNGs of the same grid, at most one gray level apart in at most 1% of the pixels: a
+    batch's convolutions may sum in another order than one request's (about 1e-5 apart before
+    rounding), and a value near a gray level's edge can round either way (once in the suite's
+    runs; BENCHMARKS.md, "Test suite", Session 8)."""
+    x, y = (np.asarray(png(c).convert("L"), dtype=np.int16) for c in (a, b))
+    diff = np.abs(x - y)
+    return x.shape == y.shape and diff.max() <= 1 and (diff > 0).mean() <= 0.01
+
+
 def test_labels_and_guidance_are_batched_per_request(app):
     """Concurrent requests with different labels, guidance and seeds share model calls, and each
-    gets exactly the image it gets when sent alone."""
+    gets the image it gets when sent alone (up to rounding)."""
     bodies = [{"n": 2, "steps": 4, "seed": s, "labels": lab, "guidance": w}
               for s, (lab, w) in enumerate([(3, 1.0), ([0, 9], 1.0), (None, 1.0), (7, 2.0),
                                              ([1, 1], 0.0), (5, 1.0)])]
     alone = [post("/ddpm/sample", b).content for b in bodies]
     with ThreadPoolExecutor(len(bodies)) as pool:
         together = list(pool.map(lambda b: post("/ddpm/sample", b).content, bodies * 2))
-    assert together == alone * 2
-    assert post("/ddpm/sample", {**bodies[0], "labels": 4}).content != alone[0]
+    assert all(same_image_up_to_rounding(t, a) for t, a in zip(together, alone * 2, strict=True))
+    assert not same_image_up_to_rounding(alone[0], alone[5])  # the check tells images apart
+    assert not same_image_up_to_rounding(post("/ddpm/sample", {**bodies[0], "labels": 4}).content, alone[0])
     info = requests.get(URL + "/info", timeout=30).json()["ddpm"]
     assert info["conditional"] and info["num_classes"] == 10 and max(info["recent_batch_sizes"]) > 1
     j = post("/ddpm/sample", {"n": 3, "steps": 4, "labels": [2, 4, 6], "format": "json"}).json()
@@ -126,8 +138,7 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
     batched = asyncio.run(replica._run(reqs))
     assert list(replica.batch_sizes)[-1] == 3  # one model call for the three
     for req, got in zip(reqs, batched, strict=True):
-        # equal up to float rounding (a batch's convolutions may sum in another order); the
-        # HTTP test above shows the PNGs are byte-identical
+        # equal up to float rounding (a batch's convolutions may sum in another order)
         torch.testing.assert_close(got, asyncio.run(replica._run([req]))[0], rtol=0, atol=1e-4)
     ddpm = {"n": 1, "sampler": "ddpm", "seed": 0, "labels": None, "guidance": 1.0}
     assert batch_key({**ddpm, "steps": 5, "eta": 0.0}) == batch_key({**ddpm, "steps": 50, "eta": 1.0})
