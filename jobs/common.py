@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -264,7 +265,14 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
         mode: Literal["min", "max"], callbacks: list | None = None) -> ray.train.Result:
     """Build and run the TorchTrainer every job uses: keep the best ``keep_checkpoints`` by
     ``metric``, restart from the latest checkpoint up to ``max_failures`` times. ``callbacks``:
-    e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run."""
+    e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run. The run's folder is
+    this driver's alone while it runs (``sole_writer``)."""
+    with sole_writer(run_dir(cfg.storage_path, cfg.name)):
+        return _fit(train_func, cfg, metric=metric, mode=mode, callbacks=callbacks)
+
+
+def _fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
+         mode: Literal["min", "max"], callbacks: list | None) -> ray.train.Result:
     check_rerun(cfg)
     init_ray(quiet=cfg.quiet)
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
@@ -344,6 +352,64 @@ OPERATIONAL = {"name", "storage_path", "num_workers", "cpus_per_worker", "gpu", 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train has recorded for a run
 
 
+# --- one writer per run folder -----------------------------------------------------------------
+
+DRIVER_LOCK, WORKERS_LOCK = ".driver.lock", ".workers.lock"
+IN_USE_WAIT_S = 20.0  # how long a driver waits for another writer of its run to go
+
+
+def _flock(path: Path, mode: int, wait_s: float) -> typing.TextIO | None:
+    """``path`` opened and flock-ed (``mode``: LOCK_EX or LOCK_SH), retried for ``wait_s``;
+    None if it stayed taken. The lock lasts while the file is open, and dies with the process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")  # noqa: SIM115 - the open file is the lock
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                return None
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def sole_writer(run: Path, wait_s: float | None = None) -> Iterator[None]:
+    """Claim ``run`` for this driver for the block, or refuse with one line: another driver of
+    the same ``--name`` holds ``.driver.lock``, or training workers of an earlier run still hold
+    ``.workers.lock`` (``hold_for_worker``). Those outlive a driver killed with SIGKILL by a few
+    seconds, writing checkpoints and Ray's snapshot into the run a rerun is resuming; so a driver
+    waits up to ``IN_USE_WAIT_S`` for them before it refuses. Locks live on the machine they
+    were taken on: workers on other nodes of a cluster are not seen."""
+    wait_s = IN_USE_WAIT_S if wait_s is None else wait_s
+    for name in (DRIVER_LOCK, WORKERS_LOCK):
+        held = _flock(run / name, fcntl.LOCK_EX, wait_s)
+        if held is None:
+            who = "another driver of this --name" if name == DRIVER_LOCK else \
+                "training workers of an earlier run (a killed driver's workers stop within seconds)"
+            raise HW4Error(f"run {run.name!r} is in use by {who}: waited {wait_s:.0f} s for "
+                           f"{run / name} to be released; rerun when it is, or choose a new --name")
+        if name == DRIVER_LOCK:
+            driver = held
+        else:
+            held.close()  # free again for this run's own workers
+    try:
+        yield
+    finally:
+        driver.close()
+
+
+def hold_for_worker(run: Path) -> typing.TextIO:
+    """A training worker's share of ``run``'s workers lock, held until the returned file is
+    closed or the process ends (``sole_writer`` waits for it)."""
+    held = _flock(run / WORKERS_LOCK, fcntl.LOCK_SH, 60.0)  # only a checking driver holds it, briefly
+    if held is None:
+        raise HW4Error(f"could not share {run / WORKERS_LOCK} with this run's driver")
+    return held
+
+
 def saved_config(run: Path) -> dict | None:
     """The config of the run's newest checkpoint (what a rerun would resume), if any."""
     saved = sorted(run.glob("checkpoint_*/config.json"), key=lambda p: p.stat().st_mtime)
@@ -360,8 +426,12 @@ def check_rerun(cfg: Any) -> None:
     says ``--resume`` (continue under the new settings, recorded in ``changes.json``) or
     ``--overwrite`` (delete the old run and start afresh)."""
     run = run_dir(cfg.storage_path, cfg.name)
-    if cfg.overwrite and run.exists():
-        shutil.rmtree(run)
+    if cfg.overwrite and run.exists():  # all but the claim this driver holds (sole_writer)
+        for child in run.iterdir():
+            if child.name not in (DRIVER_LOCK, WORKERS_LOCK):
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if not any(run.iterdir()):
+            run.rmdir()
         return
     snapshot = run / RAY_SNAPSHOT
     try:
@@ -479,6 +549,7 @@ class Worker:
     val_loader: DataLoader
     writer: SummaryWriter | None
     marker: Path
+    claim: typing.TextIO  # this worker's share of the run (hold_for_worker)
 
     def epochs(self, start: int, stop: int) -> Iterator[int]:
         """Epoch numbers, each after the injected fault (if any) and the loader's reshuffle."""
@@ -511,6 +582,7 @@ class Worker:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.claim.close()
 
 
 def setup_worker(cfg: Any, dataset: data.DatasetName, *,
@@ -531,7 +603,7 @@ def setup_worker(cfg: Any, dataset: data.DatasetName, *,
     run = run_dir(cfg.storage_path, cfg.name)
     writer = SummaryWriter(str(run / "tensorboard")) if rank == 0 else None
     return Worker(cfg, rank, world, device, loader, DataLoader(val_set, batch_size=val_batch),
-                  writer, run / "fault_injected")
+                  writer, run / "fault_injected", hold_for_worker(run))
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:

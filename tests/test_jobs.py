@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from hw4.checkpoint import load_checkpoint
+from hw4.errors import HW4Error
 from hw4.registry import read_best
 from jobs.common import latest_recorded_epoch
 
@@ -278,3 +279,56 @@ def test_a_cut_short_ray_snapshot_is_a_clear_error_before_ray_starts(tmp_path, c
                                                 "--name", "k", "--resume"], capsys)
     assert code == 2 and "is unreadable" in err and "--overwrite" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_has_one_writer_and_waits_for_a_killed_drivers_workers(tmp_path, capsys, monkeypatch):
+    """A driver claims its run folder (``sole_writer``) and its workers share it
+    (``hold_for_worker``); a second driver of the same --name is refused with one line, and one
+    that finds workers of an earlier run still holding it waits for them to go."""
+    from jobs import common, train_ddpm
+
+    run = tmp_path / "w"
+    with common.sole_writer(run, wait_s=0.0):
+        common.hold_for_worker(run).close()  # this run's own workers share it
+        with pytest.raises(HW4Error, match="another driver of this --name"):
+            with common.sole_writer(run, wait_s=0.3):
+                pass
+        monkeypatch.setattr(common, "IN_USE_WAIT_S", 0.3)
+        code, err = cli_in_process(train_ddpm.main, ["--smoke-test", "--storage-path", str(tmp_path),
+                                                     "--name", "w"], capsys)
+        assert code == 2 and "is in use by another driver" in err and len(err.splitlines()) == 1, err
+
+    # a killed driver's worker, still alive for a while (here 2 s), holding its share
+    holder = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
+              "print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    worker = subprocess.Popen([sys.executable, "-c", holder, str(run / common.WORKERS_LOCK), "2"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "held"
+        with pytest.raises(HW4Error, match="training workers of an earlier run"):
+            with common.sole_writer(run, wait_s=0.3):
+                pass
+        t0 = time.monotonic()
+        with common.sole_writer(run, wait_s=30.0):  # waits for the worker to exit, then claims
+            waited = time.monotonic() - t0
+            assert worker.wait(timeout=5) == 0  # it had ended (the kernel frees its lock on exit)
+        assert 1.0 < waited < 10, waited
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_overwrite_keeps_the_drivers_claim(tmp_path):
+    from jobs.common import DRIVER_LOCK, WORKERS_LOCK, check_rerun, sole_writer
+    from jobs.train_ddpm import DDPMJobConfig
+
+    run = tmp_path / "o"
+    (run / "checkpoint_x").mkdir(parents=True)
+    (run / "checkpoint_x" / "config.json").write_text("{}")
+    (run / "metrics.json").write_text("{}")
+    with sole_writer(run, wait_s=0.0):
+        check_rerun(DDPMJobConfig(name="o", storage_path=str(tmp_path), overwrite=True))
+        assert sorted(p.name for p in run.iterdir()) == sorted([DRIVER_LOCK, WORKERS_LOCK])
+        with pytest.raises(HW4Error, match="another driver"):  # still claimed after the wipe
+            with sole_writer(run, wait_s=0.0):
+                pass
