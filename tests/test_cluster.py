@@ -5,6 +5,7 @@ its last checkpoint on the other node with nothing lost and nothing repeated."""
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,10 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
     # the head holds the driver and the controller; its GCS checks each node every 0.5 s and
     # takes three misses for a death (Ray's default: 3 s and five, about 11 s to notice the loss)
     health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    # Ray's Cluster records its head in /tmp/ray/ray_current_cluster and deletes that file when it
+    # shuts down, whoever wrote it: a user's `ray start` address is put back afterwards
+    recorded = Path("/tmp/ray/ray_current_cluster")
+    users = recorded.read_text() if recorded.is_file() else None
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": health})
     nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]  # one training worker fits on each
     try:
@@ -62,3 +67,5 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if users is not None:
+            recorded.write_text(users)

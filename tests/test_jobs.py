@@ -186,10 +186,9 @@ def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
            "PATH": path}
     port = 8275
     current = Path("/tmp/ray/ray_current_cluster")  # where `serve run` looks for a cluster
-    before = current.read_text() if current.exists() else None
     start_ray_head(6390, port, num_cpus=2, env=env)
-    try:
-        assert (current.read_text() if current.exists() else None) == before  # no trace left
+    try:  # no trace of this head there (the lost-node test's cluster, alongside, writes its own)
+        assert not (current.exists() and current.read_text().endswith(":6390"))
         address = ["--address", f"http://127.0.0.1:{port}"]
         job_id = f"hw4-test-{os.getpid()}"
         out = subprocess.run(  # blocks until the job ends, tailing its logs
