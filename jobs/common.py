@@ -381,21 +381,23 @@ def sole_writer(run: Path, wait_s: float | None = None) -> Iterator[None]:
     the same ``--name`` holds ``.driver.lock``, or training workers of an earlier run still hold
     ``.workers.lock`` (``hold_for_worker``). Those outlive a driver killed with SIGKILL by a few
     seconds, writing checkpoints and Ray's snapshot into the run a rerun is resuming; so a driver
-    waits up to ``IN_USE_WAIT_S`` for them before it refuses. Locks live on the machine they
-    were taken on: workers on other nodes of a cluster are not seen."""
+    waits up to ``IN_USE_WAIT_S`` for them before it refuses. Workers on other nodes are seen
+    where the storage's file system shares flock locks between machines (NFS does)."""
     wait_s = IN_USE_WAIT_S if wait_s is None else wait_s
-    for name in (DRIVER_LOCK, WORKERS_LOCK):
-        held = _flock(run / name, fcntl.LOCK_EX, wait_s)
-        if held is None:
-            who = "another driver of this --name" if name == DRIVER_LOCK else \
-                "training workers of an earlier run (a killed driver's workers stop within seconds)"
-            raise HW4Error(f"run {run.name!r} is in use by {who}: waited {wait_s:.0f} s for "
-                           f"{run / name} to be released; rerun when it is, or choose a new --name")
-        if name == DRIVER_LOCK:
-            driver = held
-        else:
-            held.close()  # free again for this run's own workers
+
+    def refuse(lock: str, who: str) -> typing.NoReturn:
+        raise HW4Error(f"run {run.name!r} is in use by {who}: waited {wait_s:.0f} s for "
+                       f"{run / lock} to be released; rerun when it is, or choose a new --name")
+
+    driver = _flock(run / DRIVER_LOCK, fcntl.LOCK_EX, wait_s)
+    if driver is None:
+        refuse(DRIVER_LOCK, "another driver of this --name")
     try:
+        workers = _flock(run / WORKERS_LOCK, fcntl.LOCK_EX, wait_s)
+        if workers is None:
+            refuse(WORKERS_LOCK, "training workers of an earlier run (a killed driver's workers "
+                                 "stop within seconds)")
+        workers.close()  # free again for this run's own workers
         yield
     finally:
         driver.close()
