@@ -430,8 +430,12 @@ def check_rerun(cfg: Any) -> None:
     run = run_dir(cfg.storage_path, cfg.name)
     if cfg.overwrite and run.exists():  # all but the claim this driver holds (sole_writer)
         for child in run.iterdir():
-            if child.name not in (DRIVER_LOCK, WORKERS_LOCK):
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.name in (DRIVER_LOCK, WORKERS_LOCK):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
         if not any(run.iterdir()):
             run.rmdir()
         return

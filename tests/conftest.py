@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order otherwise
 
 
+def pytest_collection_finish(session):
+    """Note the last test that uses the session's Serve (after -k and -m have deselected):
+    ``pytest_runtest_teardown`` stops it there."""
+    users = [item.nodeid for item in session.items if "serve_apps" in item.fixturenames]
+    _last_serve_test[:] = users[-1:]
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Whole modules to a worker, in the order above. (``--dist loadgroup`` would need marks that
     pytest-xdist 3.8 can no longer put into pytest 9's node ids.)"""
@@ -230,6 +237,7 @@ def add_job_outputs(storage: Path) -> None:
 
 
 _serve_stop: list = []  # how to stop the session's Serve, while it runs
+_last_serve_test: list[str] = []  # the node id of the last test that uses it, once collected
 
 
 @pytest.fixture(scope="session")
@@ -272,5 +280,5 @@ def serve_apps(tmp_path_factory):
 
 def pytest_runtest_teardown(item, nextitem):
     """Stop the session's Serve after the last test that uses it (they run one after another)."""
-    if _serve_stop and item is [i for i in item.session.items if "serve_apps" in i.fixturenames][-1]:
+    if _serve_stop and [item.nodeid] == _last_serve_test:
         _serve_stop.pop()()
