@@ -20,8 +20,10 @@ from hw4.errors import HW4Error
 
 ScheduleName = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["eps", "x0", "v"]
+LossWeight = Literal["uniform", "min-snr"]
 SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTS = ("uniform", "min-snr")
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # one generator, or (generator, rows) blocks: a batch made of several independently seeded requests
 Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
@@ -169,18 +171,58 @@ def training_target(s: DiffusionSchedule, x0: torch.Tensor, noise: torch.Tensor,
     raise HW4Error(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
 
 
+def snr(s: DiffusionSchedule, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio abar_t / (1 - abar_t) at timesteps ``t`` (N,), in float64."""
+    ab = s.alphas_cumprod.to(t.device, torch.float64)[t]
+    return ab / (1 - ab)
+
+
+def loss_weights(s: DiffusionSchedule, t: torch.Tensor, prediction: Prediction,
+                 weighting: LossWeight = "uniform", gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample weights (N,) of the regression loss, float32.
+
+    Min-SNR-gamma (Hang et al. 2023, sec. 3.4) weights the x0-space error by min(SNR_t, gamma).
+    With x_t = a x0 + b eps (a^2 + b^2 = 1, SNR = a^2/b^2), each target's error is a multiple of
+    the x0 error: x0 - x0_hat = (b/a)(eps_hat - eps), so |eps err|^2 = SNR |x0 err|^2; and
+    x0 = a x_t - b v, so |v err|^2 = |x0 err|^2 / b^2 = (SNR + 1) |x0 err|^2. The same x0-space
+    weight is therefore min(SNR, gamma)/SNR on the eps loss, min(SNR, gamma)/(SNR + 1) on the
+    v loss and min(SNR, gamma) on the x0 loss."""
+    if weighting == "uniform":
+        return torch.ones(t.shape, device=t.device)
+    if weighting != "min-snr":
+        raise HW4Error(f"unknown loss weighting {weighting!r}; use one of {', '.join(LOSS_WEIGHTS)}")
+    if gamma <= 0:
+        raise HW4Error(f"the min-SNR gamma must be positive, got {gamma}")
+    r = snr(s, t)
+    clipped = r.clamp(max=gamma)
+    if prediction == "eps":
+        w = clipped / r
+    elif prediction == "v":
+        w = clipped / (r + 1)
+    elif prediction == "x0":
+        w = clipped
+    else:
+        raise HW4Error(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
+    return w.float()
+
+
 def training_losses(model: Model, s: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor,
                     noise: torch.Tensor | None = None, prediction: Prediction = "eps",
-                    labels: torch.Tensor | None = None) -> torch.Tensor:
+                    labels: torch.Tensor | None = None, weighting: LossWeight = "uniform",
+                    snr_gamma: float = 5.0) -> torch.Tensor:
     """DDPM's simple loss ||target - model(x_t, t[, y])||^2 averaged per sample: (N,) (DDPM
-    eq. 14). ``labels`` (N,) go to a class-conditional model as they are: drop them to the null
-    label beforehand (``drop_labels``) to train the unconditional model alongside."""
+    eq. 14), times ``loss_weights`` (1 for ``uniform``). ``labels`` (N,) go to a
+    class-conditional model as they are: drop them to the null label beforehand
+    (``drop_labels``) to train the unconditional model alongside."""
     if noise is None:
         noise = torch.randn_like(x0)
     xt = add_noise(s, x0, noise, t)
     out = model(xt, t) if labels is None else model(xt, t, labels)
     err = (training_target(s, x0, noise, t, prediction) - out) ** 2
-    return err.flatten(1).mean(dim=1)
+    per_sample = err.flatten(1).mean(dim=1)
+    if weighting == "uniform":
+        return per_sample
+    return per_sample * loss_weights(s, t, prediction, weighting, snr_gamma)
 
 
 # --- 3b. classifier-free guidance (Ho & Salimans 2022) ------------------------------------------

@@ -8,6 +8,7 @@ accumulates them on the device and reads them once per log interval and at the e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Literal
@@ -19,24 +20,46 @@ from tqdm.auto import tqdm
 
 from hw4 import diffusion, objectives
 from hw4.checkpoint import unwrap
-from hw4.diffusion import DiffusionSchedule, Prediction
+from hw4.diffusion import DiffusionSchedule, LossWeight, Prediction
+from hw4.errors import HW4Error
 from hw4.models.autoencoder import reparameterize
 from hw4.objectives import Reconstruction
 
+EMAWarmup = Literal["ramp", "power", "half-life"]
+EMA_WARMUPS = ("ramp", "power", "half-life")
+
+
+def ema_decay_at(n: int, cap: float, warmup: EMAWarmup = "ramp") -> float:
+    """The EMA decay at update ``n`` (1, 2, ...), never above ``cap``. Early on an average with
+    the cap's decay would be dominated by the random init, so each rule ramps it up:
+    ``ramp``: (1 + n) / (10 + n) (TensorFlow's ExponentialMovingAverage with num_updates);
+    ``power``: 1 - (1 + n)^(-2/3) (diffusers' EMAModel warm-up, inv_gamma 1, power 2/3);
+    ``half-life``: 0.5^(1 / h) with a half-life of h = 0.05 n updates (EDM's ema_rampup_ratio),
+    so the average always spans about the last 5-10% of training until the cap takes over."""
+    if warmup == "ramp":
+        d = (1 + n) / (10 + n)
+    elif warmup == "power":
+        d = 1 - (1 + n) ** (-2 / 3)
+    elif warmup == "half-life":
+        d = 0.5 ** (1 / max(0.05 * n, 1e-8))
+    else:
+        raise HW4Error(f"unknown EMA warm-up {warmup!r}; use one of {', '.join(EMA_WARMUPS)}")
+    return min(cap, d)
+
 
 class EMA:
-    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+    """Exponential moving average of a model's weights, its decay warmed up by ``warmup``."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: EMAWarmup = "ramp"):
+        ema_decay_at(1, decay, warmup)  # an unknown rule fails here, not at the first step
+        self.decay, self.warmup = decay, warmup
         self.num_updates = 0
         self.shadow = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.num_updates += 1
-        # early on the average would be dominated by the random init: ramp the decay up
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        d = ema_decay_at(self.num_updates, self.decay, self.warmup)
         floats, others = ([], []), ([], [])
         for k, v in unwrap(model).state_dict().items():
             pair = floats if v.dtype.is_floating_point else others
@@ -53,16 +76,39 @@ class EMA:
         return model
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
+                "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.num_updates = state["decay"], state["num_updates"]
+        self.warmup = state.get("warmup", "ramp")  # checkpoints from before the choice: ramp
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
 
-def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier for ``LambdaLR``: linear from ~0 to 1 over ``warmup_steps``, then 1."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+LRSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def warmup_lambda(warmup_steps: int, schedule: LRSchedule = "constant", total_steps: int = 0,
+                  final_fraction: float = 0.01) -> Callable[[int], float]:
+    """LR multiplier for ``LambdaLR``: linear from ~0 to 1 over ``warmup_steps``; then 1
+    (``constant``), or a half cosine from 1 down to ``final_fraction`` at ``total_steps``
+    (``cosine``; Loshchilov & Hutter 2017 without restarts), held there if training runs on."""
+    if schedule not in LR_SCHEDULES:
+        raise HW4Error(f"unknown LR schedule {schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+    if schedule == "cosine" and total_steps <= warmup_steps:
+        raise HW4Error(f"a cosine LR schedule needs more steps ({total_steps}) than warm-up "
+                       f"({warmup_steps})")
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
 
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -208,10 +254,13 @@ def draw_timesteps_and_noise(x0: torch.Tensor, num_timesteps: int,
 
 def ddpm_train_step(model: nn.Module, schedule: DiffusionSchedule, x0: torch.Tensor,
                     optimizer: torch.optim.Optimizer, *, labels: torch.Tensor | None = None,
-                    p_uncond: float = 0.0, prediction: Prediction = "eps", ema: EMA | None = None,
+                    p_uncond: float = 0.0, prediction: Prediction = "eps",
+                    weighting: LossWeight = "uniform", snr_gamma: float = 5.0,
+                    ema: EMA | list[EMA] | None = None,
                     grad_clip: float | None = 1.0, autocast_dtype: torch.dtype | None = None,
                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """One denoising-loss step on x0 in [-1, 1]: uniform t, fresh noise, clip, step, EMA.
+    """One denoising-loss step on x0 in [-1, 1]: uniform t, fresh noise, the loss weighted per
+    sample (``diffusion.loss_weights``), clip, step, EMA (or several, each with its own rule).
 
     With ``labels`` (a class-conditional model) each label is replaced by the model's null label
     with probability ``p_uncond`` (the homework's training algorithm)."""
@@ -222,10 +271,11 @@ def ddpm_train_step(model: nn.Module, schedule: DiffusionSchedule, x0: torch.Ten
     ctx = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype
            else nullcontext())
     with ctx:
-        loss = diffusion.training_losses(model, schedule, x0, t, noise, prediction, labels).mean()
+        loss = diffusion.training_losses(model, schedule, x0, t, noise, prediction, labels,
+                                         weighting, snr_gamma).mean()
     norm = _optimize(loss.float(), model, optimizer, grad_clip)
-    if ema is not None:
-        ema.update(model)
+    for average in ema if isinstance(ema, list) else [ema] if ema is not None else []:
+        average.update(model)
     return {"loss": loss.detach().float(), "grad_norm": norm}
 
 

@@ -50,12 +50,19 @@ class DDPMJobConfig(common.RunOptions):
     schedule: Literal["linear", "cosine", "sigmoid"] = opt("linear", "noise schedule")
     timesteps: int = opt(1000, "diffusion steps T")
     prediction: Literal["eps", "x0", "v"] = opt("eps", "network target")
+    loss_weight: Literal["uniform", "min-snr"] = opt(
+        "uniform", "per-timestep loss weight: min-snr = min(SNR, gamma) in x0 space (Hang et al.)")
+    snr_gamma: float = opt(5.0, "gamma of --loss-weight min-snr")
     epochs: int = opt(20, "passes over the training set")
     batch_size: int = opt(128, "global batch size (split over workers)")
     lr: float = opt(2e-4, "AdamW learning rate")
     warmup_steps: int = opt(500, "linear LR warm-up steps")
+    lr_schedule: Literal["constant", "cosine"] = opt(
+        "constant", "after the warm-up: constant, or cosine decay to 1%% at the last step")
     grad_clip: float = opt(1.0, "gradient-norm clip")
-    ema_decay: float = opt(0.999, "EMA decay of the weights")
+    ema_decay: float = opt(0.999, "EMA decay of the weights (the cap of its warm-up)")
+    ema_warmup: Literal["ramp", "power", "half-life"] = opt(
+        "ramp", "how the EMA decay rises to --ema-decay (hw4.train.ema_decay_at)")
     precision: Literal["auto", "fp32", "bf16"] = opt(
         "auto", "autocast: auto = bf16 on CUDA at >= 512 images per worker, else fp32")
     compile: bool = opt(False, "torch.compile the U-Net (pays off on GPUs; minutes to compile)")
@@ -74,6 +81,7 @@ class DDPMJobConfig(common.RunOptions):
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
         c(self.lr > 0, f"--lr must be positive, got {self.lr}")
         c(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        c(self.snr_gamma > 0, f"--snr-gamma must be positive, got {self.snr_gamma}")
         c(0 <= self.p_uncond <= 1, f"--p-uncond must be in [0, 1], got {self.p_uncond}")
         c(self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
         c(1 <= self.sample_steps <= self.timesteps, "--sample-steps must be in 1..--timesteps")
@@ -140,9 +148,11 @@ def train_func(config: dict) -> None:
     cfg = DDPMJobConfig(**config)
     w = common.setup_worker(cfg, "mnist", normalization="symmetric")
     model = UNet(cfg.unet()).to(w.device)
-    ema = train.EMA(model, cfg.ema_decay)
+    ema = train.EMA(model, cfg.ema_decay, cfg.ema_warmup)
     optimizer = train.make_optimizer(model.parameters(), cfg.lr, w.device)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_lambda(cfg.warmup_steps))
+    total_steps = len(w.loader) * cfg.epochs  # the run's known length, for the cosine decay
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_lambda(
+        cfg.warmup_steps, cfg.lr_schedule, max(total_steps, cfg.warmup_steps + 1)))
     start_epoch, history = 0, []
     state = common.restore_state(w.device)
     if state is not None:  # resume: a restarted worker group or a rerun with the same name
@@ -161,7 +171,8 @@ def train_func(config: dict) -> None:
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         metrics = train.ddpm_train_step(
             forward, schedule, x, optimizer, labels=y if cfg.conditional else None,
-            p_uncond=cfg.p_uncond, prediction=cfg.prediction, ema=ema, grad_clip=cfg.grad_clip,
+            p_uncond=cfg.p_uncond, prediction=cfg.prediction, weighting=cfg.loss_weight,
+            snr_gamma=cfg.snr_gamma, ema=ema, grad_clip=cfg.grad_clip,
             autocast_dtype=autocast, generator=gen)
         lr_sched.step()
         return metrics

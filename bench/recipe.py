@@ -1,0 +1,111 @@
+"""The DDPM recipe ablation: each training change alone and all together, at the demo's budget.
+
+    python -m bench.recipe train --variant base      # one run; --variant all, v, min-snr, cosine
+    python -m bench.recipe eval                      # score every finished run (see bench.quality)
+
+Each run is the demo's small class-conditional U-Net, data, batch, learning rate and step count
+(1,170 steps of 128 images, seed 0), trained in this process with the same ``hw4.train`` step the
+Ray job runs, so only the recipe differs. One run keeps three EMAs of its weights side by side
+(``hw4.train.EMA_WARMUPS``: the warm-up rule is measured without training three times) and saves
+the EMA weights at a quarter, half, three quarters and the end, with the training seconds so far,
+for the FID-against-minutes figure. Everything goes to ``results/recipe/<variant>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from hw4 import data, train
+from hw4.atomic_files import write_bytes_atomic
+from hw4.checkpoint import save_checkpoint
+from hw4.diffusion import DiffusionSchedule
+from hw4.models.unet import UNet
+from jobs import train_ddpm
+
+# the demo's recipe (jobs.demo.DDPM_ARGS: train_ddpm.SMALL, 50,000 images, 3 epochs of batch 128)
+BASE = dict(train_ddpm.SMALL, conditional=True, p_uncond=0.1, train_subset=50_000, epochs=3,
+            batch_size=128, prediction="eps", loss_weight="uniform", lr_schedule="constant",
+            ema_warmup="ramp")
+CHANGES = {"v": dict(prediction="v"), "min-snr": dict(loss_weight="min-snr"),
+           "cosine": dict(lr_schedule="cosine")}
+VARIANTS = {"base": {}, **CHANGES, "all": {k: v for c in CHANGES.values() for k, v in c.items()}}
+OUT = Path("results/recipe")
+
+
+def config(variant: str, steps: int, seed: int) -> train_ddpm.DDPMJobConfig:
+    cfg = train_ddpm.DDPMJobConfig(**{**BASE, **VARIANTS[variant]}, seed=seed,
+                                   name=f"recipe-{variant}")
+    cfg.epochs = -(-steps // (cfg.train_subset // cfg.batch_size))  # recorded as the job would
+    return cfg
+
+
+def run(variant: str, steps: int, seed: int, out: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfg = config(variant, steps, seed)
+    ds = data.load_dataset("mnist", "train", normalization="symmetric", subset=cfg.train_subset,
+                           seed=seed)
+    loader = data.TensorBatches(*ds.tensors, cfg.batch_size, seed=seed)
+    model = UNet(cfg.unet())
+    emas = {rule: train.EMA(model, cfg.ema_decay, rule) for rule in train.EMA_WARMUPS}
+    optimizer = train.make_optimizer(model.parameters(), cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, train.warmup_lambda(cfg.warmup_steps, cfg.lr_schedule, steps))
+    schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps)
+    gen = torch.Generator().manual_seed(seed)
+    saves = {round(steps * f) for f in (0.25, 0.5, 0.75, 1.0)}
+    log, step, seconds = [], 0, 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(cfg.epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            t0 = time.perf_counter()
+            m = train.ddpm_train_step(model, schedule, x, optimizer, labels=y, p_uncond=cfg.p_uncond,
+                                      prediction=cfg.prediction, weighting=cfg.loss_weight,
+                                      snr_gamma=cfg.snr_gamma, ema=list(emas.values()),
+                                      grad_clip=cfg.grad_clip, generator=gen)
+            sched.step()
+            seconds += time.perf_counter() - t0
+            step += 1
+            if step % 50 == 0:
+                print(f"{variant} step {step}/{steps} loss {float(m['loss']):.4f} "
+                      f"{seconds:.0f} s", flush=True)
+            if step in saves:
+                for rule, ema in emas.items():
+                    if rule == cfg.ema_warmup or step == steps:  # the others only at the end
+                        save(out / f"step{step}-{rule}.pt", model, ema, cfg, rule, step)
+                log.append({"step": step, "train_seconds": seconds, "loss": float(m["loss"])})
+                write_bytes_atomic(out / "log.json", json.dumps(log, indent=1).encode())
+            if step == steps:
+                return
+
+
+def save(path: Path, model: UNet, ema: train.EMA, cfg: train_ddpm.DDPMJobConfig, rule: str,
+         step: int) -> None:
+    job = dataclasses.asdict(dataclasses.replace(cfg, ema_warmup=rule))
+    save_checkpoint(path, kind="unet", config=job, model_config=dataclasses.asdict(cfg.unet()),
+                    model=model, ema=ema.state_dict(), step=step)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--variant", choices=list(VARIANTS), required=True)
+    t.add_argument("--steps", type=int, default=1170)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    if args.cmd == "train":
+        run(args.variant, args.steps, args.seed, args.out / args.variant, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The training recipe: min-SNR loss weights, the cosine learning-rate decay, the EMA warm-ups."""
+
+import math
+
+import pytest
+import torch
+
+from hw4 import diffusion as D
+from hw4 import train
+from hw4.errors import HW4Error
+
+SCHED = D.DiffusionSchedule.named("linear", 1000)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0, 20.0])
+def test_min_snr_weights_equal_the_formula_for_each_target(gamma):
+    t = torch.tensor([0, 10, 100, 300, 500, 999])
+    ab = SCHED.alphas_cumprod.double()[t]
+    snr = ab / (1 - ab)
+    expected = {"eps": [min(float(r), gamma) / float(r) for r in snr],
+                "v": [min(float(r), gamma) / (float(r) + 1) for r in snr],
+                "x0": [min(float(r), gamma) for r in snr]}
+    for prediction, want in expected.items():
+        got = D.loss_weights(SCHED, t, prediction, "min-snr", gamma)
+        assert got.tolist() == pytest.approx(want, rel=1e-5)
+    assert D.loss_weights(SCHED, t, "v", "uniform").tolist() == [1.0] * len(t)
+
+
+def test_min_snr_weighted_losses_agree_across_targets():
+    """The weighting is one x0-space weight: for the same network error in x0 space, the weighted
+    eps, v and x0 losses are equal (the derivation in ``loss_weights``)."""
+    torch.manual_seed(0)
+    x0, noise = torch.rand(6, 1, 4, 4) * 2 - 1, torch.randn(6, 1, 4, 4)
+    t = torch.tensor([5, 50, 200, 400, 700, 990])
+    xt = D.add_noise(SCHED, x0, noise, t)
+    x0_hat = x0 + 0.1 * torch.randn_like(x0)  # one prediction, written in each parameterisation
+    a = D.extract(SCHED.sqrt_alphas_cumprod, t, x0.shape)
+    b = D.extract(SCHED.sqrt_one_minus_alphas_cumprod, t, x0.shape)
+    outputs = {"x0": x0_hat, "eps": (xt - a * x0_hat) / b, "v": (a * xt - x0_hat) / b}
+    losses = {}
+    for prediction, out in outputs.items():
+        model = lambda x, tt, out=out: out  # noqa: E731
+        losses[prediction] = D.training_losses(model, SCHED, x0, t, noise, prediction,
+                                               weighting="min-snr", snr_gamma=5.0)
+    assert torch.allclose(losses["eps"], losses["x0"], rtol=1e-3)
+    assert torch.allclose(losses["v"], losses["x0"], rtol=1e-3)
+
+
+def test_bad_weighting_is_a_user_error():
+    with pytest.raises(HW4Error, match="loss weighting"):
+        D.loss_weights(SCHED, torch.tensor([1]), "eps", "snr")
+    with pytest.raises(HW4Error, match="gamma"):
+        D.loss_weights(SCHED, torch.tensor([1]), "eps", "min-snr", 0.0)
+
+
+def test_cosine_lr_warms_up_then_decays_to_the_floor():
+    f = train.warmup_lambda(10, "cosine", 110, final_fraction=0.01)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.01 + 0.99 * 0.5)  # half way down the cosine
+    assert f(110) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert train.warmup_lambda(10)(500) == 1.0  # constant after the warm-up
+    with pytest.raises(HW4Error, match="more steps"):
+        train.warmup_lambda(10, "cosine", 10)
+
+
+def test_ema_warmups_follow_their_rules_and_stop_at_the_cap():
+    assert train.ema_decay_at(1, 0.999, "ramp") == pytest.approx(2 / 11)
+    assert train.ema_decay_at(8, 0.999, "power") == pytest.approx(1 - 9 ** (-2 / 3))
+    assert train.ema_decay_at(200, 0.999, "half-life") == pytest.approx(0.5 ** (1 / 10))
+    for rule in train.EMA_WARMUPS:
+        assert train.ema_decay_at(10**7, 0.995, rule) == 0.995
+    # the half-life rule averages over about the last 5% of steps: its decay at n has
+    # half-life 0.05 n, so after 0.05 n more updates the old weights count half
+    n = 2000
+    assert train.ema_decay_at(n, 1.0, "half-life") ** (0.05 * n) == pytest.approx(0.5)
+    with pytest.raises(HW4Error, match="EMA warm-up"):
+        train.EMA(torch.nn.Linear(2, 2), 0.99, "linear")
+
+
+def test_an_ema_saved_before_the_warmup_choice_loads_as_ramp():
+    ema = train.EMA(torch.nn.Linear(2, 2), 0.99, "power")
+    state = ema.state_dict()
+    del state["warmup"]
+    ema.load_state_dict(state)
+    assert ema.warmup == "ramp" and not math.isnan(ema.decay)
