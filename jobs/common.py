@@ -9,6 +9,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -74,6 +75,7 @@ class RunOptions:
     smoke_test: bool = opt(False, "tiny data and model, a few steps (for tests)")
 
     def validate(self) -> None:
+        check_name(self.name)
         check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
         check(self.cpus_per_worker is None or self.cpus_per_worker > 0,
               "--cpus-per-worker must be > 0")
@@ -139,6 +141,20 @@ def run_cli(main: Callable[[], Any]) -> None:
     except HW4Error as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str, flag: str = "--name") -> None:
+    """A name that becomes a folder under the storage path: one path component, non-empty, not
+    ``.`` or ``..``, no separator, letters, digits, ``.``, ``_`` and ``-`` only, starting with a
+    letter or digit (so no hidden or relative names), at most 100 characters. ``--name ""``
+    (an unset shell variable) would otherwise be the storage folder itself, and ``--overwrite``
+    would empty it."""
+    check(isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None,
+          f"{flag} must be one folder name: letters, digits, '.', '_' or '-', starting with a "
+          f"letter or digit, at most 100 characters; got {name!r}")
 
 
 def check(condition: bool, message: str) -> None:
@@ -274,6 +290,7 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
 def _fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
          mode: Literal["min", "max"], callbacks: list | None) -> ray.train.Result:
     check_rerun(cfg)
+    mark_run_folder(run_dir(cfg.storage_path, cfg.name))
     init_ray(quiet=cfg.quiet)
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
     if cfg.cpus_per_worker is None:
@@ -362,7 +379,9 @@ def _flock(path: Path, mode: int, wait_s: float) -> typing.TextIO | None:
     """``path`` opened and flock-ed (``mode``: LOCK_EX or LOCK_SH), retried for ``wait_s``;
     None if it stayed taken. The lock lasts while the file is open, and dies with the process."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a")  # noqa: SIM115 - the open file is the lock
+    # read-write ("a+"), never write-only: on NFSv4 Linux emulates flock with byte-range locks,
+    # and a shared (read) lock on a file not open for reading fails with EBADF
+    f = open(path, "a+")  # noqa: SIM115 - the open file is the lock
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -373,6 +392,12 @@ def _flock(path: Path, mode: int, wait_s: float) -> typing.TextIO | None:
                 f.close()
                 return None
             time.sleep(0.2)
+        except OSError as err:  # a file system without working locks (some NFS mounts)
+            f.close()
+            raise HW4Error(f"could not lock {path} ({err.strerror or err}): the storage under "
+                           f"{path.parent.parent} must support flock (a local disk, or NFSv4 "
+                           "such as EFS mounted without 'nolock'); see README, 'Shared "
+                           "storage'") from err
 
 
 @contextlib.contextmanager
@@ -412,6 +437,20 @@ def hold_for_worker(run: Path) -> typing.TextIO:
     return held
 
 
+RUN_MARKER = ".hw4-run"  # written into a run's folder before its training starts
+# what marks a folder as a run of ours: the marker, or what older runs left (Ray's snapshot, the
+# artifacts' config); a storage root (it holds registry/) never counts, whatever else is there
+RUN_MARKERS = (RUN_MARKER, RAY_SNAPSHOT, "artifacts/config.json")
+
+
+def is_run_folder(run: Path) -> bool:
+    return not (run / "registry").exists() and any((run / m).exists() for m in RUN_MARKERS)
+
+
+def mark_run_folder(run: Path) -> None:
+    write_json_atomic(run / RUN_MARKER, {"created_by": "hw4", "name": run.name})
+
+
 def saved_config(run: Path) -> dict | None:
     """The config of the run's newest checkpoint (what a rerun would resume), if any."""
     saved = sorted(run.glob("checkpoint_*/config.json"), key=lambda p: p.stat().st_mtime)
@@ -429,6 +468,10 @@ def check_rerun(cfg: Any) -> None:
     ``--overwrite`` (delete the old run and start afresh)."""
     run = run_dir(cfg.storage_path, cfg.name)
     if cfg.overwrite and run.exists():  # all but the claim this driver holds (sole_writer)
+        if not is_run_folder(run):
+            raise HW4Error(f"--overwrite refused: {run} does not look like a training run of "
+                           f"this project (none of {', '.join(RUN_MARKERS)} in it), so nothing "
+                           "was deleted; choose another --name")
         for child in run.iterdir():
             if child.name in (DRIVER_LOCK, WORKERS_LOCK):
                 continue
@@ -472,6 +515,7 @@ def config_from_state(cls: type, state: dict) -> Any:
 
 
 def run_dir(storage_path: str, name: str) -> Path:
+    check_name(name)  # every caller, not only the CLI's: a bad name never becomes a path
     return Path(storage_path).resolve() / name
 
 

@@ -40,7 +40,7 @@ def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
 
     common.init_ray(quiet=True)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are not for users
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 300})
     try:
         serve.run(build_app({"storage_path": storage_path}), name="hw4", route_prefix="/")
         per = SERVED_DIGITS_PER_ROW

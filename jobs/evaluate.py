@@ -56,6 +56,7 @@ class EvalConfig:
     smoke_test: bool = opt(False, "tiny sizes (for tests)")
 
     def validate(self) -> None:
+        common.check_name(self.name)
         check(len(self.models) > 0 and set(self.models) <= {"vae", "ddpm"},
               f"--models must be vae and/or ddpm, got {list(self.models)}")
         check(self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}")

@@ -71,6 +71,7 @@ class SweepOptions:
                                "metric")
 
     def validate(self) -> None:
+        common.check_name(self.name)
         check(self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}")
         check(self.max_concurrent is None or self.max_concurrent >= 1,
               f"--max-concurrent must be >= 1, got {self.max_concurrent}")

@@ -9,8 +9,10 @@ Three deployments: ``Api`` (serve/routes.py, the FastAPI ingress: validation, li
 PNG/JSON encoding) calls ``DDPMModel`` (concurrent sample requests are batched with
 ``@serve.batch``) and ``VAEModel`` (both in serve/deployments.py); request bodies and limits are
 in serve/schemas.py. This file builds the application. Each model deployment takes
-``{"storage_path", "checkpoint"}`` as its Serve ``user_config``: changing it reloads the model in
-place; a checkpoint that fails to load is reported in ``/info`` and the previous model keeps
+``{"storage_path", "checkpoint"}`` as its Serve ``user_config``; a null checkpoint is resolved to
+the registry's best here, once per build, so all replicas serve one file (``/info`` names its
+SHA-256 and the replica that answered). Changing the ``user_config`` reloads the model in place;
+a checkpoint that fails to load is reported in ``/info`` and the previous model keeps
 serving. With HW4_SERVE_TOKEN set (or the
 variable named by ``token_env``), every route wants ``Authorization: Bearer <token>``.
 """
@@ -22,6 +24,7 @@ from ray import serve
 
 from serve.deployments import DDPMModel, VAEModel
 from serve.guard import LOOPBACK_HOSTS, TOKEN_ENV
+from serve.replica import pin_checkpoint
 from serve.routes import Api
 
 
@@ -36,12 +39,12 @@ def build_app(args: dict[str, str]) -> serve.Application:
                   .resolve())
     queue = {"max_queued_requests": int(args["max_queued_requests"])} \
         if "max_queued_requests" in args else {}
-    ddpm = DDPMModel.options(user_config={"storage_path": storage,
-                                          "checkpoint": args.get("ddpm_checkpoint"),
-                                          "batching": args.get("batching", "true") != "false"},
-                             **queue)
-    vae = VAEModel.options(user_config={"storage_path": storage,
-                                        "checkpoint": args.get("vae_checkpoint")}, **queue)
+    # the registry's best is resolved here, once per build: every replica serves that file
+    ddpm = DDPMModel.options(user_config=pin_checkpoint(
+        {"storage_path": storage, "checkpoint": args.get("ddpm_checkpoint"),
+         "batching": args.get("batching", "true") != "false"}, "ddpm"), **queue)
+    vae = VAEModel.options(user_config=pin_checkpoint(
+        {"storage_path": storage, "checkpoint": args.get("vae_checkpoint")}, "vae"), **queue)
     hosts = tuple(h for h in args.get("hosts", "").split(",") if h) or LOOPBACK_HOSTS
     # naming the token's variable makes the token required: a missing one stops the start
     return Api.bind(ddpm.bind(), vae.bind(), args.get("token_env", TOKEN_ENV),

@@ -14,6 +14,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from fastapi import HTTPException
+
 from hw4.errors import HW4Error
 
 TOKEN_ENV = "HW4_SERVE_TOKEN"
@@ -61,8 +63,13 @@ def configure(token_env: str = TOKEN_ENV, required: bool = False,
     return _config
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A body that grew past ``MAX_BODY_BYTES`` while it was read (chunked, no Content-Length).
+    An ``HTTPException``, because FastAPI turns any other error raised while it reads a body
+    into 400 "error parsing the body"; this one it re-raises, and the app answers 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
 
 
 def _host_name(value: str) -> str:

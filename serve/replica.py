@@ -4,6 +4,7 @@ return as values rather than raise across a Ray handle, and the evaluation repor
 a served VAE."""
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -26,6 +27,43 @@ class TooCostly(HW4Error):
     """A request over its route's cost budget, refused before any work: HTTP 422."""
 
 
+def pin_checkpoint(config: dict, family: str) -> dict:
+    """``config`` (a model deployment's ``user_config``) with a null ``checkpoint`` replaced by
+    the registry's best *now*, and where that copy was registered from. Called once where the app
+    is built (``build_app``: ``serve run``, ``serve deploy``, the demo), so every replica of the
+    deployment, including one started later by autoscaling or after a crash, loads the same file
+    until a deliberate redeploy or reconfigure; a replica that resolved the registry itself would
+    pick up whatever was registered since. Left as it is when nothing (readable) is registered:
+    the replica then reports why."""
+    storage = config.get("storage_path") or "results"
+    if config.get("checkpoint") or not registry_path(storage, family).is_file():
+        return config
+    try:
+        record = read_best(storage, family)
+    except HW4Error:
+        return config
+    return {**config, "checkpoint": record["checkpoint"],
+            "registered_from": record.get("registered_from")}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def replica_name() -> str:
+    """Serve's id of this replica (its pid outside a replica, as in unit tests)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_tag
+    except Exception:  # noqa: BLE001 - not in a replica: any of Ray's errors for that
+        return f"pid-{os.getpid()}"
+
+
 class Reloadable:
     """A model that (re)loads from its ``user_config``; a failed load keeps the previous model."""
 
@@ -38,17 +76,19 @@ class Reloadable:
         self.history: list = []
         self.load_error: str | None = None
         self.loaded_at: float | None = None
+        self.sha256: str | None = None
         self.storage = "results"
 
     def load(self, path: Path) -> Any:
         raise NotImplementedError
 
     def reconfigure(self, config: dict) -> None:
-        """Load the configured checkpoint (or the registry's best). A replica that already
-        serves a model keeps it when the new one fails to load (a ``user_config`` change); a new
-        replica fails to start and ``serve status`` shows the error (after a code redeploy the
-        old replicas are gone by then). With nothing registered and no explicit checkpoint, the
-        replica starts empty and answers 503."""
+        """Load the configured checkpoint (``pin_checkpoint`` resolves a null one once, where the
+        app is built; a hand-written null one makes this replica read the registry itself). A
+        replica that already serves a model keeps it when the new one fails to load (a
+        ``user_config`` change); a new replica fails to start and ``serve status`` shows the
+        error (after a code redeploy the old replicas are gone by then). With nothing registered
+        and no explicit checkpoint, the replica starts empty and answers 503."""
         storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
         self.storage = storage
         if not explicit and not registry_path(storage, self.family).is_file():
@@ -58,8 +98,9 @@ class Reloadable:
         try:
             record = None if explicit else read_best(storage, self.family)
             path = resolve_checkpoint(storage, self.family, explicit or record["checkpoint"])
-            origin = Path(record.get("registered_from") or path) if record else path
+            origin = (record or config).get("registered_from") or path
             model = self.load(path)
+            digest = file_sha256(path)
         except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
             self.load_error = str(err)
             if self.model is None:
@@ -67,8 +108,9 @@ class Reloadable:
             print(f"[hw4] {self.family}: keeping {self.path}; the new checkpoint failed: {err}",
                   flush=True)
             return
+        origin = Path(origin)
         self.history = training_history(origin)  # the run's metrics.json sits beside the origin
-        self.model, self.path, self.origin = model, path, origin
+        self.model, self.path, self.origin, self.sha256 = model, path, origin, digest
         self.load_error, self.loaded_at = None, time.time()
 
     def require(self) -> Any:
@@ -82,6 +124,7 @@ class Reloadable:
     def info(self) -> dict:
         m = self.model
         return {"loaded": m is not None, "checkpoint": str(self.path) if self.path else None,
+                "sha256": self.sha256, "replica": replica_name(),
                 "origin": str(self.origin) if self.origin else None,
                 "load_error": self.load_error, "loaded_at": self.loaded_at,
                 "metrics": m.metrics if m else None, "config": m.config if m else None,

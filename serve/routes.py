@@ -12,7 +12,13 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
-from ray.serve.exceptions import BackPressureError, RayServeException
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RayServeException,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle
 
 from hw4 import viz
@@ -58,9 +64,12 @@ def image_reply(images: torch.Tensor, fmt: str, nrow: int = 8, **meta: Any) -> R
                          "shape": list(images.shape), **meta})
 
 
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait: a replica restarts in seconds
+
+
 def unwrap_reply(value: Any) -> Any:
     if isinstance(value, Unavailable):
-        raise HTTPException(503, str(value))
+        raise HTTPException(503, str(value), headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(value, TooCostly):
         raise HTTPException(422, str(value))
     if isinstance(value, HW4Error):
@@ -83,7 +92,25 @@ async def overloaded(_request: Request, err: BackPressureError) -> JSONResponse:
                         headers={"Retry-After": "1"})
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=200)
+# beyond 200 requests in flight and 100 waiting, the proxy answers 503 at once: slow or
+# abandoned uploads cannot pile up behind busy slots (http_options.request_timeout_s bounds each)
+# a model deployment that failed to deploy, or a replica that died under the request (killed,
+# its node lost): the service is down for the moment, not broken, so 503, never a 500
+DOWN = (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, ActorUnavailableError)
+
+
+@api.exception_handler(DeploymentUnavailableError)
+@api.exception_handler(ReplicaUnavailableError)
+@api.exception_handler(RayActorError)
+@api.exception_handler(ActorUnavailableError)
+async def model_down(_request: Request, err: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"a model is unavailable, try again shortly "
+                                   f"({type(err).__name__})"}, 503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=200,
+                  max_queued_requests=100)
 @serve.ingress(api)
 class Api:
     def __init__(self, ddpm: DeploymentHandle, vae: DeploymentHandle, token_env: str = TOKEN_ENV,
@@ -104,21 +131,30 @@ class Api:
         return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name],
                         headers={"Cache-Control": "no-cache"})
 
-    @api.get("/healthz", responses={503: {"description": "no model is loaded"}})
+    @api.get("/healthz", responses={503: {"description": "a model deployment is down, or no "
+                                                        "model is loaded"}})
     async def healthz(self) -> JSONResponse:
-        """Whether each model is loaded, within a second even while the replicas are busy (a
-        replica that does not answer in time is reported "busy"); 503 when none is loaded."""
+        """Whether each model is loaded, within a second even while the replicas are busy: a
+        replica that does not answer in time is "busy" (up, working), one whose deployment
+        failed or whose replica died is "unavailable". 503 when any deployment is unavailable
+        or no model is loaded at all."""
         async def ask(handle: DeploymentHandle) -> bool | str:
             try:
                 return await asyncio.wait_for(handle.loaded.remote(), HEALTH_TIMEOUT_S)
-            except (TimeoutError, RayServeException):
+            except (TimeoutError, BackPressureError):  # slow, or its queue full: up, working
                 return "busy"
+            except (*DOWN, RayServeException):
+                return "unavailable"
 
         ddpm, vae = await asyncio.gather(ask(self.ddpm), ask(self.vae))
         models = {"ddpm": ddpm, "vae": vae}
-        ok = any(v is not False for v in models.values())
-        return JSONResponse({"status": "ok" if ok else "no model loaded", "models": models},
-                            200 if ok else 503)
+        down = [k for k, v in models.items() if v == "unavailable"]
+        loaded = any(v is True or v == "busy" for v in models.values())
+        status = (f"unavailable: {', '.join(down)}" if down
+                  else "ok" if loaded else "no model loaded")
+        return JSONResponse({"status": status, "models": models},
+                            200 if status == "ok" else 503,
+                            headers={} if status == "ok" else {"Retry-After": str(RETRY_AFTER_S)})
 
     @api.get("/info")
     async def info(self) -> dict:

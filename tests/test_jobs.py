@@ -327,6 +327,7 @@ def test_overwrite_keeps_the_drivers_claim(tmp_path):
     (run / "checkpoint_x").mkdir(parents=True)
     (run / "checkpoint_x" / "config.json").write_text("{}")
     (run / "metrics.json").write_text("{}")
+    (run / ".hw4-run").write_text("{}")  # what a run of this project leaves first
     with sole_writer(run, wait_s=0.0):
         check_rerun(DDPMJobConfig(name="o", storage_path=str(tmp_path), overwrite=True))
         assert sorted(p.name for p in run.iterdir()) == sorted([DRIVER_LOCK, WORKERS_LOCK])

@@ -216,6 +216,19 @@ def test_oversized_body_and_bad_json_are_4xx(app):
     assert r.status_code == 422
 
 
+def test_an_oversized_chunked_body_is_413_on_a_real_route(app):
+    """No Content-Length: the guard counts while FastAPI reads the body (it turned the guard's
+    error into 400 'error parsing the body' before the guard's error was an HTTPException)."""
+    def chunks():
+        for _ in range(6):
+            yield b" " * (1024 * 1024)  # 6 MB of JSON whitespace, sent chunked
+
+    r = requests.post(URL + "/ddpm/sample", data=chunks(), timeout=60,
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "over" in r.json()["detail"]
+
+
 def test_token_is_required_on_every_route_when_set(app):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for method, path in (("get", "/healthz"), ("get", "/info"), ("get", "/docs"),

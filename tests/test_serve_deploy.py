@@ -63,8 +63,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["DDPMModel"].pop("autoscaling_config")
     deployments["DDPMModel"].update(num_replicas=1, ray_actor_options={"num_cpus": 1})
-    for d in ("DDPMModel", "VAEModel"):
-        deployments[d]["user_config"]["storage_path"] = str(storage)
+    app["args"]["storage_path"] = str(storage)  # the builder pins the registry's best
 
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
@@ -72,6 +71,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
     try:
         deploy(config, tmp_path / "serve.yaml", env)
         first = wait_for(lambda: ddpm_info()["loaded"] and ddpm_info())
+        assert "registry/checkpoints/ddpm-" in first["checkpoint"] and first["sha256"]  # pinned
         body = {"n": 1, "steps": 3}
 
         codes: list[int] = []
@@ -85,7 +85,9 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
         worker = threading.Thread(target=load)
         worker.start()
         try:
-            deployments["DDPMModel"]["user_config"]["checkpoint"] = str(second)
+            # a checkpoint named in the deployment's user_config: reloaded in place
+            deployments["DDPMModel"]["user_config"] = {"storage_path": str(storage),
+                                                       "checkpoint": str(second)}
             deploy(config, tmp_path / "serve.yaml", env)
             reloaded = wait_for(lambda: ddpm_info()["checkpoint"] == str(second) and ddpm_info())
         finally:

@@ -3,11 +3,14 @@ token resolution that fails closed, cost budgets, PNG bombs, the health answer a
 keep the previous model. Each of these failed (or did not exist) before the hardening."""
 
 import asyncio
+import hashlib
 import io
+import json
 import re
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -202,6 +205,8 @@ def test_healthz_answers_fast_and_503_without_models():
         def remote(self):
             async def answer():
                 await asyncio.sleep(self.delay)
+                if isinstance(self.value, Exception):
+                    raise self.value
                 return self.value
             return answer()
 
@@ -213,3 +218,61 @@ def test_healthz_answers_fast_and_503_without_models():
     assert r.status_code == 200 and b'"busy"' in r.body
     api.ddpm = Handle(False)
     assert asyncio.run(api.healthz()).status_code == 503
+
+
+def test_healthz_is_503_when_a_model_deployment_is_down():
+    """A deployment that failed to deploy (or a dead replica) is down, not "busy": the probe must
+    fail so a load balancer stops sending traffic (it answered 200 {"busy"} for this before)."""
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    from serve.routes import Api
+
+    class Down:
+        @property
+        def loaded(self):
+            return self
+
+        def remote(self):
+            async def answer():
+                raise DeploymentUnavailableError("hw4#DDPMModel")
+            return answer()
+
+    class Up(Down):
+        def remote(self):
+            async def answer():
+                return True
+            return answer()
+
+    api = Api.func_or_class.__new__(Api.func_or_class)
+    api.ddpm, api.vae = Down(), Up()
+    r = asyncio.run(api.healthz())
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert json.loads(r.body)["models"] == {"ddpm": "unavailable", "vae": True}
+    api.ddpm = Up()
+    assert asyncio.run(api.healthz()).status_code == 200
+
+
+def test_replicas_of_one_deployment_serve_one_checkpoint_after_the_registry_changes(tmp_path):
+    """The app's builder resolves the registry's best once; a replica started later (autoscaling,
+    a restart after a crash) loads the same file, not what was registered meanwhile."""
+    from hw4.registry import record_best
+    from serve.replica import pin_checkpoint
+
+    from .conftest import write_ddpm
+
+    storage = make_storage(tmp_path)
+    config = pin_checkpoint({"storage_path": str(storage), "checkpoint": None}, "ddpm")
+    first = DDPMModel.func_or_class()
+    first.reconfigure(config)
+    better = write_ddpm(tmp_path / "better.pt")  # other random weights: another file
+    assert record_best(storage, "ddpm", checkpoint=better, metric="val_loss", value=0.5, mode="min",
+                       config={}, source="better")
+    later = DDPMModel.func_or_class()
+    later.reconfigure(config)  # the same user_config, handed to a new replica
+    a, b = asyncio.run(first.info()), asyncio.run(later.info())
+    assert a["sha256"] == b["sha256"] and a["checkpoint"] == b["checkpoint"]
+    assert a["replica"] and a["sha256"] == hashlib.sha256(Path(a["checkpoint"]).read_bytes()).hexdigest()
+    # a deliberate redeploy resolves again and serves the new best
+    again = DDPMModel.func_or_class()
+    again.reconfigure(pin_checkpoint({"storage_path": str(storage), "checkpoint": None}, "ddpm"))
+    assert asyncio.run(again.info())["checkpoint"] != a["checkpoint"]
