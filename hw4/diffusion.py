@@ -335,6 +335,59 @@ def ddim_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: 
     return StepOutput(prev, x0)
 
 
+# --- 4b. DPM-Solver++(2M): a multistep solver of the probability-flow ODE in x0 space ----------
+
+def half_log_snr(s: DiffusionSchedule, t: int) -> float:
+    """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2 (Lu et al. 2022);
+    +inf at the clean end (t = -1)."""
+    if t < 0:
+        return math.inf
+    ab = float(s.alphas_cumprod[t].double())
+    return 0.5 * math.log(ab / (1 - ab))
+
+
+def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` timesteps of 0..T-1, descending, "trailing" spacing: T-1, T-1-T/steps, ...
+    (the first step starts from the noisiest timestep; Lin et al. 2023, Table 2)."""
+    if not 1 <= steps <= T:
+        raise HW4Error(f"steps must be in 1..{T} for a {T}-step model, got {steps}")
+    grid = torch.arange(T, 0, -T / steps, dtype=torch.float64).round().long() - 1
+    return sorted(set(grid.clamp(min=0).tolist()), reverse=True)
+
+
+def dpmpp_2m_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: int,
+                  xt: torch.Tensor, *, history: list[tuple[int, torch.Tensor]],
+                  prediction: Prediction = "eps", clip: bool = True) -> StepOutput:
+    """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, "DPM-Solver++", Alg. 2;
+    ``t_prev = -1`` is the clean image). ``history`` holds (timestep, x0_hat) of the steps
+    before, oldest first; this step appends its own. The first step, and the last (onto the
+    clean image), are first order (DDIM's eta = 0 update written in lambda); the others add the
+    multistep correction from the previous x0_hat:
+
+        h = lambda_prev - lambda_t,  r = (lambda_t - lambda_last) / h
+        D = x0_hat + (x0_hat - x0_last) / (2 r)
+        x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (exp(-h) - 1) D
+    """
+    # 1. the model's output as x0_hat (data prediction), clipped to the data range if asked
+    x0, _ = _x0_eps(s, model_output, xt, t, prediction, clip)
+    history.append((t, x0))
+    if t_prev < 0:  # onto the clean image: lambda = inf, the first-order step lands on x0_hat
+        return StepOutput(x0, x0)
+    # 2. the step's size in half-log-SNR, and the noise and signal scales at both ends
+    lam_t, lam_prev = half_log_snr(s, t), half_log_snr(s, t_prev)
+    h = lam_prev - lam_t
+    ab_t, ab_prev = float(s.alphas_cumprod[t].double()), float(s.alphas_cumprod[t_prev].double())
+    sigma_ratio = math.sqrt((1 - ab_prev) / (1 - ab_t))
+    alpha_prev = math.sqrt(ab_prev)
+    # 3. first order at the start, second order (the 2M multistep) once a previous x0 exists
+    d = x0
+    if len(history) >= 2:
+        t_last, x0_last = history[-2]
+        r = (lam_t - half_log_snr(s, t_last)) / h
+        d = x0 + (x0 - x0_last) / (2 * r)
+    return StepOutput(sigma_ratio * xt - alpha_prev * math.expm1(-h) * d, x0)
+
+
 # --- 5. sampling loops ------------------------------------------------------------------------
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -345,32 +398,51 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return sorted(set(grid), reverse=True)
 
 
+Method = Literal["ddpm", "ddim", "dpm++2m"]
+METHODS = ("ddpm", "ddim", "dpm++2m")
+
+
+def sampler_timesteps(method: Method, T: int, steps: int | None) -> list[int]:
+    """The descending timesteps a sampler visits: all T (DDPM), ``steps`` evenly spaced ending
+    at 0 (DDIM), or ``steps`` trailing ones starting at T-1 (DPM-Solver++)."""
+    if method == "ddpm":
+        return list(range(T - 1, -1, -1))
+    if method == "ddim":
+        return ddim_timesteps(T, steps or 50)
+    if method == "dpm++2m":
+        return dpm_solver_timesteps(T, steps or 20)
+    raise HW4Error(f"unknown sampler {method!r}; use one of {', '.join(METHODS)}")
+
+
 def sample_progressive(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], *,
-                       method: Literal["ddpm", "ddim"] = "ddpm", steps: int | None = None,
+                       method: Method = "ddpm", steps: int | None = None,
                        eta: float = 0.0, prediction: Prediction = "eps", clip: bool = True,
                        generator: Generators = None, device: str | torch.device = "cpu",
                        x_T: torch.Tensor | None = None,
                        progress: bool = False) -> Iterator[StepOutput]:
-    """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM ``steps`` of them.
+    """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM and
+    DPM-Solver++(2M) ``steps`` network calls (``sampler_timesteps``).
 
     The schedule stays on the CPU: every step reads its coefficients as Python floats, so the
     loop never waits on the accelerator between steps.
     """
-    if method not in ("ddpm", "ddim"):
-        raise HW4Error(f"unknown sampler {method!r}; use ddpm or ddim")
-    T = s.num_timesteps
+    ts = sampler_timesteps(method, s.num_timesteps, steps)
     s = s.to("cpu")
     x = x_T.to(device) if x_T is not None else _noise_like(torch.empty(shape, device=device),
                                                            generator)
-    ts = list(range(T - 1, -1, -1)) if method == "ddpm" else ddim_timesteps(T, steps or 50)
+    history: list[tuple[int, torch.Tensor]] = []  # DPM-Solver++'s previous x0_hat
     for i, t in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress)):
         out = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         if method == "ddpm":
             step = ddpm_step(s, out, t, x, prediction=prediction, clip=clip, generator=generator)
-        else:
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        elif method == "ddim":
             step = ddim_step(s, out, t, t_prev, x, eta=eta, prediction=prediction, clip=clip,
                              generator=generator)
+        else:
+            step = dpmpp_2m_step(s, out, t, t_prev, x, history=history, prediction=prediction,
+                                 clip=clip)
+            del history[:-1]  # the 2M update needs only the last x0_hat
         x = step.prev_sample
         yield step
 

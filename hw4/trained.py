@@ -132,7 +132,7 @@ class TrainedDDPM:
     def num_classes(self) -> int | None:
         return self.model.config.num_classes
 
-    def sample(self, n: int, *, method: Literal["ddpm", "ddim"] = "ddim", steps: int | None = 50,
+    def sample(self, n: int, *, method: diffusion.Method = "ddim", steps: int | None = 50,
                eta: float = 0.0, labels: torch.Tensor | None = None,
                guidance: float | torch.Tensor = 0.0,
                seed: int = 0, generator: diffusion.Generators = None,

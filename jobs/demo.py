@@ -20,18 +20,20 @@ from hw4.errors import HW4Error
 from jobs import common, train_ddpm, train_vae
 
 VAE_ARGS = ["--name", "demo-vae", "--epochs", "5", "--classifier-epochs", "2"]
-# the class-conditional U-Net of the homework, labels dropped 10% of the time; samples and the
-# served grid use DDIM-50 with eta = 1 (it beat eta = 0 on this model size) and guidance w = 1
+# the class-conditional U-Net of the homework, labels dropped 10% of the time, trained with the
+# small recipe (v target, Min-SNR-5, cosine LR); samples and the served grid use
+# DPM-Solver++(2M) in 10 network calls with guidance w = 1
 DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000",
              *common.to_argv(train_ddpm.SMALL), "--sample-every", "1", "--conditional",
-             "--p-uncond", "0.1", "--guidance", "1", "--sample-eta", "1", "--num-samples", "80"]
+             "--p-uncond", "0.1", "--guidance", "1", "--sampler", "dpm++2m", "--sample-steps", "10",
+             "--num-samples", "80"]
 
 
 SERVED_DIGITS_PER_ROW = 6
 
 
 def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
-    """Start the Serve app on the registry's checkpoints, fetch a DDIM-50 grid over HTTP (one row
+    """Start the Serve app on the registry's checkpoints, fetch a DPM-Solver++(2M)-10 grid over HTTP (one row
     per digit, with the pinned classifier's verdicts), stop Serve."""
     import ray
     from ray import serve
@@ -44,7 +46,7 @@ def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
     try:
         serve.run(build_app({"storage_path": storage_path}), name="hw4", route_prefix="/")
         per = SERVED_DIGITS_PER_ROW
-        body = {"n": 10 * per, "sampler": "ddim", "steps": 50, "eta": 1.0, "seed": 0,
+        body = {"n": 10 * per, "sampler": "dpm++2m", "steps": 10, "seed": 0,
                 "labels": [d for d in range(10) for _ in range(per)], "guidance": 1.0,
                 "nrow": per, "format": "json"}
         r = requests.post(f"http://127.0.0.1:{port}/ddpm/sample", timeout=600, json=body)

@@ -68,7 +68,8 @@ class DDPMJobConfig(common.RunOptions):
     compile: bool = opt(False, "torch.compile the U-Net (pays off on GPUs; minutes to compile)")
     sample_every: int = opt(5, "epochs between TensorBoard sample grids")
     num_samples: int = opt(64, "images in samples.png")
-    sample_steps: int = opt(50, "DDIM steps for sample grids and FID")
+    sampler: Literal["ddim", "dpm++2m"] = opt("ddim", "sampler of sample grids and FID")
+    sample_steps: int = opt(50, "sampler steps (network calls) for sample grids and FID")
     sample_eta: float = opt(0.0, "DDIM eta of sample grids and FID (1: DDPM-like noise)")
     fid_every: int = opt(0, "epochs between FIDs of DDIM samples (0: none; sweeps use it)")
     fid_samples: int = opt(500, "samples (and real images) per FID")
@@ -101,9 +102,12 @@ class DDPMJobConfig(common.RunOptions):
 
 
 NUM_CLASSES = 10  # MNIST digits
-# The small U-Net and recipe that fit a 2-core CPU's budget: make demo and the schedule sweep
+# The small U-Net and recipe that fit a 2-core CPU's budget: make demo and the schedule sweep.
+# The v target, Min-SNR-5 weights and the cosine LR decay: chosen by bench/recipe.py's ablation
+# (BENCHMARKS.md, "DDPM recipe")
 SMALL = dict(base_channels=16, channel_mults=(1, 2, 4), attention_resolutions=(4,), dropout=0.0,
-             lr=1e-3, warmup_steps=100, ema_decay=0.995)
+             lr=1e-3, warmup_steps=100, ema_decay=0.995, prediction="v", loss_weight="min-snr",
+             lr_schedule="cosine")
 SMOKE = dict(train_subset=256, val_subset=64, base_channels=8, channel_mults=(1, 2),
              attention_resolutions=(2,), num_heads=2, groups=4, timesteps=50, epochs=2,
              batch_size=32, warmup_steps=2, num_samples=10, sample_steps=5, sample_every=1)
@@ -114,7 +118,7 @@ def render_samples(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
     """``n`` DDIM samples in [0, 1] (n, 1, 28, 28); a conditional model draws the digits in
     order, each ``n // 10`` times (one grid row per digit with ``nrow = n // 10``)."""
     labels = digit_rows(n) if trained.conditional else None
-    return trained.sample(n, method="ddim", steps=cfg.sample_steps, eta=cfg.sample_eta,
+    return trained.sample(n, method=cfg.sampler, steps=cfg.sample_steps, eta=cfg.sample_eta,
                           labels=labels, guidance=cfg.guidance if trained.conditional else 0.0,
                           seed=seed, device=device)
 
@@ -130,7 +134,7 @@ def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -
     """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features);
     a conditional model's samples are class-balanced and scored for class accuracy too."""
     labels = evaluation.balanced_labels(0, cfg.fid_samples, NUM_CLASSES) if trained.conditional else None
-    images = trained.sample(cfg.fid_samples, method="ddim", steps=cfg.sample_steps,
+    images = trained.sample(cfg.fid_samples, method=cfg.sampler, steps=cfg.sample_steps,
                             eta=cfg.sample_eta, labels=labels,
                             guidance=cfg.guidance if trained.conditional else 0.0,
                             seed=cfg.seed, device=device)

@@ -45,7 +45,8 @@ def batch_key(req: dict) -> tuple:
     """Requests that can share one model call: the same sampler settings. Settings a sampler
     ignores are left out (DDPM has no steps or eta), so they do not split a batch; labels and
     guidance are per row, so they never do."""
-    steps, eta = (req["steps"], req["eta"]) if req["sampler"] == "ddim" else (None, None)
+    steps = None if req["sampler"] == "ddpm" else req["steps"]
+    eta = req["eta"] if req["sampler"] == "ddim" else None
     return req["sampler"], steps, eta
 
 
@@ -75,7 +76,7 @@ class DDPMModel(Reloadable):
         """req: n, sampler, steps, eta, seed, labels (n digits or None), guidance
         -> (n, 1, 28, 28) in [0, 1]."""
         ddpm = self.require()
-        if req["sampler"] == "ddim" and req["steps"] > ddpm.timesteps:
+        if req["sampler"] != "ddpm" and req["steps"] > ddpm.timesteps:
             raise HW4Error(f"steps must be at most {ddpm.timesteps} for this model")
         if req.get("labels") is not None and not ddpm.conditional:
             raise HW4Error("the served DDPM is unconditional: send no labels")
@@ -109,7 +110,10 @@ class DDPMModel(Reloadable):
                 if ddpm.conditional:  # rows without labels take the null label (unguided)
                     labels = torch.tensor([c for i in idx for c in requests[i].get("labels")
                                            or [ddpm.num_classes] * requests[i]["n"]])
+                    # unlabeled rows are unguided (w = 0): guiding the null label by itself only
+                    # doubles the batch for the same images
                     guidance = torch.tensor([float(requests[i].get("guidance", 0.0))
+                                             if requests[i].get("labels") else 0.0
                                              for i in idx for _ in range(requests[i]["n"])])
                 self.batch_sizes.append(len(idx))
                 images = await asyncio.to_thread(

@@ -47,13 +47,20 @@ def image_spec(images: list[ImageIn], labels: list[int] | None = None) -> dict:
 
 
 Digit = Annotated[int, Field(ge=0, le=9)]
+# network calls per image when a request names none (DDPM's is the model's T, decided there):
+# DPM-Solver++(2M) at 10 matched DDIM-50's FID (BENCHMARKS.md, "Samplers")
+DEFAULT_STEPS = {"dpm++2m": 10, "ddim": 50, "ddpm": 1000}
 
 
 class DDPMSampleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: int = Field(16, ge=1, le=MAX_SAMPLE_IMAGES, description="images to draw")
-    sampler: Literal["ddpm", "ddim"] = "ddim"
-    steps: int = Field(50, ge=1, le=1000, description="DDIM steps (DDPM always uses all T)")
+    sampler: Literal["dpm++2m", "ddim", "ddpm"] = Field(
+        "dpm++2m", description="dpm++2m: DPM-Solver++(2M), the fewest network calls per good "
+                               "image; ddim; ddpm: all T ancestral steps")
+    steps: int | None = Field(None, ge=1, le=1000,
+                              description="network calls of dpm++2m (default 10) or ddim (default "
+                                          "50); DDPM always uses all T")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 DDPM-like")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     labels: Digit | list[Digit] | None = Field(
@@ -69,6 +76,8 @@ class DDPMSampleIn(BaseModel):
     def one_label_per_image(self) -> "DDPMSampleIn":
         if isinstance(self.labels, list) and len(self.labels) != self.n:
             raise ValueError(f"labels: one digit per image ({self.n}), got {len(self.labels)}")
+        if self.steps is None:
+            self.steps = DEFAULT_STEPS[self.sampler]
         return self
 
     def label_list(self) -> list[int] | None:

@@ -86,3 +86,54 @@ def test_an_ema_saved_before_the_warmup_choice_loads_as_ramp():
     del state["warmup"]
     ema.load_state_dict(state)
     assert ema.warmup == "ramp" and not math.isnan(ema.decay)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_dpm_solver_pp_2m_equals_diffusers_on_a_fixed_network(prediction, steps):
+    """Step for step, on the same network outputs and timesteps, against diffusers'
+    DPMSolverMultistepScheduler (dpmsolver++, order 2, trailing spacing, final sigma 0)."""
+    import numpy as np
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = D.DiffusionSchedule.named("linear", 1000)
+    ref = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, trained_betas=sched.betas.double().numpy().astype(np.float64),
+        algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        prediction_type="epsilon" if prediction == "eps" else "v_prediction")
+    ref.set_timesteps(steps)
+    ts = D.dpm_solver_timesteps(1000, steps)
+    assert ref.timesteps.tolist() == ts
+
+    def network(x, t):  # fixed and smooth: the optimum for data at 0, plus a nonlinear term
+        b = float(sched.sqrt_one_minus_alphas_cumprod[t])
+        return b * x + 0.1 * math.sin(t / 97) * torch.tanh(x.roll(1, dims=-1))
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    history = []
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        out = network(x, t)  # one network output, given to both: the updates are compared
+        ours = D.dpmpp_2m_step(sched, out, t, t_prev, x, history=history, prediction=prediction,
+                               clip=False).prev_sample
+        theirs = ref.step(out.clone(), t, x.clone()).prev_sample
+        assert torch.allclose(ours, theirs.to(ours.dtype), atol=1e-5, rtol=1e-5), (i, t)
+        x = ours
+
+
+def test_dpm_solver_samples_through_the_shared_loop_with_guidance():
+    torch.manual_seed(0)
+    calls = []
+
+    def model(x, t, y=None):
+        calls.append(x.shape[0])
+        return 0.1 * x
+
+    guided = D.guided_model(model, torch.tensor([1, 2]), 1.0, null_label=10)
+    x = D.sample(guided, SCHED, (2, 1, 4, 4), method="dpm++2m", steps=10,
+                 generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 4, 4) and torch.isfinite(x).all()
+    assert calls == [4] * 10  # 10 network calls of the 2N guided batch
+    with pytest.raises(HW4Error, match="unknown sampler"):
+        D.sampler_timesteps("euler", 1000, 10)

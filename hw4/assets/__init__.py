@@ -10,14 +10,26 @@ from pathlib import Path
 from hw4.atomic_files import write_json_atomic
 from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
 from hw4.models import config_from_dict
-from hw4.models.classifier import ClassifierConfig, ConvClassifier
+from hw4.models.classifier import (
+    ClassifierConfig,
+    ConvClassifier,
+    ResNetClassifier,
+    ResNetClassifierConfig,
+)
 
 ASSETS = Path(__file__).resolve().parent
 MANIFEST = ASSETS / "manifest.json"
 
 
-def classifier_path(dataset: str) -> Path:
-    return ASSETS / f"{dataset}_classifier.pt"
+# the second judge of MNIST samples: another architecture, trained with augmentation
+SECOND_JUDGE = "mnist_resnet"
+ARCHITECTURES = {"classifier": (ConvClassifier, ClassifierConfig),
+                 "resnet_classifier": (ResNetClassifier, ResNetClassifierConfig)}
+
+
+def classifier_path(name: str) -> Path:
+    """``name``: a dataset (its pinned CNN) or another pinned classifier (``SECOND_JUDGE``)."""
+    return ASSETS / f"{name}_classifier.pt"
 
 
 def sha256(path: Path) -> str:
@@ -36,7 +48,7 @@ def pin(dataset: str, metrics: dict) -> None:
     write_json_atomic(MANIFEST, entries)
 
 
-def load_classifier(dataset: str) -> ConvClassifier:
+def load_classifier(dataset: str) -> ConvClassifier | ResNetClassifier:
     """The pinned classifier in eval mode; a missing or altered file is a clear error."""
     path = classifier_path(dataset)
     entry = manifest().get(dataset)
@@ -47,5 +59,6 @@ def load_classifier(dataset: str) -> ConvClassifier:
         raise CheckpointError(f"{path} does not match the SHA-256 pinned in {MANIFEST}; FID "
                               f"features would not be comparable (retrain and re-pin, or restore it)")
     state = load_checkpoint(path)
-    model = ConvClassifier(config_from_dict(ClassifierConfig, state["config"]))
+    cls, config = ARCHITECTURES[state.get("kind", "classifier")]
+    model = cls(config_from_dict(config, state["config"]))
     return load_state(model, state["model"], str(path)).eval()

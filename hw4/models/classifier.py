@@ -37,3 +37,50 @@ class ConvClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+@dataclass
+class ResNetClassifierConfig:
+    num_classes: int = 10
+    channels: int = 32
+    feature_dim: int = 128
+
+
+class _Residual(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input (1x1 conv when the shape changes), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNetClassifier(nn.Module):
+    """A second judge of a different build than ``ConvClassifier``: residual blocks with batch
+    norm and global average pooling instead of max-pooled plain convs and a flattening MLP, so
+    an artefact that fools one is less likely to fool both. x (N,1,28,28) in [0,1] -> logits."""
+
+    def __init__(self, cfg: ResNetClassifierConfig):
+        super().__init__()
+        self.config = cfg
+        c = cfg.channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),  # (N, c, 28, 28)
+            _Residual(c, c, 1), _Residual(c, 2 * c, 2),  # (N, 2c, 14, 14)
+            _Residual(2 * c, 4 * c, 2),  # (N, 4c, 7, 7)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 4c)
+            nn.Linear(4 * c, cfg.feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(cfg.feature_dim, cfg.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (N, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

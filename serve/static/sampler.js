@@ -1,4 +1,5 @@
-// The DDPM sampler panel: DDPM or DDIM, digit and guidance, and the pinned classifier's verdicts.
+// The DDPM sampler panel: DPM-Solver++(2M), DDIM or DDPM, digit and guidance, and the pinned
+// classifier's verdicts.
 "use strict";
 
 // the served DDPM's number of diffusion steps T (DDPM sampling always takes all of them)
@@ -9,7 +10,9 @@ function servedConditional() { return Boolean(info && info.ddpm && info.ddpm.con
 async function sample(params, verdicts) {
   const t0 = performance.now();
   const r = await api("ddpm/sample", {...params, format: "json"});
-  let label = params.sampler === "ddpm" ? `DDPM-${servedT()}` : `DDIM-${params.steps}, η=${params.eta}`;
+  const labels = {ddpm: `DDPM-${servedT()}`, ddim: `DDIM-${params.steps}, η=${params.eta}`,
+                  "dpm++2m": `DPM-Solver++(2M)-${params.steps}`};
+  let label = labels[params.sampler];
   if (params.labels !== undefined) label += `, w=${params.guidance}`;
   if (verdicts) showVerdicts(r);
   return figure(png(r.grid_png_base64),
