@@ -1,7 +1,7 @@
 """The DDPM recipe ablation: each training change alone and all together, at the demo's budget.
 
     python -m bench.recipe train --variant base      # one run; --variant all, v, min-snr, cosine
-    python -m bench.recipe eval                      # score every finished run (see bench.quality)
+    python -m bench.recipe eval                      # score the runs: results/recipe/scores.json
 
 Each run is the demo's small class-conditional U-Net, data, batch, learning rate and step count
 (1,170 steps of 128 images, seed 0), trained in this process with the same ``hw4.train`` step the
@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-from hw4 import data, train
+from hw4 import data, evaluation, train
+from hw4.assets import SECOND_JUDGE
 from hw4.atomic_files import write_bytes_atomic
 from hw4.checkpoint import save_checkpoint
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet
+from hw4.trained import load_ddpm
 from jobs import train_ddpm
 
 # the demo's recipe (jobs.demo.DDPM_ARGS: train_ddpm.SMALL, 50,000 images, 3 epochs of batch 128)
@@ -93,6 +95,46 @@ def save(path: Path, model: UNet, ema: train.EMA, cfg: train_ddpm.DDPMJobConfig,
                     model=model, ema=ema.state_dict(), step=step)
 
 
+def score(path: Path, spec: str, n: int, guidance: float, refs: dict) -> dict:
+    """Pinned FID and class accuracy, and the second judge's FID, accuracy and agreement, and
+    the background share, of ``n`` class-balanced samples (seed 0)."""
+    labels = evaluation.balanced_labels(0, n)
+    t0 = time.perf_counter()
+    images = evaluation.Sampler.parse(spec).run(load_ddpm(path), n, 0, labels, guidance)
+    out = {"checkpoint": str(path), "sampler": spec, "guidance": guidance, "n": n,
+           "sample_seconds": time.perf_counter() - t0}
+    q = evaluation.sample_quality(images, "mnist", refs["first"], labels=labels)
+    out.update(fid=q["fid"], class_accuracy=q["class_accuracy"])
+    out.update(evaluation.second_opinion(images, refs["second"], labels))
+    return out
+
+
+def evaluate(out: Path, n: int, threads: int) -> None:
+    """Every variant's final EMA (ramp) with DDIM-50 eta = 1 at w = 1; the base and all-changes
+    runs also with DDIM-50 eta = 0, DPM-Solver++(2M)-10, the other EMA rules and the saved
+    intermediate points (the FID-against-minutes curve). Results: ``out/scores.json``."""
+    torch.set_num_threads(threads)
+    cache = out / "fid_stats"
+    refs = {"first": evaluation.reference_stats("mnist", n, cache),
+            "second": evaluation.reference_stats("mnist", n, cache, judge=SECOND_JUDGE)}
+    test = data.load_dataset("mnist", "test", subset=n, seed=0).tensors[0]
+    floors = {"fid": evaluation.sample_quality(test, "mnist", refs["first"])["fid"],
+              **{k: v for k, v in evaluation.second_opinion(test, refs["second"]).items()
+                 if k in ("second_fid", "background_share")}}
+    jobs = [(v, "step1170-ramp.pt", "ddim:50:1") for v in VARIANTS]
+    for v in ("all", "base"):
+        jobs += [(v, "step1170-ramp.pt", "ddim:50:0"), (v, "step1170-ramp.pt", "dpm++2m:10"),
+                 (v, "step1170-power.pt", "ddim:50:1"), (v, "step1170-half-life.pt", "ddim:50:1")]
+        jobs += [(v, f"step{s}-ramp.pt", "ddim:50:1") for s in (292, 585, 878)]
+    scores = []
+    for variant, name, spec in jobs:
+        if (out / variant / name).is_file():
+            scores.append({"variant": variant, **score(out / variant / name, spec, n, 1.0, refs)})
+            print(json.dumps(scores[-1]), flush=True)
+            write_bytes_atomic(out / "scores.json",
+                               json.dumps({"floor": floors, "scores": scores}, indent=1).encode())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -102,7 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--out", type=Path, default=OUT)
+    e = sub.add_parser("eval")
+    e.add_argument("--n", type=int, default=500)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
+    if args.cmd == "eval":
+        evaluate(args.out, args.n, args.threads)
     if args.cmd == "train":
         run(args.variant, args.steps, args.seed, args.out / args.variant, args.threads)
 

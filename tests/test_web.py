@@ -112,8 +112,8 @@ def test_a_sample_is_generated_and_shown(page, tmp_path):
     page.click("#s-go")
     img = page.wait_for_selector("#s-out figure img")
     page.wait_for_function("document.querySelector('#s-out img').naturalWidth > 0")
-    assert "DDIM-5" in page.inner_text("#s-out figcaption") and " s on the server" in page.inner_text(
-        "#s-out figcaption")
+    caption = page.inner_text("#s-out figcaption")  # the default sampler, DPM-Solver++(2M)
+    assert "DPM-Solver++(2M)-5" in caption and " s on the server" in caption
     assert img.get_attribute("src").startswith("data:image/png;base64,")
     page.click("#s-compare")  # DDPM over all T steps and DDIM-50 (or T) with the same seed
     page.wait_for_function("document.querySelectorAll('#s-out figure').length === 2", timeout=300_000)
