@@ -121,18 +121,41 @@ def evaluate(out: Path, n: int, threads: int) -> None:
     floors = {"fid": evaluation.sample_quality(test, "mnist", refs["first"])["fid"],
               **{k: v for k, v in evaluation.second_opinion(test, refs["second"]).items()
                  if k in ("second_fid", "background_share")}}
-    jobs = [(v, "step1170-ramp.pt", "ddim:50:1") for v in VARIANTS]
+    final = "step1170-ramp.pt"
+    jobs = [("base", final, "ddim:50:1"), ("all", final, "ddim:50:1"), ("all", final, "dpm++2m:10"),
+            ("all", final, "ddim:50:0"), *[(v, final, "ddim:50:1") for v in CHANGES]]
     for v in ("all", "base"):
-        jobs += [(v, "step1170-ramp.pt", "ddim:50:0"), (v, "step1170-ramp.pt", "dpm++2m:10"),
+        jobs += [(v, final, "ddim:50:0"), (v, final, "dpm++2m:10"),
                  (v, "step1170-power.pt", "ddim:50:1"), (v, "step1170-half-life.pt", "ddim:50:1")]
         jobs += [(v, f"step{s}-ramp.pt", "ddim:50:1") for s in (292, 585, 878)]
-    scores = []
-    for variant, name, spec in jobs:
+    done_path = out / "scores.json"  # an interrupted evaluation goes on where it stopped
+    scores = json.loads(done_path.read_text())["scores"] if done_path.is_file() else []
+    for variant, name, spec in dict.fromkeys(jobs):
+        if any(r["variant"] == variant and r["checkpoint"].endswith(name) and r["sampler"] == spec
+               for r in scores):
+            continue
         if (out / variant / name).is_file():
             scores.append({"variant": variant, **score(out / variant / name, spec, n, 1.0, refs)})
             print(json.dumps(scores[-1]), flush=True)
             write_bytes_atomic(out / "scores.json",
                                json.dumps({"floor": floors, "scores": scores}, indent=1).encode())
+
+
+def table(out: Path) -> str:
+    """The scores as the Markdown table in BENCHMARKS.md."""
+    got = json.loads((out / "scores.json").read_text())
+    f = got["floor"]
+    rows = ["| run | checkpoint | sampler (w = 1) | FID (x floor) | class acc. | 2nd judge FID (x floor) "
+            "| 2nd judge acc. | agreement | background share |", "|" + " --- |" * 9]
+    for r in got["scores"]:
+        rows.append(f"| {r['variant']} | {Path(r['checkpoint']).stem} | {r['sampler']} | "
+                    f"{r['fid']:.1f} ({r['fid'] / f['fid']:.2f}x) | {r['class_accuracy']:.3f} | "
+                    f"{r['second_fid']:.1f} ({r['second_fid'] / f['second_fid']:.2f}x) | "
+                    f"{r['second_class_accuracy']:.3f} | {r['agreement']:.3f} | "
+                    f"{r['background_share']:.0%} |")
+    rows.append(f"| MNIST test (the floor) | | | {f['fid']:.1f} | | {f['second_fid']:.2f} | | | "
+                f"{f['background_share']:.0%} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n", type=int, default=500)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--out", type=Path, default=OUT)
+    sub.add_parser("table").add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
+    if args.cmd == "table":
+        print(table(args.out))
     if args.cmd == "eval":
         evaluate(args.out, args.n, args.threads)
     if args.cmd == "train":
