@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_atomic(src: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``path`` through a unique temp name, fsynced before the rename."""
+    def copy(f: IO[bytes]) -> None:
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+
+    return write_atomic(path, copy)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

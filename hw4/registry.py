@@ -20,14 +20,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from hw4.atomic_files import write_json_atomic
+from hw4.atomic_files import copy_atomic, write_json_atomic
 from hw4.errors import HW4Error
 
 
@@ -70,19 +70,32 @@ def locked(storage: str | os.PathLike, family: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def frozen_copy(storage: str | os.PathLike, family: str, checkpoint: str | os.PathLike) -> Path:
-    """The checkpoint copied under a name made of its SHA-256: immutable once written."""
+def file_digest(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    out = Path(storage).resolve() / "registry" / "checkpoints" / f"{family}-{digest.hexdigest()[:20]}.pt"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        shutil.copyfile(checkpoint, tmp)
-        os.replace(tmp, out)
+    return digest.hexdigest()
+
+
+def frozen_copy(storage: str | os.PathLike, family: str, checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint copied under a name made of its SHA-256: immutable once written. The copy
+    is fsynced before its rename; an existing copy is reused only if its content still has
+    that hash (a copy cut short by a crash, or damaged since, is written again)."""
+    digest = file_digest(checkpoint)
+    out = Path(storage).resolve() / "registry" / "checkpoints" / f"{family}-{digest[:20]}.pt"
+    if not out.is_file() or file_digest(out) != digest:
+        copy_atomic(checkpoint, out)
     return out
+
+
+def recorded_value(record: dict, path: Path) -> float:
+    """The record's metric value; NaN (a run that diverged) counts as beaten by any number."""
+    value = record.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RegistryError(f"{path} is damaged (its value is {value!r}, not a number); delete it "
+                            "and register a checkpoint again")
+    return float(value)
 
 
 def record_best(storage: str | os.PathLike, family: str, *, checkpoint: str | os.PathLike,
@@ -92,12 +105,16 @@ def record_best(storage: str | os.PathLike, family: str, *, checkpoint: str | os
     the record's checkpoint is gone, or (``promote``) whatever the record's metric. Returns
     whether the registry changed."""
     path = registry_path(storage, family)
+    if not math.isfinite(value):
+        raise RegistryError(f"{metric} = {value} is not a finite number: a diverged run is never "
+                            "registered")
     with locked(storage, family):
         old = read_best(storage, family) if path.is_file() else None
         if old is not None and Path(old["checkpoint"]).is_file() and not promote:
             if old.get("metric") != metric:
                 return False  # a different yardstick: only an explicit promotion replaces it
-            if not is_better(value, old["value"], mode):
+            old_value = recorded_value(old, path)
+            if not math.isnan(old_value) and not is_better(value, old_value, mode):
                 return False
         write_json_atomic(path, {
             "family": family, "checkpoint": str(frozen_copy(storage, family, checkpoint)),

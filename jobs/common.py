@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from hw4 import data
-from hw4.atomic_files import write_json_atomic
+from hw4.atomic_files import copy_atomic, write_json_atomic
 from hw4.checkpoint import load_checkpoint
 from hw4.errors import HW4Error
 from hw4.registry import record_best
@@ -278,13 +278,16 @@ def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> An
 
 
 def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
-        mode: Literal["min", "max"], callbacks: list | None = None) -> ray.train.Result:
+        mode: Literal["min", "max"], callbacks: list | None = None,
+        finish: Callable[[ray.train.Result], Any] | None = None) -> Any:
     """Build and run the TorchTrainer every job uses: keep the best ``keep_checkpoints`` by
     ``metric``, restart from the latest checkpoint up to ``max_failures`` times. ``callbacks``:
     e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run. The run's folder is
-    this driver's alone while it runs (``sole_writer``)."""
+    this driver's alone while it runs (``sole_writer``), and while ``finish`` (``finalize``: the
+    artifacts and the registry) runs on the result; returns what ``finish`` returns."""
     with sole_writer(run_dir(cfg.storage_path, cfg.name)):
-        return _fit(train_func, cfg, metric=metric, mode=mode, callbacks=callbacks)
+        result = _fit(train_func, cfg, metric=metric, mode=mode, callbacks=callbacks)
+        return finish(result) if finish is not None else result
 
 
 def _fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
@@ -440,11 +443,11 @@ def hold_for_worker(run: Path) -> typing.TextIO:
 RUN_MARKER = ".hw4-run"  # written into a run's folder before its training starts
 # what marks a folder as a run of ours: the marker, or what older runs left (Ray's snapshot, the
 # artifacts' config); a storage root (it holds registry/) never counts, whatever else is there
-RUN_MARKERS = (RUN_MARKER, RAY_SNAPSHOT, "artifacts/config.json")
+RUN_MARKERS = (RUN_MARKER, RAY_SNAPSHOT, "artifacts/config.json", "checkpoint_*/config.json")
 
 
 def is_run_folder(run: Path) -> bool:
-    return not (run / "registry").exists() and any((run / m).exists() for m in RUN_MARKERS)
+    return not (run / "registry").exists() and any(any(run.glob(m)) for m in RUN_MARKERS)
 
 
 def mark_run_folder(run: Path) -> None:
@@ -707,8 +710,7 @@ def finalize(result: ray.train.Result, cfg: Any, *, family: str, metric: str,
         best = result.get_best_checkpoint(metric, mode) or best
     for ckpt, fname in ((best, "checkpoint.pt"), (result.checkpoint, "final.pt")):
         with ckpt.as_directory() as d:
-            shutil.copyfile(Path(d) / CHECKPOINT_FILE, out / f".{fname}.tmp")
-            os.replace(out / f".{fname}.tmp", out / fname)
+            copy_atomic(Path(d) / CHECKPOINT_FILE, out / fname)  # fsynced, then renamed
     state = load_checkpoint(out / "checkpoint.pt")
     final = load_checkpoint(out / "final.pt")
     render(state, out)

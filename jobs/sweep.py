@@ -206,11 +206,12 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
     run.mkdir(parents=True, exist_ok=True)
     with open(run / ATTEMPTS_FILE, "a") as f:
         f.write(f"start {time.time():.3f}\n")
-    result = common.fit(spec.train_func, job, metric=spec.metric, mode=spec.mode,
-                        callbacks=[TrialReport(spec.metric, spec.mode)])
     # the final checkpoint is the one whose metrics Tune saw last
-    common.finalize(result, job, family="", metric=spec.metric, mode=spec.mode,
-                    render=spec.render, select="final", register=False)
+    common.fit(spec.train_func, job, metric=spec.metric, mode=spec.mode,
+               callbacks=[TrialReport(spec.metric, spec.mode)],
+               finish=lambda result: common.finalize(
+                   result, job, family="", metric=spec.metric, mode=spec.mode,
+                   render=spec.render, select="final", register=False))
 
 
 def asha(opts: SweepOptions, epochs: int) -> ASHAScheduler | None:

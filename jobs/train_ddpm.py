@@ -235,9 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = common.parse_config(DDPMJobConfig, argv, SMOKE, __doc__)
     data.load_tensors("mnist", "test")  # fail fast, on the driver, when the data is missing
     t0 = time.time()
-    result = common.fit(train_func, cfg, metric="val_loss", mode="min")
-    summary = common.finalize(result, cfg, family="ddpm", metric="val_loss", mode="min",
-                              render=render)
+    summary = common.fit(train_func, cfg, metric="val_loss", mode="min",
+                         finish=lambda result: common.finalize(
+                             result, cfg, family="ddpm", metric="val_loss", mode="min",
+                             render=render))
     if not cfg.quiet:
         print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
     return summary

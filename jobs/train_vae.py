@@ -214,10 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = common.parse_config(VAEJobConfig, argv, SMOKE, __doc__)
     data.load_tensors("fashion_mnist", "test")  # fail fast, on the driver, when data is missing
     t0 = time.time()
-    result = common.fit(train_func, cfg, metric="val_loss", mode="min")
     # the final checkpoint: its classifier heads were trained on exactly this encoder
-    summary = common.finalize(result, cfg, family="vae", metric="val_loss", mode="min",
-                              render=render, select="final")
+    summary = common.fit(train_func, cfg, metric="val_loss", mode="min",
+                         finish=lambda result: common.finalize(
+                             result, cfg, family="vae", metric="val_loss", mode="min",
+                             render=render, select="final"))
     if not cfg.quiet:
         print(f"wall time {time.time() - t0:.1f}s; artifacts in {Path(summary['checkpoint']).parent}")
     return summary

@@ -113,3 +113,54 @@ def test_rerun_with_another_config_is_refused_unless_asked(tmp_path):
     assert changes[-1]["changed"] == {"lr": {"from": 1e-3, "to": 2e-4}}
     check_rerun(DDPMJobConfig(name="r", storage_path=str(tmp_path), lr=2e-4, overwrite=True))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_nan_entry_is_beaten_by_a_real_value_and_nan_is_never_registered(tmp_path):
+    import json
+    import math
+
+    from hw4.registry import RegistryError, read_best, record_best, registry_path
+
+    ckpt = tmp_path / "a.pt"
+    ckpt.write_bytes(b"weights a")
+    kw = dict(metric="val_loss", mode="min", config={}, source="s")
+    with pytest.raises(RegistryError, match="never registered"):
+        record_best(tmp_path, "ddpm", checkpoint=ckpt, value=math.nan, **kw)
+    assert not registry_path(tmp_path, "ddpm").exists()
+    # an entry written with NaN (by an older version, or by hand): any real value beats it
+    record_best(tmp_path, "ddpm", checkpoint=ckpt, value=5.0, **kw)
+    record = json.loads(registry_path(tmp_path, "ddpm").read_text())
+    registry_path(tmp_path, "ddpm").write_text(json.dumps({**record, "value": float("nan")}))
+    better = tmp_path / "b.pt"
+    better.write_bytes(b"weights b")
+    assert record_best(tmp_path, "ddpm", checkpoint=better, value=9.0, **kw)
+    assert read_best(tmp_path, "ddpm")["value"] == 9.0
+
+
+def test_a_record_without_a_value_is_a_one_line_error(tmp_path):
+    import json
+
+    from hw4.registry import RegistryError, record_best, registry_path
+
+    ckpt = tmp_path / "a.pt"
+    ckpt.write_bytes(b"weights")
+    record_best(tmp_path, "vae", checkpoint=ckpt, value=1.0, metric="m", mode="min", config={},
+                source="s")
+    record = json.loads(registry_path(tmp_path, "vae").read_text())
+    del record["value"]
+    registry_path(tmp_path, "vae").write_text(json.dumps(record))
+    with pytest.raises(RegistryError, match="damaged") as err:
+        record_best(tmp_path, "vae", checkpoint=ckpt, value=0.5, metric="m", mode="min",
+                    config={}, source="s")
+    assert "\n" not in str(err.value)
+
+
+def test_a_damaged_frozen_copy_is_written_again(tmp_path):
+    from hw4.registry import frozen_copy
+
+    ckpt = tmp_path / "a.pt"
+    ckpt.write_bytes(b"the real weights")
+    out = frozen_copy(tmp_path, "ddpm", ckpt)
+    out.write_bytes(b"the real wei")  # cut short, as by a crash before the copy was synced
+    assert frozen_copy(tmp_path, "ddpm", ckpt) == out
+    assert out.read_bytes() == b"the real weights"
