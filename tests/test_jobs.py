@@ -238,6 +238,10 @@ def test_cluster_yaml_passes_ray_validation():
     assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
     assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert all(t["node_config"]["SecurityGroupIds"] for t in raw["available_node_types"].values())
+    for name, node_type in raw["available_node_types"].items():  # scoped roles, IMDSv2 only
+        cfg = node_type["node_config"]
+        assert cfg["MetadataOptions"]["HttpTokens"] == "required", name
+        assert cfg["IamInstanceProfile"]["Arn"].endswith(f"hw4-ray-{'head' if name == 'head' else 'worker'}")
     bad = {**raw, "unknown_key": 1}
     with pytest.raises(Exception):  # noqa: B017 - Ray raises jsonschema's ValidationError
         validate_config(prepare_config(bad))
