@@ -4,7 +4,6 @@ return as values rather than raise across a Ray handle, and the evaluation repor
 a served VAE."""
 
 import functools
-import hashlib
 import json
 import os
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hw4.errors import HW4Error
-from hw4.registry import read_best, registry_path
+from hw4.registry import file_digest, read_best, registry_path
 from hw4.trained import resolve_checkpoint, training_history
 
 # what a damaged checkpoint or registry entry raises on load: reported, the old model kept
@@ -44,14 +43,6 @@ def pin_checkpoint(config: dict, family: str) -> dict:
         return config
     return {**config, "checkpoint": record["checkpoint"],
             "registered_from": record.get("registered_from")}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def replica_name() -> str:
@@ -100,7 +91,7 @@ class Reloadable:
             path = resolve_checkpoint(storage, self.family, explicit or record["checkpoint"])
             origin = (record or config).get("registered_from") or path
             model = self.load(path)
-            digest = file_sha256(path)
+            digest = file_digest(path)
         except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
             self.load_error = str(err)
             if self.model is None:
