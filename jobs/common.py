@@ -518,7 +518,8 @@ def config_from_state(cls: type, state: dict) -> Any:
 
 
 def run_dir(storage_path: str, name: str) -> Path:
-    check_name(name)  # every caller, not only the CLI's: a bad name never becomes a path
+    for part in name.split("/"):  # a sweep's trial runs live at <sweep>-runs/<trial id>
+        check_name(part)  # every caller, not only the CLI's: a bad name never becomes a path
     return Path(storage_path).resolve() / name
 
 
