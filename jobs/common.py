@@ -75,7 +75,7 @@ class RunOptions:
     smoke_test: bool = opt(False, "tiny data and model, a few steps (for tests)")
 
     def validate(self) -> None:
-        check_name(self.name)
+        check_run_name(self.name)
         check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
         check(self.cpus_per_worker is None or self.cpus_per_worker > 0,
               "--cpus-per-worker must be > 0")
@@ -155,6 +155,15 @@ def check_name(name: str, flag: str = "--name") -> None:
     check(isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None,
           f"{flag} must be one folder name: letters, digits, '.', '_' or '-', starting with a "
           f"letter or digit, at most 100 characters; got {name!r}")
+
+
+def check_run_name(name: str) -> None:
+    """A run's name: one folder name, or ``<sweep>-runs/<trial id>`` for a sweep's trial."""
+    parts = name.split("/") if isinstance(name, str) else [name]
+    check(len(parts) == 1 or (len(parts) == 2 and parts[0].endswith("-runs")),
+          f"--name must be one folder name; got {name!r}")
+    for part in parts:
+        check_name(part)
 
 
 def check(condition: bool, message: str) -> None:
@@ -518,8 +527,7 @@ def config_from_state(cls: type, state: dict) -> Any:
 
 
 def run_dir(storage_path: str, name: str) -> Path:
-    for part in name.split("/"):  # a sweep's trial runs live at <sweep>-runs/<trial id>
-        check_name(part)  # every caller, not only the CLI's: a bad name never becomes a path
+    check_run_name(name)  # every caller, not only the CLI's: a bad name never becomes a path
     return Path(storage_path).resolve() / name
 
 

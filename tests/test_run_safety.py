@@ -48,6 +48,12 @@ def test_run_dir_refuses_a_bad_name_from_any_caller(tmp_path):
     with pytest.raises(HW4Error, match="one folder name"):
         common.run_dir(str(tmp_path), "")
     assert common.run_dir(str(tmp_path), "demo-ddpm.v2_1") == tmp_path.resolve() / "demo-ddpm.v2_1"
+    # a sweep's trial: <sweep>-runs/<trial id>, each part a folder name
+    trial = common.run_dir(str(tmp_path), "s-runs/a1_00000")
+    assert trial == tmp_path.resolve() / "s-runs" / "a1_00000"
+    for bad in ("s-runs/..", "s/a1", "s-runs/a/b"):
+        with pytest.raises(HW4Error, match="one folder name"):
+            common.run_dir(str(tmp_path), bad)
 
 
 def test_overwrite_deletes_only_a_folder_of_ours(tmp_path):
