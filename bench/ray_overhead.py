@@ -39,7 +39,7 @@ def train_loop(config: dict) -> dict:
     if in_ray:
         import ray.train
 
-        from jobs.common import prepare_model
+        from jobs.worker import prepare_model
     torch.set_num_threads(config["threads"])
     torch.manual_seed(0)
     model = UNet(UNetConfig(**config["unet"]))
@@ -149,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from jobs import common
+    from jobs import driver
 
     cfg = TINY if args.tiny else DEFAULT
     if args.tiny:
@@ -157,7 +157,7 @@ def main() -> None:
     config = {"unet": cfg.__dict__, "batch": args.batch, "steps": args.steps,
               "warmup": args.warmup, "report_every": args.report_every,
               "threads": args.threads, "tiny": args.tiny}
-    common.init_ray(quiet=True, num_cpus=max(args.threads, 1))  # Ray Train's cleaner finds this Ray
+    driver.init_ray(quiet=True, num_cpus=max(args.threads, 1))  # Ray Train's cleaner finds this Ray
     plain, in_ray, fit_s, cpu = [], [], [], []
     try:
         with tempfile.TemporaryDirectory(prefix="hw4-bench-ray-") as storage:

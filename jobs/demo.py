@@ -17,14 +17,14 @@ import requests
 
 from hw4.atomic_files import write_bytes_atomic
 from hw4.errors import HW4Error
-from jobs import common, train_ddpm, train_vae
+from jobs import cli, driver, train_ddpm, train_vae
 
 VAE_ARGS = ["--name", "demo-vae", "--epochs", "5", "--classifier-epochs", "2"]
 # the class-conditional U-Net of the homework, labels dropped 10% of the time, trained with the
 # small recipe (v target, Min-SNR-5, cosine LR); samples and the served grid use
 # DPM-Solver++(2M) in 10 network calls with guidance w = 1
 DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000",
-             *common.to_argv(train_ddpm.SMALL), "--sample-every", "1", "--conditional",
+             *cli.to_argv(train_ddpm.SMALL), "--sample-every", "1", "--conditional",
              "--p-uncond", "0.1", "--guidance", "1", "--sampler", "dpm++2m", "--sample-steps", "10",
              "--num-samples", "80"]
 
@@ -40,7 +40,7 @@ def serve_and_sample(storage_path: str, port: int) -> tuple[Path, dict]:
 
     from serve.app import build_app
 
-    common.init_ray(quiet=True)
+    driver.init_ray(quiet=True)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are not for users
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 300})
     try:
@@ -88,7 +88,7 @@ def summary(vae: dict, ddpm: dict, served: Path, verdict: dict, times: dict[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage-path", default="results")
     parser.add_argument("--num-workers", default="1")
     parser.add_argument("--port", type=int, default=8000, help="Serve's HTTP port (loopback)")
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -26,8 +26,8 @@ from hw4.assets import load_classifier
 from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.evaluation import Sampler
 from hw4.trained import load_ddpm, load_vae, resolve_checkpoint
-from jobs import common
-from jobs.common import check, opt
+from jobs import cli, driver
+from jobs.cli import check, opt
 
 
 @dataclass
@@ -56,7 +56,7 @@ class EvalConfig:
     smoke_test: bool = opt(False, "tiny sizes (for tests)")
 
     def validate(self) -> None:
-        common.check_name(self.name)
+        cli.check_name(self.name)
         check(len(self.models) > 0 and set(self.models) <= {"vae", "ddpm"},
               f"--models must be vae and/or ddpm, got {list(self.models)}")
         check(self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}")
@@ -94,8 +94,8 @@ def draw_samples(cfg: EvalConfig, path: Path, spec: str, conditional: bool = Fal
                           for (n, s), first in zip(parts, firsts, strict=True)])
     import ray
 
-    common.init_ray()
-    cpus = cfg.cpus_per_worker or common.default_cpus_per_worker(cfg.num_workers)
+    driver.init_ray()
+    cpus = cfg.cpus_per_worker or driver.default_cpus_per_worker(cfg.num_workers)
     task = ray.remote(num_cpus=cpus)(evaluation.sample_chunk)
     pending = [task.remote(str(path), spec, n, s, cpus, first, guidance)
                for (n, s), first in zip(parts, firsts, strict=True)]
@@ -263,7 +263,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = common.parse_config(EvalConfig, argv, SMOKE, __doc__)
+    cfg = cli.parse_config(EvalConfig, argv, SMOKE, __doc__)
     out = Path(cfg.storage_path) / "eval" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -284,4 +284,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -1,4 +1,4 @@
-"""Glue shared by the Ray Tune sweeps.
+"""Ray Tune sweeps of the training jobs: options, search, resources, the trial and the sweep.
 
 Each trial drives one Ray Train run of a training job (the pattern Ray Train V2 wants: a function
 trainable that fits a ``TorchTrainer`` and forwards its reports to Tune). On top of that:
@@ -9,15 +9,13 @@ trainable that fits a ``TorchTrainer`` and forwards its reports to Tune). On top
 - as many trials at once as the cluster fits (fractional CPUs per worker, one GPU per worker);
 - a trial whose worker crashes is restarted by Tune and resumes its Train run's last checkpoint;
 - ``Tuner.restore`` resumes an interrupted sweep (searcher state included);
-- the end writes the results table and a plot, and registers the best finished trial.
+- the end (``jobs.sweep_results``) writes the results table and a plot, and registers the
+  best finished trial.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
 import time
 from collections.abc import Callable
@@ -30,10 +28,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from hw4 import viz
-from hw4.atomic_files import write_bytes_atomic, write_json_atomic
-from jobs import common
-from jobs.common import check, opt
+from jobs import cli, driver, finish
+from jobs.cli import check, opt
 
 TRIAL_CPU = 0.1  # a trial's own actor only waits on its Train run; Tune refuses 0
 ATTEMPTS_FILE = "attempts.log"  # one line per start of a trial (a restart after a crash adds one)
@@ -71,7 +67,7 @@ class SweepOptions:
                                "metric")
 
     def validate(self) -> None:
-        common.check_name(self.name)
+        cli.check_name(self.name)
         check(self.num_samples >= 1, f"--num-samples must be >= 1, got {self.num_samples}")
         check(self.max_concurrent is None or self.max_concurrent >= 1,
               f"--max-concurrent must be >= 1, got {self.max_concurrent}")
@@ -207,9 +203,9 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
     with open(run / ATTEMPTS_FILE, "a") as f:
         f.write(f"start {time.time():.3f}\n")
     # the final checkpoint is the one whose metrics Tune saw last
-    common.fit(spec.train_func, job, metric=spec.metric, mode=spec.mode,
+    driver.fit(spec.train_func, job, metric=spec.metric, mode=spec.mode,
                callbacks=[TrialReport(spec.metric, spec.mode)],
-               finish=lambda result: common.finalize(
+               finish=lambda result: finish.finalize(
                    result, job, family="", metric=spec.metric, mode=spec.mode,
                    render=spec.render, select="final", register=False))
 
@@ -229,7 +225,7 @@ def asha(opts: SweepOptions, epochs: int) -> ASHAScheduler | None:
 def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, epochs: int) -> tune.ResultGrid:
     """Run (or resume) the sweep ``opts.name`` under ``opts.storage_path``; ``epochs``: the
     reports each trial makes (the scheduler's rungs lie below it)."""
-    common.init_ray(quiet=True, state_api=True)  # Tune's table, not every worker's log lines
+    driver.init_ray(quiet=True, state_api=True)  # Tune's table, not every worker's log lines
     res = ray.cluster_resources()
     use_gpu = res.get("GPU", 0) > 0 if opts.gpu is None else opts.gpu
     opts.max_concurrent, opts.cpus_per_worker = plan_resources(
@@ -257,102 +253,6 @@ def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, epochs: int
                                       failure_config=tune.FailureConfig(
                                           max_failures=opts.max_retries)))
     return tuner.fit()
-
-
-def trial_rows(grid: tune.ResultGrid, params: list[str], metrics: list[str],
-               opts: SweepOptions) -> list[dict]:
-    """One row per trial: its parameters, its last reported metrics, how far it got (the epochs
-    it reported; ``stopped`` when the scheduler cut it short), its restarts after crashes, and
-    its artifact if it finished. Finished trials are ranked by the sweep's metric first."""
-    rows = []
-    for r in grid:
-        m = r.metrics or {}
-        trial_id = m.get("trial_id")  # absent only for a trial that failed before any report
-        run = trial_dir(opts.storage_path, opts.name, str(trial_id))
-        artifact = run / "artifacts" / "checkpoint.pt"
-        attempts = (run / ATTEMPTS_FILE).read_text().count("start") if (
-            run / ATTEMPTS_FILE).is_file() else 1
-        status = "error" if r.error else ("done" if artifact.is_file() else "stopped")
-        rows.append({**{p: r.config.get(p) for p in params},
-                     **{k: m.get(k) for k in metrics},
-                     "status": status, "epochs": m.get("epochs_done"),
-                     "restarts": attempts - 1, "diverged": bool(m.get("diverged")),
-                     "trial_id": trial_id,
-                     "checkpoint": str(artifact) if artifact.is_file() else None})
-    return rows
-
-
-def rank(rows: list[dict], metric: str, mode: Literal["min", "max"]) -> list[dict]:
-    """Finished trials first, best first, with their rank; then stopped and failed trials (not
-    ranked: they were not trained as far)."""
-    done = [r for r in rows if r["status"] == "done" and r.get(metric) is not None]
-    done.sort(key=lambda r: r[metric], reverse=mode == "max")
-    for i, r in enumerate(done):
-        r["rank"] = i + 1
-    rest = [r for r in rows if r not in done]
-    for r in rest:
-        r["rank"] = None
-    return [{"rank": r.pop("rank"), **r} for r in done + rest]
-
-
-def write_tables(rows: list[dict], out: Path) -> None:
-    """results.csv and results.md (numbers to 4 significant digits in the Markdown)."""
-    cols = [c for c in rows[0] if c != "checkpoint"] if rows else []
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(out / "results.csv", buf.getvalue().encode())
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    write_bytes_atomic(out / "results.md", ("\n".join(lines) + "\n").encode())
-
-
-def plot_trials(grid: tune.ResultGrid, rows: list[dict], *, metric: str, label: Callable[[dict], str],
-                path: Path, title: str) -> None:
-    """The metric after every epoch of every trial (every report, stopped trials included):
-    finished trials solid, stopped ones dashed and ending in a cross."""
-    status = {str(r["trial_id"]): r["status"] for r in rows}
-    curves = []
-    for r in grid:
-        df = r.metrics_dataframe
-        if df is None or metric not in df or "epochs_done" not in df:
-            continue
-        df = df.dropna(subset=[metric])
-        trial_id = str(df["trial_id"].iloc[-1]) if len(df) else ""
-        curves.append((label(r.config), df["epochs_done"].tolist(), df[metric].tolist(),
-                       status.get(trial_id, "stopped")))
-    viz.trial_curves(curves, path, xlabel="epochs trained", ylabel=metric, title=title)
-
-
-def register_best(rows: list[dict], *, family: str, metric: str, mode: Literal["min", "max"],
-                  opts: SweepOptions, out: Path) -> dict | None:
-    """Write the best finished trial (by ``metric``) to ``best.json`` and offer it to the
-    registry, which takes it when it beats the entry by the same metric (or ``--promote``)."""
-    done = [r for r in rows if r["checkpoint"] and r.get(metric) is not None]
-    if not done:
-        print("no finished trial has a checkpoint; nothing registered")
-        return None
-    best = (min if mode == "min" else max)(done, key=lambda r: r[metric])
-    best["registered"] = common.should_register(opts) and common.register_checkpoint(
-        opts.storage_path, family, checkpoint=best["checkpoint"], metric=metric, value=best[metric],
-        mode=mode, config=best, source=str(Path(opts.storage_path) / opts.name), promote=opts.promote)
-    write_json_atomic(out / "best.json", best)
-    print(json.dumps({"best": best}, indent=2, default=str))
-    return best
-
-
-def summarize(rows: list[dict]) -> str:
-    stopped = [r for r in rows if r["status"] == "stopped"]
-    at = ", ".join(str(r["epochs"]) for r in stopped)
-    return (f"{len(rows)} trials: {sum(r['status'] == 'done' for r in rows)} finished, "
-            f"{len(stopped)} stopped early" + (f" (after epochs {at})" if stopped else "") +
-            f", {sum(r['status'] == 'error' for r in rows)} failed, "
-            f"{sum(r['restarts'] for r in rows)} restart(s) after crashes")
 
 
 def options_dict(opts: SweepOptions) -> dict:

@@ -27,7 +27,7 @@ from hw4.models.classifier import (
     ResNetClassifier,
     ResNetClassifierConfig,
 )
-from jobs import common
+from jobs import cli
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -45,7 +45,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["mnist", "fashion_mnist"], required=True)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="random rotation, shift and scale of every training batch")
     parser.add_argument("--out", default=None, help="default: the pinned asset path")
     args = parser.parse_args(argv)
-    common.check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
+    cli.check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
     torch.manual_seed(args.seed)
     train_set = data.load_dataset(args.dataset, "train", subset=args.subset, seed=args.seed)
     test_set = data.load_dataset(args.dataset, "test")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {"test_accuracy": test["accuracy"], "train_seconds": time.time() - t0,
                "epochs": args.epochs}
     name = assets.SECOND_JUDGE if args.arch == "resnet" else args.dataset
-    common.check(name != assets.SECOND_JUDGE or args.dataset == "mnist",
+    cli.check(name != assets.SECOND_JUDGE or args.dataset == "mnist",
                  "--arch resnet is the second judge of MNIST samples: use --dataset mnist")
     out = args.out or assets.classifier_path(name)
     save_checkpoint(out, kind="resnet_classifier" if args.arch == "resnet" else "classifier",
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -24,14 +24,14 @@ from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
 from hw4.trained import TrainedDDPM, ddpm_from_state
-from jobs import common
-from jobs.common import opt
+from jobs import cli, driver, finish, worker
+from jobs.cli import opt
 
 _UNET = UNetConfig()
 
 
 @dataclass
-class DDPMJobConfig(common.RunOptions):
+class DDPMJobConfig(cli.RunOptions):
     name: str = opt("ddpm", "run name; the same name resumes")
     train_subset: int | None = opt(None, "train on this many MNIST images")
     val_subset: int = opt(2000, "held-out images for the validation loss")
@@ -76,7 +76,7 @@ class DDPMJobConfig(common.RunOptions):
 
     def validate(self) -> None:
         super().validate()
-        c = common.check
+        c = cli.check
         c(self.timesteps >= 2, f"--timesteps must be >= 2, got {self.timesteps}")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
@@ -150,7 +150,7 @@ def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -
 def train_func(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = DDPMJobConfig(**config)
-    w = common.setup_worker(cfg, "mnist", normalization="symmetric")
+    w = worker.setup_worker(cfg, "mnist", normalization="symmetric")
     model = UNet(cfg.unet()).to(w.device)
     ema = train.EMA(model, cfg.ema_decay, cfg.ema_warmup)
     optimizer = train.make_optimizer(model.parameters(), cfg.lr, w.device)
@@ -158,14 +158,14 @@ def train_func(config: dict) -> None:
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_lambda(
         cfg.warmup_steps, cfg.lr_schedule, max(total_steps, cfg.warmup_steps + 1)))
     start_epoch, history = 0, []
-    state = common.restore_state(w.device)
+    state = worker.restore_state(w.device)
     if state is not None:  # resume: a restarted worker group or a rerun with the same name
         load_state(model, state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["extra"]["lr_scheduler"])
         start_epoch, history = state["epoch"] + 1, state["extra"]["history"]
-    model = common.prepare_model(model)
+    model = worker.prepare_model(model)
     forward = torch.compile(model) if cfg.compile else model
     ema_model = copy.deepcopy(unwrap(model))
     schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(w.device)
@@ -184,7 +184,7 @@ def train_func(config: dict) -> None:
     for epoch in w.epochs(start_epoch, cfg.epochs):
         t0 = time.time()
         tr = train.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
-                             progress=common.progress_bar(cfg.quiet), log_every=common.LOG_EVERY,
+                             progress=worker.progress_bar(cfg.quiet), log_every=worker.LOG_EVERY,
                              on_log=w.progress("DDPM", epoch, start_epoch, cfg.epochs))
         ema.copy_to(ema_model)
         trained = TrainedDDPM.from_model(ema_model, cfg)
@@ -205,7 +205,7 @@ def train_func(config: dict) -> None:
             model_config=dataclasses.asdict(cfg.unet()), model=model, ema=ema.state_dict(),
             optimizer=optimizer, step=metrics["step"], epoch=epoch, metrics=metrics,
             extra={"lr_scheduler": lr_sched.state_dict(), "history": list(history)})
-        common.report(metrics, save, cfg)
+        worker.report(metrics, save, cfg)
     w.close()
 
 
@@ -224,7 +224,7 @@ def log_epoch(writer: SummaryWriter, metrics: dict, trained: TrainedDDPM, cfg: D
 def render(state: dict, out: Path) -> None:
     """samples.png from the EMA weights of the best checkpoint (one row per digit when the
     model is conditional)."""
-    cfg = common.config_from_state(DDPMJobConfig, state)
+    cfg = cli.config_from_state(DDPMJobConfig, state)
     trained = ddpm_from_state(state)
     n = cfg.num_samples
     viz.save_grid(render_samples(trained, cfg, n, cfg.seed),
@@ -232,11 +232,11 @@ def render(state: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = common.parse_config(DDPMJobConfig, argv, SMOKE, __doc__)
+    cfg = cli.parse_config(DDPMJobConfig, argv, SMOKE, __doc__)
     data.load_tensors("mnist", "test")  # fail fast, on the driver, when the data is missing
     t0 = time.time()
-    summary = common.fit(train_func, cfg, metric="val_loss", mode="min",
-                         finish=lambda result: common.finalize(
+    summary = driver.fit(train_func, cfg, metric="val_loss", mode="min",
+                         finish=lambda result: finish.finalize(
                              result, cfg, family="ddpm", metric="val_loss", mode="min",
                              render=render))
     if not cfg.quiet:
@@ -245,4 +245,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -27,14 +27,14 @@ from hw4.models.autoencoder import (
     LatentClassifier,
     LatentClassifierConfig,
 )
-from jobs import common
-from jobs.common import opt
+from jobs import cli, driver, finish, worker
+from jobs.cli import opt
 
 _AE = AutoencoderConfig()
 
 
 @dataclass
-class VAEJobConfig(common.RunOptions):
+class VAEJobConfig(cli.RunOptions):
     name: str = opt("vae", "run name; the same name resumes")
     train_subset: int | None = opt(None, "train on this many images")
     val_subset: int | None = opt(None, "evaluate on this many test images")
@@ -56,7 +56,7 @@ class VAEJobConfig(common.RunOptions):
 
     def validate(self) -> None:
         super().validate()
-        c = common.check
+        c = cli.check
         c(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
         c(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
@@ -124,18 +124,18 @@ def traversal(vae: Autoencoder, x: torch.Tensor, rows: int = 8) -> torch.Tensor:
 def train_func(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = VAEJobConfig(**config)
-    w = common.setup_worker(cfg, "fashion_mnist", val_batch=512)
+    w = worker.setup_worker(cfg, "fashion_mnist", val_batch=512)
     fixed = w.val_loader.dataset.tensors[0][:16].to(w.device)
     vae = Autoencoder(cfg.autoencoder()).to(w.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, fused=w.device.type == "cuda")
     start_epoch, step_count, history, clf_state = 0, 0, [], None
-    state = common.restore_state(w.device)
+    state = worker.restore_state(w.device)
     if state is not None:
         load_state(vae, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step_count = state["epoch"] + 1, state["step"]
         history, clf_state = state["extra"]["history"], state["extra"].get("classifiers")
-    model = common.prepare_model(vae)
+    model = worker.prepare_model(vae)
     forward = torch.compile(model) if cfg.compile else model
     gen = w.generator()
     classifiers = None
@@ -160,7 +160,7 @@ def train_func(config: dict) -> None:
         t0 = time.time()
         if epoch < cfg.epochs:  # phase 1: the autoencoder itself
             tr = train.run_epoch(w.loader, vae_step, device=w.device, desc=f"epoch {epoch}",
-                                 progress=common.progress_bar(cfg.quiet), log_every=common.LOG_EVERY,
+                                 progress=worker.progress_bar(cfg.quiet), log_every=worker.LOG_EVERY,
                                  on_log=w.progress(cfg.model.upper(), epoch, start_epoch, cfg.epochs))
         else:  # phase 2: classifiers on the latent of the trained (now fixed) encoder
             if classifiers is None:
@@ -168,8 +168,8 @@ def train_func(config: dict) -> None:
                 if clf_state is not None:
                     classifiers.load_state_dict(clf_state)
             tr = train.run_epoch(w.loader, classifier_step, device=w.device,
-                                 desc=f"classifiers {epoch}", progress=common.progress_bar(cfg.quiet),
-                                 log_every=common.LOG_EVERY,
+                                 desc=f"classifiers {epoch}", progress=worker.progress_bar(cfg.quiet),
+                                 log_every=worker.LOG_EVERY,
                                  on_log=w.progress("classifiers", epoch, max(start_epoch, cfg.epochs),
                                                    cfg.epochs + cfg.classifier_epochs))
         val = train.evaluate_autoencoder(unwrap(model), w.val_loader, w.device, cfg.reconstruction)
@@ -194,13 +194,13 @@ def train_func(config: dict) -> None:
             save_checkpoint, kind="autoencoder", config=dataclasses.asdict(cfg),
             model_config=dataclasses.asdict(cfg.autoencoder()), model=model, optimizer=optimizer,
             step=step_count, epoch=epoch, metrics=metrics, extra=extra)
-        common.report(metrics, save, cfg)
+        worker.report(metrics, save, cfg)
     w.close()
 
 
 def render(state: dict, out: Path) -> None:
     """reconstructions.png, traversal.png and (VAE) samples.png from the checkpoint."""
-    cfg = common.config_from_state(VAEJobConfig, state)
+    cfg = cli.config_from_state(VAEJobConfig, state)
     vae = load_state(Autoencoder(cfg.autoencoder()), state["model"]).eval()
     x = data.load_dataset("fashion_mnist", "test", subset=512, seed=cfg.seed).tensors[0]
     viz.save_grid(viz.pairs(x[:32], vae.reconstruct(x[:32])), out / "reconstructions.png")
@@ -211,12 +211,12 @@ def render(state: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = common.parse_config(VAEJobConfig, argv, SMOKE, __doc__)
+    cfg = cli.parse_config(VAEJobConfig, argv, SMOKE, __doc__)
     data.load_tensors("fashion_mnist", "test")  # fail fast, on the driver, when data is missing
     t0 = time.time()
     # the final checkpoint: its classifier heads were trained on exactly this encoder
-    summary = common.fit(train_func, cfg, metric="val_loss", mode="min",
-                         finish=lambda result: common.finalize(
+    summary = driver.fit(train_func, cfg, metric="val_loss", mode="min",
+                         finish=lambda result: finish.finalize(
                              result, cfg, family="vae", metric="val_loss", mode="min",
                              render=render, select="final"))
     if not cfg.quiet:
@@ -225,4 +225,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

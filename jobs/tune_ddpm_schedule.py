@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw4.diffusion import PREDICTIONS, SCHEDULES
-from jobs import common, sweep, train_ddpm
-from jobs.common import check, opt
+from jobs import cli, sweep, sweep_results, train_ddpm
+from jobs.cli import check, opt
 
 METRICS = ["fid", "class_accuracy", "fid_confident", "val_loss"]
 
@@ -83,7 +83,7 @@ def label(config: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = common.parse_config(DDPMSweepConfig, argv, SMOKE, __doc__)
+    cfg = cli.parse_config(DDPMSweepConfig, argv, SMOKE, __doc__)
     base = dataclasses.asdict(train_ddpm.DDPMJobConfig())
     base.update(train_ddpm.SMOKE if cfg.smoke_test else dict(
         train_ddpm.SMALL, base_channels=cfg.base_channels))
@@ -95,16 +95,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            inject_fault=cfg.inject_fault, fault_epoch=cfg.fault_epoch)
     grid = sweep.sweep(spec, cfg, cfg.param_space(), epochs=cfg.epochs)
     out = Path(cfg.storage_path) / cfg.name
-    rows = sweep.rank(sweep.trial_rows(grid, ["schedule", "timesteps", "prediction", "p_uncond"],
-                                       METRICS, cfg), "fid", "min")
-    sweep.write_tables(rows, out)
-    sweep.plot_trials(grid, rows, metric="fid", path=out / "fid_by_trial.png", label=label,
+    params = ["schedule", "timesteps", "prediction", "p_uncond"]
+    rows = sweep_results.rank(sweep_results.trial_rows(grid, params, METRICS, cfg), "fid", "min")
+    sweep_results.write_tables(rows, out)
+    sweep_results.plot_trials(grid, rows, metric="fid", path=out / "fid_by_trial.png", label=label,
                       title=f"DDPM sweep: FID at w = {cfg.guidance:g} after each epoch")
-    sweep.register_best(rows, family="ddpm", metric="fid", mode="min", opts=cfg, out=out)
-    print(sweep.summarize(rows))
+    sweep_results.register_best(rows, family="ddpm", metric="fid", mode="min", opts=cfg, out=out)
+    print(sweep_results.summarize(rows))
     print(f"table, plot and best trial in {out}")
     return rows
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw4 import viz
-from jobs import common, sweep, train_vae
-from jobs.common import check, opt
+from jobs import cli, sweep, sweep_results, train_vae
+from jobs.cli import check, opt
 
 METRICS = ["val_elbo", "val_recon", "val_kl", "val_active_units", "probe_accuracy",
            "finetune_accuracy"]
@@ -77,7 +77,7 @@ def rate_distortion_plot(rows: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = common.parse_config(VAESweepConfig, argv, SMOKE, __doc__)
+    cfg = cli.parse_config(VAESweepConfig, argv, SMOKE, __doc__)
     base = dataclasses.asdict(train_vae.VAEJobConfig())
     base.update(TRIAL_SMOKE if cfg.smoke_test else {})
     base.update({k: getattr(cfg, k) for k in ("epochs", "classifier_epochs", "train_subset",
@@ -87,18 +87,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            inject_fault=cfg.inject_fault, fault_epoch=cfg.fault_epoch)
     grid = sweep.sweep(spec, cfg, cfg.param_space(), epochs=cfg.epochs + cfg.classifier_epochs)
     out = Path(cfg.storage_path) / cfg.name
-    rows = sweep.rank(sweep.trial_rows(grid, ["beta", "latent_dim", "lr"], METRICS, cfg),
-                      "val_elbo", "max")
-    sweep.write_tables(rows, out)
+    params = ["beta", "latent_dim", "lr"]
+    rows = sweep_results.rank(sweep_results.trial_rows(grid, params, METRICS, cfg), "val_elbo", "max")
+    sweep_results.write_tables(rows, out)
     rate_distortion_plot([r for r in rows if r["status"] == "done"], out)
-    sweep.plot_trials(grid, rows, metric="val_elbo", path=out / "elbo_by_trial.png",
+    sweep_results.plot_trials(grid, rows, metric="val_elbo", path=out / "elbo_by_trial.png",
                       label=lambda c: f"β={c['beta']:.3g} z={c['latent_dim']} lr={c['lr']:.2g}",
                       title="VAE sweep: test ELBO after each epoch (ASHA stops the weak)")
-    sweep.register_best(rows, family="vae", metric="val_elbo", mode="max", opts=cfg, out=out)
-    print(sweep.summarize(rows))
+    sweep_results.register_best(rows, family="vae", metric="val_elbo", mode="max", opts=cfg, out=out)
+    print(sweep_results.summarize(rows))
     print(f"table, plots and best trial in {out}")
     return rows
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    cli.run_cli(main)

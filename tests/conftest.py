@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # finish waits up to 2 s to be seen; the tests' jobs, sweeps and heads (which inherit this
 # environment) poll every 0.5 s. A smoke run took about 4 s less (BENCHMARKS.md, "Test suite").
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-# one torch thread per training worker the tests start (jobs.common.set_worker_threads): with two
+# one torch thread per training worker the tests start (jobs.worker.set_worker_threads): with two
 # pytest workers on 2 cores, a 2-thread worker's ops waited on a descheduled sibling thread
 os.environ.setdefault("HW4_TORCH_THREADS", "1")
 # README's `HW4_DATA_DIR=../shared/data make test`: absolute for every process the tests start
@@ -96,7 +96,7 @@ needs_data = pytest.mark.skipif(
 def cli_in_process(main, argv: list[str], capsys) -> tuple[int, str]:
     """Run a job's ``main(argv)`` as its command line does (``run_cli``), in this process: the
     exit code and stderr of a refused invocation, without a new interpreter's start-up."""
-    from jobs.common import run_cli
+    from jobs.cli import run_cli
 
     with pytest.raises(SystemExit) as exc:
         run_cli(lambda: main(argv))
@@ -162,14 +162,14 @@ def start_ray_head(gcs_port: int, dashboard_port: int, num_cpus: int, env: dict)
     writing that file, one submitted driver joined another local Ray, whose Train controller was
     cancelled before it ran (the one two-worker CI failure, Session 8 in BENCHMARKS.md).
     Its processes, the workers included, get RAY_ADDRESS pointing back at it, as a local Ray's
-    do (``jobs.common.init_ray``): Ray Train's placement-group cleaner asks the state API of the
+    do (``jobs.driver.init_ray``): Ray Train's placement-group cleaner asks the state API of the
     cluster it finds that way whether its controller lives. Without it, with a user's cluster
     recorded in /tmp/ray, the cleaner asked that cluster and logged "Failed to query Ray Train
     Controller actor state" every second; had that cluster a dashboard, it would have taken the
     controller for dead and removed the run's placement group."""
     import ray as ray_lib
 
-    from jobs.common import free_ports
+    from jobs.driver import free_ports
 
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     temp_dir = _HEAD_TEMP_DIRS[gcs_port] = tempfile.mkdtemp(prefix="hw4-ray-", dir="/tmp")

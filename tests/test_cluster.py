@@ -30,7 +30,7 @@ def test_a_lost_node_resumes_from_the_last_checkpoint_elsewhere(tmp_path):
     from ray.cluster_utils import Cluster
 
     from jobs import train_ddpm
-    from jobs.common import latest_recorded_epoch
+    from jobs.runs import latest_recorded_epoch
 
     # the head holds the driver and the controller; its GCS checks each node every 0.5 s and
     # takes three misses for a death (Ray's default: 3 s and five, about 11 s to notice the loss)

@@ -20,7 +20,7 @@ from PIL import Image
 from hw4.checkpoint import load_checkpoint
 from hw4.errors import HW4Error
 from hw4.registry import read_best
-from jobs.common import latest_recorded_epoch
+from jobs.runs import latest_recorded_epoch
 
 from .conftest import ROOT, cli_in_process, needs_data, start_ray_head, stop_ray_head
 
@@ -249,7 +249,7 @@ def test_cluster_yaml_passes_ray_validation():
 
 @pytest.mark.parametrize("reserved, cap, threads", [(2, None, 2), (2, "1", 1), (0.9, None, 1), (1, "4", 1)])
 def test_worker_threads_are_the_reserved_cpus_at_most_the_cap(reserved, cap, threads, monkeypatch):
-    from jobs.common import THREADS_ENV, set_worker_threads
+    from jobs.worker import THREADS_ENV, set_worker_threads
 
     before = torch.get_num_threads()
     if cap is None:
@@ -264,7 +264,9 @@ def test_worker_threads_are_the_reserved_cpus_at_most_the_cap(reserved, cap, thr
 
 
 def test_a_bad_thread_cap_is_refused_by_the_driver(monkeypatch, capsys):
-    from jobs.common import THREADS_ENV, init_ray, run_cli
+    from jobs.cli import run_cli
+    from jobs.driver import init_ray
+    from jobs.worker import THREADS_ENV
 
     monkeypatch.setenv(THREADS_ENV, "two")
     with pytest.raises(SystemExit) as exc:
@@ -290,15 +292,15 @@ def test_a_run_has_one_writer_and_waits_for_a_killed_drivers_workers(tmp_path, c
     """A driver claims its run folder (``sole_writer``) and its workers share it
     (``hold_for_worker``); a second driver of the same --name is refused with one line, and one
     that finds workers of an earlier run still holding it waits for them to go."""
-    from jobs import common, train_ddpm
+    from jobs import runs, train_ddpm
 
     run = tmp_path / "w"
-    with common.sole_writer(run, wait_s=0.0):
-        common.hold_for_worker(run).close()  # this run's own workers share it
+    with runs.sole_writer(run, wait_s=0.0):
+        runs.hold_for_worker(run).close()  # this run's own workers share it
         with pytest.raises(HW4Error, match="another driver of this --name"):
-            with common.sole_writer(run, wait_s=0.3):
+            with runs.sole_writer(run, wait_s=0.3):
                 pass
-        monkeypatch.setattr(common, "IN_USE_WAIT_S", 0.3)
+        monkeypatch.setattr(runs, "IN_USE_WAIT_S", 0.3)
         code, err = cli_in_process(train_ddpm.main, ["--smoke-test", "--storage-path", str(tmp_path),
                                                      "--name", "w"], capsys)
         assert code == 2 and "is in use by another driver" in err and len(err.splitlines()) == 1, err
@@ -306,15 +308,15 @@ def test_a_run_has_one_writer_and_waits_for_a_killed_drivers_workers(tmp_path, c
     # a killed driver's worker, still alive for a while (here 2 s), holding its share
     holder = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_SH); "
               "print('held', flush=True); time.sleep(float(sys.argv[2]))")
-    worker = subprocess.Popen([sys.executable, "-c", holder, str(run / common.WORKERS_LOCK), "2"],
+    worker = subprocess.Popen([sys.executable, "-c", holder, str(run / runs.WORKERS_LOCK), "2"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout.readline().strip() == "held"
         with pytest.raises(HW4Error, match="training workers of an earlier run"):
-            with common.sole_writer(run, wait_s=0.3):
+            with runs.sole_writer(run, wait_s=0.3):
                 pass
         t0 = time.monotonic()
-        with common.sole_writer(run, wait_s=30.0):  # waits for the worker to exit, then claims
+        with runs.sole_writer(run, wait_s=30.0):  # waits for the worker to exit, then claims
             waited = time.monotonic() - t0
             assert worker.wait(timeout=5) == 0  # it had ended (the kernel frees its lock on exit)
         assert 1.0 < waited < 10, waited
@@ -324,7 +326,7 @@ def test_a_run_has_one_writer_and_waits_for_a_killed_drivers_workers(tmp_path, c
 
 
 def test_overwrite_keeps_the_drivers_claim(tmp_path):
-    from jobs.common import DRIVER_LOCK, WORKERS_LOCK, check_rerun, sole_writer
+    from jobs.runs import DRIVER_LOCK, WORKERS_LOCK, check_rerun, sole_writer
     from jobs.train_ddpm import DDPMJobConfig
 
     run = tmp_path / "o"

@@ -83,7 +83,7 @@ def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(
     the 2 CPUs, so a placement group left behind by the stopped trial would stall the sweep.
 
     With another local Ray running beside it: Ray Train releases a stopped trial's CPUs through
-    the state API, which must find this sweep's Ray among the two (``common.init_ray``)."""
+    the state API, which must find this sweep's Ray among the two (``driver.init_ray``)."""
     t0 = time.time()
     out = finish(sweep("tune_vae_beta", "--smoke-test", "--betas", "1", "--lrs", "0.001", "1",
                        "0.002", "--max-concurrent", "1", "--storage-path", str(tmp_path)),

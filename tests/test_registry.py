@@ -78,12 +78,12 @@ def test_a_damaged_record_is_a_clear_error(tmp_path):
 
 
 def test_a_job_keeps_its_run_when_the_registry_is_damaged(tmp_path, capsys):
-    from jobs import common
+    from jobs import finish
 
     (tmp_path / "registry").mkdir()
     (tmp_path / "registry" / "ddpm.json").write_text("{truncated")
     a = ckpt(tmp_path / "a.pt")
-    assert not common.register_checkpoint(str(tmp_path), "ddpm", checkpoint=a, metric="val_loss",
+    assert not finish.register_checkpoint(str(tmp_path), "ddpm", checkpoint=a, metric="val_loss",
                                           value=0.1, mode="min", config={}, source="x")
     assert "not registered" in capsys.readouterr().err and a.is_file()
 
@@ -99,7 +99,7 @@ def saved_run(storage: Path, name: str, **fields) -> None:
 
 
 def test_rerun_with_another_config_is_refused_unless_asked(tmp_path):
-    from jobs.common import check_rerun
+    from jobs.runs import check_rerun
     from jobs.train_ddpm import DDPMJobConfig
 
     saved_run(tmp_path, "r", lr=1e-3)

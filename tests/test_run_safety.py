@@ -6,7 +6,7 @@ import pytest
 
 from hw4.errors import HW4Error
 from hw4.registry import record_best
-from jobs import common, evaluate, train_ddpm, train_vae, tune_ddpm_schedule
+from jobs import evaluate, runs, train_ddpm, train_vae, tune_ddpm_schedule
 
 from .conftest import cli_in_process, write_ddpm
 
@@ -17,7 +17,7 @@ def storage_with_two_runs(root):
     """A storage folder as training leaves it: a registry and two runs."""
     for name in ("run-a", "run-b"):
         (root / name / "artifacts").mkdir(parents=True)
-        (root / name / common.RUN_MARKER).write_text("{}")
+        (root / name / runs.RUN_MARKER).write_text("{}")
         ckpt = write_ddpm(root / name / "artifacts" / "checkpoint.pt")
     record_best(root, "ddpm", checkpoint=ckpt, metric="val_loss", value=1.0, mode="min",
                 config={}, source=str(root / "run-b"))
@@ -46,14 +46,14 @@ def test_sweep_and_report_names_are_checked_too(tmp_path, capsys, main):
 
 def test_run_dir_refuses_a_bad_name_from_any_caller(tmp_path):
     with pytest.raises(HW4Error, match="one folder name"):
-        common.run_dir(str(tmp_path), "")
-    assert common.run_dir(str(tmp_path), "demo-ddpm.v2_1") == tmp_path.resolve() / "demo-ddpm.v2_1"
+        runs.run_dir(str(tmp_path), "")
+    assert runs.run_dir(str(tmp_path), "demo-ddpm.v2_1") == tmp_path.resolve() / "demo-ddpm.v2_1"
     # a sweep's trial: <sweep>-runs/<trial id>, each part a folder name
-    trial = common.run_dir(str(tmp_path), "s-runs/a1_00000")
+    trial = runs.run_dir(str(tmp_path), "s-runs/a1_00000")
     assert trial == tmp_path.resolve() / "s-runs" / "a1_00000"
     for bad in ("s-runs/..", "s/a1", "s-runs/a/b"):
         with pytest.raises(HW4Error, match="one folder name"):
-            common.run_dir(str(tmp_path), bad)
+            runs.run_dir(str(tmp_path), bad)
 
 
 def test_overwrite_deletes_only_a_folder_of_ours(tmp_path):
@@ -62,24 +62,24 @@ def test_overwrite_deletes_only_a_folder_of_ours(tmp_path):
     (notes / "thesis.tex").write_text("years of work")
     cfg = train_ddpm.DDPMJobConfig(name="notes", storage_path=str(tmp_path), overwrite=True)
     with pytest.raises(HW4Error, match="nothing was deleted"):
-        common.check_rerun(cfg)
+        runs.check_rerun(cfg)
     assert (notes / "thesis.tex").read_text() == "years of work"
     # a folder holding a registry is a storage root, never a run, whatever else it holds
-    (notes / common.RUN_MARKER).write_text("{}")
+    (notes / runs.RUN_MARKER).write_text("{}")
     (notes / "registry").mkdir()
     with pytest.raises(HW4Error, match="nothing was deleted"):
-        common.check_rerun(cfg)
+        runs.check_rerun(cfg)
     assert (notes / "thesis.tex").is_file()
 
 
 def test_the_lock_helper_opens_read_write_and_takes_a_shared_lock(tmp_path):
     """NFSv4 emulates flock with byte-range locks, and a read lock needs a file open for reading
     (EBADF otherwise): the lock file must be open read-write."""
-    held = common._flock(tmp_path / "run" / common.WORKERS_LOCK, fcntl.LOCK_SH, 0.0)
+    held = runs._flock(tmp_path / "run" / runs.WORKERS_LOCK, fcntl.LOCK_SH, 0.0)
     assert held is not None and held.readable() and held.writable()
-    other = common._flock(tmp_path / "run" / common.WORKERS_LOCK, fcntl.LOCK_SH, 0.0)
+    other = runs._flock(tmp_path / "run" / runs.WORKERS_LOCK, fcntl.LOCK_SH, 0.0)
     assert other is not None  # shared: a second worker joins
-    assert common._flock(tmp_path / "run" / common.WORKERS_LOCK, fcntl.LOCK_EX, 0.0) is None
+    assert runs._flock(tmp_path / "run" / runs.WORKERS_LOCK, fcntl.LOCK_EX, 0.0) is None
     held.close(), other.close()
 
 
@@ -90,7 +90,7 @@ def refuse_lock(f, mode):
 def test_a_lock_that_fails_for_another_reason_is_one_line_naming_the_storage(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", refuse_lock)
     with pytest.raises(HW4Error, match="could not lock") as err:
-        common._flock(tmp_path / "run" / common.DRIVER_LOCK, fcntl.LOCK_EX, 0.0)
+        runs._flock(tmp_path / "run" / runs.DRIVER_LOCK, fcntl.LOCK_EX, 0.0)
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -106,5 +106,5 @@ def test_the_lock_file_is_closed_when_locking_fails(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", spy)
     monkeypatch.setattr(fcntl, "flock", refuse_lock)
     with pytest.raises(HW4Error):
-        common._flock(tmp_path / common.DRIVER_LOCK, fcntl.LOCK_EX, 0.0)
+        runs._flock(tmp_path / runs.DRIVER_LOCK, fcntl.LOCK_EX, 0.0)
     assert opened and all(f.closed for f in opened)

@@ -7,7 +7,7 @@ import pytest
 from ray import tune
 
 from hw4.errors import HW4Error
-from jobs import sweep
+from jobs import sweep, sweep_results
 
 
 @pytest.mark.parametrize("cpus, gpus, workers, use_gpu, concurrent, cpw, expect", [
@@ -45,11 +45,11 @@ def test_a_diverged_trial_reports_the_worst_metric_and_the_epochs_it_trained():
 def test_rank_orders_finished_trials_and_leaves_the_others_unranked():
     rows = [{"fid": 30.0, "status": "done"}, {"fid": 10.0, "status": "stopped"},
             {"fid": 20.0, "status": "done"}, {"fid": None, "status": "error"}]
-    ranked = sweep.rank(rows, "fid", "min")
+    ranked = sweep_results.rank(rows, "fid", "min")
     assert [(r["rank"], r["fid"], r["status"]) for r in ranked] == [
         (1, 20.0, "done"), (2, 30.0, "done"), (None, 10.0, "stopped"), (None, None, "error")]
     assert list(ranked[0]) == ["rank", "fid", "status"]
-    assert [r["fid"] for r in sweep.rank(rows, "fid", "max")][:2] == [30.0, 20.0]
+    assert [r["fid"] for r in sweep_results.rank(rows, "fid", "max")][:2] == [30.0, 20.0]
 
 
 def test_search_space_per_algorithm():

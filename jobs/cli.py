@@ -1,0 +1,164 @@
+"""The jobs' command lines: a flag per config field, the options every run shares, name checks,
+and a user mistake as one line with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from hw4.errors import HW4Error
+
+# --- options every job shares ------------------------------------------------------------------
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field whose help text becomes the ``--flag``'s help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The Ray side of a training run: where it lives, how it scales, how it survives faults."""
+
+    name: str = opt("run", "run name; the same name resumes")
+    storage_path: str = opt("results", "where runs, artifacts and the registry live")
+    num_workers: int = opt(1, "Ray Train workers (data parallel)")
+    cpus_per_worker: float | None = opt(
+        None, "CPUs per worker (torch threads: that rounded, at least 1); default: the "
+              "cluster's CPUs shared out")
+    gpu: bool | None = opt(None, "use GPUs; default: when the cluster has them")
+    seed: int = opt(0, "seed for init, data order and noise")
+    keep_checkpoints: int = opt(3, "checkpoints kept (the best by the validation metric)")
+    max_failures: int = opt(2, "worker-group restarts after a crash")
+    quiet: bool = opt(False, "one progress line per phase instead of Ray's worker logs "
+                             "(a local Ray only; errors still surface)")
+    register: bool | None = opt(None, "record the checkpoint in the registry when it beats the "
+                                      "entry by the same metric (default: yes, but not for "
+                                      "--smoke-test)")
+    promote: bool = opt(False, "replace the registry's entry even when it was ranked by another "
+                               "metric (e.g. a sweep's FID by a training run's val_loss)")
+    resume: bool = opt(False, "rerunning --name with a different config: continue its "
+                              "checkpoints under the new settings (recorded in changes.json)")
+    overwrite: bool = opt(False, "rerunning --name: delete that run and start afresh")
+    inject_fault: Literal["raise", "kill"] | None = opt(None, "test: fail once")
+    fault_epoch: int = opt(1, "test: the epoch at which to fail")
+    smoke_test: bool = opt(False, "tiny data and model, a few steps (for tests)")
+
+    def validate(self) -> None:
+        check_run_name(self.name)
+        check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        check(self.cpus_per_worker is None or self.cpus_per_worker > 0,
+              "--cpus-per-worker must be > 0")
+        check(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
+        check(self.max_failures >= 0, "--max-failures must be >= 0")
+        check(not (self.resume and self.overwrite), "give --resume or --overwrite, not both")
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field; help text from ``field(metadata={"help": ...})``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind, default = hints[f.name], f.default
+        kw: dict[str, Any] = {"default": default, "help": f.metadata.get("help", "")}
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in args if a is not type(None))  # X | None -> X
+            args = typing.get_args(kind)
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is Literal:
+            kw.update(choices=args, type=type(args[0]))
+        elif typing.get_origin(kind) is tuple:
+            kw.update(nargs="*", type=args[0])
+        else:
+            kw["type"] = kind
+        kw["help"] += f" (default: {default})"
+        parser.add_argument(flag, **kw)
+
+
+def to_argv(values: dict[str, Any]) -> list[str]:
+    """{"base_channels": 16, "channel_mults": (1, 2)} -> ["--base-channels", "16",
+    "--channel-mults", "1", "2"]: settings kept as a dict, handed to a job's command line."""
+    argv: list[str] = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            argv += [flag, *map(str, value if isinstance(value, tuple | list) else [value])]
+    return argv
+
+
+def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run ``main``; a user mistake becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except HW4Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str, flag: str = "--name") -> None:
+    """A name that becomes a folder under the storage path: one path component, non-empty, not
+    ``.`` or ``..``, no separator, letters, digits, ``.``, ``_`` and ``-`` only, starting with a
+    letter or digit (so no hidden or relative names), at most 100 characters. ``--name ""``
+    (an unset shell variable) would otherwise be the storage folder itself, and ``--overwrite``
+    would empty it."""
+    check(isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None,
+          f"{flag} must be one folder name: letters, digits, '.', '_' or '-', starting with a "
+          f"letter or digit, at most 100 characters; got {name!r}")
+
+
+def check_run_name(name: str) -> None:
+    """A run's name: one folder name, or ``<sweep>-runs/<trial id>`` for a sweep's trial."""
+    parts = name.split("/") if isinstance(name, str) else [name]
+    check(len(parts) == 1 or (len(parts) == 2 and parts[0].endswith("-runs")),
+          f"--name must be one folder name; got {name!r}")
+    for part in parts:
+        check_name(part)
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise HW4Error(message)
+
+
+def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> Any:
+    """argv -> validated config; ``--smoke-test`` makes ``smoke`` the defaults."""
+    parser = ArgumentParser(description=doc.strip().splitlines()[0])
+    add_config_args(parser, cls)
+    if parser.parse_args(argv).smoke_test:
+        parser.set_defaults(**smoke)  # smoke values replace defaults; explicit flags still win
+    cfg = config_from_args(cls, parser.parse_args(argv))
+    cfg.storage_path = str(Path(cfg.storage_path).resolve())
+    cfg.validate()
+    return cfg
+
+
+def config_from_state(cls: type, state: dict) -> Any:
+    """The job config saved in a checkpoint (JSON-ish lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
