@@ -74,3 +74,28 @@ def test_conjugates_are_fenchel_conjugates(name):
     t = div.activation(v)
     sup = (u[None, :] * t[:, None] - div.f(u)[None, :]).max(dim=1).values
     torch.testing.assert_close(sup, div.conjugate(t), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5, 0.05])
+def test_ddim_elbo_term_is_a_weighted_eps_loss(eta):
+    """Theorem 1 of DDIM as docs/theory.md derives it: KL(q_sigma(x_{t-1}|x_t, x_0) ||
+    q_sigma(x_{t-1}|x_t, x0_hat)) = gamma_t ||eps - eps_theta||^2, with gamma_t's closed form."""
+    from hw4.diffusion import DiffusionSchedule
+    from hw4.theory.ddim import ddim_forward_step
+
+    s = DiffusionSchedule.named("linear", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0, eps, eps_hat = (torch.randn(64, generator=g, dtype=torch.float64) for _ in range(3))
+    zero = torch.zeros(64, dtype=torch.float64)
+    for t in (2, 100, 500, 999):
+        ab, ab_prev = float(s.alphas_cumprod[t]), float(s.alphas_cumprod[t - 1])
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+        xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+        x0_hat = (xt - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)
+        mean_q = ddim_forward_step(s, x0, xt, t, t - 1, sigma, zero)  # noise 0: the means
+        mean_p = ddim_forward_step(s, x0_hat, xt, t, t - 1, sigma, zero)
+        kl = ((mean_q - mean_p) ** 2).sum() / (2 * sigma**2)  # equal covariances sigma^2 I
+        gamma = (math.sqrt(ab_prev * (1 - ab) / ab) - math.sqrt(1 - ab_prev - sigma**2)) ** 2 \
+            / (2 * sigma**2)
+        assert float(kl) == pytest.approx(gamma * float(((eps - eps_hat) ** 2).sum()), rel=1e-9)
+        assert gamma > 0

@@ -40,3 +40,38 @@ def test_homework_figures_command_runs_tiny(tmp_path):
     assert len(kl) == 4 and kl == sorted(kl, reverse=True)  # rows ordered by KL
     snr = report["forward"]["snr"]["linear"]
     assert snr == sorted(snr, reverse=True)  # the signal fades along the forward process
+
+
+CITED_TEST = re.compile(r"tests/(\w+\.py)::(\w+)")
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: p.name)
+def test_every_cited_test_exists(doc):
+    """A ``tests/file.py::name`` in a document names a test function defined in that file."""
+    missing = [f"{file}::{name}" for file, name in CITED_TEST.findall(doc.read_text())
+               if not (ROOT / "tests" / file).is_file()
+               or not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.M)]
+    assert not missing, f"{doc.name} cites tests that do not exist: {missing}"
+
+
+def outside_code(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line outside fenced blocks (```...```)."""
+    lines, fenced = [], False
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append((i, line))
+    return lines
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: p.name)
+def test_display_math_is_in_fenced_math_blocks(doc):
+    """GitHub's Markdown can eat ``\\,`` ``\\|`` ... as escapes before MathJax sees them: display
+    math goes in fenced ```math blocks (their contents reach MathJax untouched), and inline
+    ``$...$`` holds no backslash-punctuation."""
+    bad = []
+    for i, line in outside_code(doc.read_text()):
+        if "$$" in line or re.search(r"\$[^$]*\\[,;:!|{}][^$]*\$", line):
+            bad.append(f"line {i}: {line.strip()[:60]}")
+    assert not bad, f"{doc.name}: math outside fenced math blocks: {bad}"
