@@ -2,6 +2,7 @@
 
     python -m bench.recipe train --variant base      # one run; --variant all, v, min-snr, cosine
     python -m bench.recipe eval                      # score the runs: results/recipe/scores.json
+    python -m bench.recipe curve                     # FID against training minutes, base and all
 
 Each run is the demo's small class-conditional U-Net, data, batch, learning rate and step count
 (1,170 steps of 128 images, seed 0), trained in this process with the same ``hw4.train`` step the
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hw4 import data, evaluation, train
+from hw4 import data, evaluation, train, viz
 from hw4.assets import SECOND_JUDGE
 from hw4.atomic_files import write_bytes_atomic
 from hw4.checkpoint import save_checkpoint
@@ -141,6 +142,54 @@ def evaluate(out: Path, n: int, threads: int) -> None:
                                json.dumps({"floor": floors, "scores": scores}, indent=1).encode())
 
 
+CURVE_SAMPLER = "dpm++2m:10"  # the served sampler: 20 network calls per guided image
+
+
+def curve(out: Path, n: int, threads: int, figure: Path) -> None:
+    """Score every saved point of the base and all-changes runs (the EMA at a quarter, half,
+    three quarters and the end of training, ramp warm-up), and the final EMA under the other
+    warm-up rules, with ``CURVE_SAMPLER`` at w = 1; plot FID over its floor against the training
+    minutes (both judges). Results: ``out/curve.json``."""
+    torch.set_num_threads(threads)
+    cache = out / "fid_stats"
+    refs = {"first": evaluation.reference_stats("mnist", n, cache),
+            "second": evaluation.reference_stats("mnist", n, cache, judge=SECOND_JUDGE)}
+    test = data.load_dataset("mnist", "test", subset=n, seed=0).tensors[0]
+    floors = {"fid": evaluation.sample_quality(test, "mnist", refs["first"])["fid"],
+              "second_fid": evaluation.second_opinion(test, refs["second"])["second_fid"]}
+    done = out / "curve.json"
+    rows = json.loads(done.read_text())["rows"] if done.is_file() else []
+    for variant in ("base", "all"):
+        log = {r["step"]: r["train_seconds"] for r in json.loads((out / variant / "log.json").read_text())}
+        names = [(f"step{s}-ramp.pt", s) for s in sorted(log)]
+        names += [(f"step{max(log)}-{rule}.pt", max(log)) for rule in ("power", "half-life")]
+        for name, step in names:
+            if any(r["variant"] == variant and r["name"] == name for r in rows):
+                continue
+            r = score(out / variant / name, CURVE_SAMPLER, n, 1.0, refs)
+            rows.append({"variant": variant, "name": name, "step": step,
+                         "train_minutes": log[step] / 60, **r})
+            print(json.dumps(rows[-1]), flush=True)
+            write_bytes_atomic(done, json.dumps({"floor": floors, "rows": rows}, indent=1).encode())
+    label = {"base": "earlier recipe (eps, uniform, constant LR)",
+             "all": "new recipe (v, Min-SNR-5, cosine LR)"}
+    series = {}
+    for variant in ("base", "all"):
+        mine = [r for r in rows if r["variant"] == variant and r["name"].endswith("-ramp.pt")]
+        xs = [r["train_minutes"] for r in mine]
+        series[f"{label[variant]}: pinned judge"] = (xs, [r["fid"] / floors["fid"] for r in mine])
+        series[f"{label[variant]}: second judge"] = (
+            xs, [r["second_fid"] / floors["second_fid"] for r in mine])
+    viz.line_plot(series, figure, xlabel="training minutes (2-core CPU, in process)",
+                  ylabel="FID / data floor (log scale)", logy=True,
+                  title=f"{CURVE_SAMPLER} at w = 1, n = {n}: quality against training time")
+    for r in rows:
+        print(f"{r['variant']:>4} {r['name']:<22} {r['train_minutes']:5.1f} min  FID "
+              f"{r['fid']:6.1f} ({r['fid'] / floors['fid']:.2f}x)  2nd {r['second_fid']:6.1f} "
+              f"({r['second_fid'] / floors['second_fid']:.2f}x)  acc {r['class_accuracy']:.3f} "
+              f"2nd acc {r['second_class_accuracy']:.3f}  bg {r['background_share']:.0%}")
+
+
 def table(out: Path) -> str:
     """The scores as the Markdown table in BENCHMARKS.md."""
     got = json.loads((out / "scores.json").read_text())
@@ -171,10 +220,17 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n", type=int, default=500)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--out", type=Path, default=OUT)
+    c = sub.add_parser("curve")
+    c.add_argument("--n", type=int, default=1000)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--out", type=Path, default=OUT)
+    c.add_argument("--figure", type=Path, default=Path("docs/images/fid_vs_minutes.png"))
     sub.add_parser("table").add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.cmd == "table":
         print(table(args.out))
+    if args.cmd == "curve":
+        curve(args.out, args.n, args.threads, args.figure)
     if args.cmd == "eval":
         evaluate(args.out, args.n, args.threads)
     if args.cmd == "train":

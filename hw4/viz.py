@@ -134,7 +134,7 @@ def save_figure(fig, path: str | os.PathLike, **savefig: object) -> None:
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os.PathLike, *,
               xlabel: str, ylabel: str, title: str = "",
-              point_labels: dict[str, list[str]] | None = None) -> None:
+              point_labels: dict[str, list[str]] | None = None, logy: bool = False) -> None:
     """One line per label (dashed when the label mentions PGD) saved as a PNG, atomically;
     ``point_labels[label]`` writes a text beside each point of that line."""
     import matplotlib
@@ -148,6 +148,8 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
         for x, y, text in zip(xs, ys, (point_labels or {}).get(label, []), strict=False):
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

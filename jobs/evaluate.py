@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hw4 import adversarial, data, evaluation, viz
-from hw4.assets import load_classifier
+from hw4.assets import SECOND_JUDGE, load_classifier
 from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.evaluation import Sampler
 from hw4.trained import load_ddpm, load_vae, resolve_checkpoint
@@ -109,8 +109,14 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
     ddpm = load_ddpm(path)
     cache = Path(cfg.storage_path) / "eval" / "fid_stats"
     ref = evaluation.reference_stats("mnist", cfg.fid_samples, cache)
+    ref2 = evaluation.reference_stats("mnist", cfg.fid_samples, cache, judge=SECOND_JUDGE)
     floor = evaluation.data_floor("mnist", cfg.fid_samples, ref)
-    log(f"DDPM {path}: data floor FID {floor:.2f} at n={cfg.fid_samples}")
+    test = data.load_dataset("mnist", "test", subset=cfg.fid_samples, seed=0).tensors[0]
+    real = evaluation.second_opinion(test, ref2)  # the second judge's floor, MNIST's background
+    floors = {"fid": floor, "second_fid": real["second_fid"],
+              "background_share": real["background_share"]}
+    log(f"DDPM {path}: data floor FID {floor:.2f} (second judge {floors['second_fid']:.2f}), "
+        f"MNIST's background share {floors['background_share']:.1%}, at n={cfg.fid_samples}")
     for spec in cfg.samplers:  # all of them before the first, slow one runs
         steps = Sampler.parse(spec).steps
         check(steps is None or steps <= ddpm.timesteps,
@@ -125,6 +131,7 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
             images = draw_samples(cfg, path, spec, ddpm.conditional, w)
             wall = time.time() - t0
             q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
+            q.update(evaluation.second_opinion(images, ref2, labels))
             rows.append({"sampler": spec, "label": sampler.label, "guidance": w,
                          "steps": sampler.steps or ddpm.timesteps,
                          "eta": sampler.eta if sampler.method == "ddim" else 1.0, "wall_s": wall, **q})
@@ -133,12 +140,14 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
             log(f"  {sampler.label:>18}" + (f" w={w:<4g}" if ddpm.conditional else "")
                 + f": FID {q['fid']:.2f}"
                 + (f", class accuracy {q['class_accuracy']:.3f}" if labels is not None else "")
-                + f", confident {q['confident_fraction']:.3f}, class entropy "
-                f"{q['class_entropy']:.3f}, {wall:.1f}s")
+                + f", confident {q['confident_fraction']:.3f}, second judge FID "
+                f"{q['second_fid']:.2f}, agreement {q['agreement']:.3f}, background "
+                f"{q['background_share']:.1%}, {wall:.1f}s")
     if ddpm.conditional:
         plot_guidance_tradeoff(rows, floor, out / "guidance_tradeoff.png")
     return {"checkpoint": str(path), "config": ddpm.config, "train_metrics": ddpm.metrics,
             "conditional": ddpm.conditional, "fid_n": cfg.fid_samples, "data_floor_fid": floor,
+            "floors": floors,
             "samplers": rows, "workers": cfg.num_workers}
 
 
@@ -217,11 +226,15 @@ def plot_robustness(curves: dict, recon: dict, out: Path) -> None:
                   title="VAE reconstruction error of attacked images vs the clean image")
 
 
-def ddpm_row(r: dict, floor: float) -> str:
-    accuracy = f"{r['class_accuracy']:.3f}" if "class_accuracy" in r else "–"
+def ddpm_row(r: dict, floors: dict) -> str:
+    def acc(key: str) -> str:
+        return f"{r[key]:.3f}" if key in r else "–"
+
     return (f"| {r['label']} | {r.get('guidance', 0):g} | {r['steps']} | {r['fid']:.2f} "
-            f"| {r['fid'] / floor:.2f} | {accuracy} | {r['confident_fraction']:.3f} "
-            f"| {r['class_entropy']:.3f} | {r['wall_s']:.1f} |")
+            f"({r['fid'] / floors['fid']:.2f}x) | {acc('class_accuracy')} "
+            f"| {r['second_fid']:.2f} ({r['second_fid'] / floors['second_fid']:.2f}x) "
+            f"| {acc('second_class_accuracy')} | {r['agreement']:.3f} "
+            f"| {r['background_share']:.1%} | {r['wall_s']:.1f} |")
 
 
 def markdown(report: dict) -> str:
@@ -229,11 +242,14 @@ def markdown(report: dict) -> str:
     lines = []
     if "ddpm" in report:
         d = report["ddpm"]
-        lines += [f"DDPM `{d['checkpoint']}`, FID on n={d['fid_n']} (data floor "
-                  f"{d['data_floor_fid']:.2f})", "",
-                  "| sampler | w | steps | FID | FID / floor | class accuracy | confident (p>0.9) "
-                  "| class entropy | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [ddpm_row(r, d["data_floor_fid"]) for r in d["samplers"]]
+        f = d["floors"]
+        lines += [f"DDPM `{d['checkpoint']}`, n={d['fid_n']}; floors (MNIST test against train): "
+                  f"FID {f['fid']:.2f}, second judge's FID {f['second_fid']:.2f}, background "
+                  f"share {f['background_share']:.1%}", "",
+                  "| sampler | w | steps | FID (x floor) | class accuracy | 2nd judge FID (x floor) "
+                  "| 2nd judge accuracy | agreement | background share | wall s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [ddpm_row(r, f) for r in d["samplers"]]
         lines.append("")
     if "vae" in report:
         v = report["vae"]

@@ -19,6 +19,7 @@ from hw4.errors import HW4Error
 from jobs.cli import check_run_name
 
 PROGRESS_FILE = "progress.json"  # rank 0's progress, drawn by the driver of a --quiet run
+PLACEMENT_GROUP_FILE = ".placement-group"  # the Train workers' placement group (hex id)
 
 # options that change how a run executes, not what it trains: a rerun may change them freely
 OPERATIONAL = {"name", "storage_path", "num_workers", "cpus_per_worker", "gpu", "keep_checkpoints",

@@ -4,13 +4,11 @@ Each trial drives one Ray Train run of a training job (the pattern Ray Train V2 
 trainable that fits a ``TorchTrainer`` and forwards its reports to Tune). On top of that:
 
 - a search algorithm: a grid, seeded random draws, or Optuna's TPE (``--search``);
-- early stopping: ASHA compares trials at rungs of ``epochs_done`` and stops the weak ones; a
-  stopped trial's actor exits and takes its Train controller, workers and placement group with it;
-- as many trials at once as the cluster fits (fractional CPUs per worker, one GPU per worker);
-- a trial whose worker crashes is restarted by Tune and resumes its Train run's last checkpoint;
-- ``Tuner.restore`` resumes an interrupted sweep (searcher state included);
-- the end (``jobs.sweep_results``) writes the results table and a plot, and registers the
-  best finished trial.
+- early stopping: ASHA stops weak trials at rungs of ``epochs_done``; a stopped trial's
+  placement group is removed (``ReleasePlacementGroups``), so the next trial gets its CPUs;
+- as many trials at once as the cluster fits; a crashed trial restarts from its last checkpoint;
+- ``Tuner.restore`` resumes an interrupted sweep (searcher state included); ``jobs.sweep_results``
+  writes the table and plot at the end and registers the best finished trial.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from jobs import cli, driver, finish
 from jobs.cli import check, opt
+from jobs.runs import PLACEMENT_GROUP_FILE
 
 TRIAL_CPU = 0.1  # a trial's own actor only waits on its Train run; Tune refuses 0
 ATTEMPTS_FILE = "attempts.log"  # one line per start of a trial (a restart after a crash adds one)
@@ -65,6 +64,8 @@ class SweepOptions:
                                       "--smoke-test)")
     promote: bool = opt(False, "replace the registry's entry even when it was ranked by another "
                                "metric")
+    dashboard: bool = opt(True, "start the local Ray's dashboard (its state API lets Ray Train's "
+                                "own cleaner exit); stopped trials' CPUs are freed either way")
 
     def validate(self) -> None:
         cli.check_name(self.name)
@@ -120,11 +121,9 @@ def searcher(search: str, *, metric: str, mode: str, seed: int, max_concurrent: 
 
 def plan_resources(cpus: float, gpus: float, *, num_workers: int, use_gpu: bool,
                    max_concurrent: int | None, cpus_per_worker: float | None) -> tuple[int, float]:
-    """(trials at once, CPUs per Train worker) for a cluster of ``cpus`` and ``gpus``.
-
-    By default as many trials run as give each worker one whole CPU (or one GPU), and the CPUs
-    left after the trials' own actors (``TRIAL_CPU`` each) are shared among their workers, in
-    hundredths so that Ray never sees more asked for than there is."""
+    """(trials at once, CPUs per Train worker): by default as many trials as give each worker a
+    whole CPU (or a GPU), the CPUs left after the trials' actors (``TRIAL_CPU`` each) shared among
+    their workers in hundredths, so that Ray never sees more asked for than there is."""
     if max_concurrent is None:
         if use_gpu:
             max_concurrent = int(gpus // num_workers)
@@ -164,6 +163,44 @@ class TrialReport(TuneReportCallback):
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
         first = trial_metrics(metrics[0], self.metric, self.mode)
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+
+class ReleasePlacementGroups(tune.Callback):
+    """Remove an ended trial's Train placement group (its id is in the trial's run folder,
+    ``jobs.worker.record_placement_group``), through the GCS from the sweep's driver. Ray keeps
+    a dead controller's group while the sweep's driver lives, and Ray Train's own cleaner frees it
+    only through the dashboard's state API (off, or beside another local Ray perhaps answering
+    for the wrong one): the next trial would wait for its CPUs forever."""
+
+    def __init__(self, storage_path: str, sweep_name: str, grace_s: float = 5.0):
+        self.storage_path, self.sweep_name, self.grace_s = storage_path, sweep_name, grace_s
+        self.ended: dict[str, float] = {}  # trial id -> when it was first seen ended
+        self.released: set[str] = set()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Tune calls its trial callbacks before it stops the trial's actor, so a group is
+        removed once its trial has been ended for ``grace_s`` (its controller gone with it)."""
+        now = time.monotonic()
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR"):  # a restarted trial ends again later
+                self.ended.pop(trial.trial_id, None)
+                self.released.discard(trial.trial_id)
+            elif trial.trial_id not in self.released:
+                if now - self.ended.setdefault(trial.trial_id, now) >= self.grace_s:
+                    self.release(trial.trial_id)
+                    self.released.add(trial.trial_id)
+
+    def release(self, trial_id: str) -> None:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        path = trial_dir(self.storage_path, self.sweep_name, trial_id) / PLACEMENT_GROUP_FILE
+        try:
+            pg = PlacementGroup(PlacementGroupID(bytes.fromhex(path.read_text().strip())))
+        except (OSError, ValueError):  # no group recorded (the trial never started its workers)
+            return
+        if ray.util.placement_group_table(pg).get("state") not in (None, "REMOVED"):
+            remove_placement_group(pg)
 
 
 @dataclass
@@ -225,7 +262,7 @@ def asha(opts: SweepOptions, epochs: int) -> ASHAScheduler | None:
 def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, epochs: int) -> tune.ResultGrid:
     """Run (or resume) the sweep ``opts.name`` under ``opts.storage_path``; ``epochs``: the
     reports each trial makes (the scheduler's rungs lie below it)."""
-    driver.init_ray(quiet=True, state_api=True)  # Tune's table, not every worker's log lines
+    driver.init_ray(quiet=True, state_api=opts.dashboard)  # Tune's table, not workers' log lines
     res = ray.cluster_resources()
     use_gpu = res.get("GPU", 0) > 0 if opts.gpu is None else opts.gpu
     opts.max_concurrent, opts.cpus_per_worker = plan_resources(
@@ -251,7 +288,9 @@ def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, epochs: int
                                     num_samples=opts.num_samples)),
             run_config=tune.RunConfig(name=opts.name, storage_path=opts.storage_path,
                                       failure_config=tune.FailureConfig(
-                                          max_failures=opts.max_retries)))
+                                          max_failures=opts.max_retries),
+                                      callbacks=[ReleasePlacementGroups(opts.storage_path,
+                                                                        opts.name)]))
     return tuner.fit()
 
 

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from hw4 import data
-from hw4.atomic_files import write_json_atomic
+from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.checkpoint import load_checkpoint
 from hw4.errors import HW4Error
-from jobs.runs import PROGRESS_FILE, hold_for_worker, latest_recorded_epoch, run_dir
+from jobs.runs import PLACEMENT_GROUP_FILE, PROGRESS_FILE, hold_for_worker, latest_recorded_epoch, run_dir
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_EVERY = 10  # steps between metric reads (one host sync) and progress-file writes
@@ -175,8 +175,23 @@ def setup_worker(cfg: Any, dataset: data.DatasetName, *,
                                 rank=rank, world=world, device=device)
     run = run_dir(cfg.storage_path, cfg.name)
     writer = SummaryWriter(str(run / "tensorboard")) if rank == 0 else None
+    if rank == 0:
+        record_placement_group(run)
     return Worker(cfg, rank, world, device, loader, DataLoader(val_set, batch_size=val_batch),
                   writer, run / "fault_injected", hold_for_worker(run))
+
+
+def record_placement_group(run: Path) -> None:
+    """Write the id of the placement group this worker group runs in into the run's folder, so a
+    sweep can remove it when Tune stops the trial (``jobs.sweep.ReleasePlacementGroups``): Ray
+    removes a placement group only when both its creator (the Train controller) and the creator's
+    job (the sweep's driver) are gone, and Ray Train's own cleaner needs the dashboard's state
+    API to see that the controller is gone."""
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    if pg is not None:
+        write_bytes_atomic(run / PLACEMENT_GROUP_FILE, pg.id.hex().encode())
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -111,6 +111,11 @@ def test_evaluate_writes_the_report_folder(storage):
         ("ddim:4", 0.0), ("ddim:4", 2.0), ("ddim:4:1", 0.0), ("ddim:4:1", 2.0)]
     assert all(r["fid"] > 0 and r["n"] == 24 for r in samplers) and report["ddpm"]["data_floor_fid"] > 0
     assert all(0 <= r["class_accuracy"] <= 1 for r in samplers) and report["ddpm"]["conditional"]
+    # the second judge and the background share beside each row, MNIST's own figures as floors
+    assert all(r["second_fid"] > 0 and 0 <= r["agreement"] <= 1 and 0 <= r["background_share"] <= 1
+               and 0 <= r["second_class_accuracy"] <= 1 for r in samplers)
+    floors = report["ddpm"]["floors"]
+    assert floors["second_fid"] > 0 and 0 <= floors["background_share"] < 0.5
     vae = report["vae"]
     assert set(vae["likelihood"]["iwae"]) == {"1", "5", "20"}
     curves = vae["robustness"]

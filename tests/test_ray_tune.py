@@ -82,11 +82,13 @@ def test_asha_stops_a_diverging_trial_at_the_first_rung_and_the_next_trial_runs(
     the trial after it must get the CPUs back and finish: one trial at a time, each holding 1.9 of
     the 2 CPUs, so a placement group left behind by the stopped trial would stall the sweep.
 
-    With another local Ray running beside it: Ray Train releases a stopped trial's CPUs through
-    the state API, which must find this sweep's Ray among the two (``driver.init_ray``)."""
+    With another local Ray running beside it (its dashboard on the default port) and this
+    sweep's dashboard off: Ray Train's own cleaner cannot reach a state API, so the stopped
+    trial's placement group is freed by the sweep (``jobs.sweep.ReleasePlacementGroups``)."""
     t0 = time.time()
     out = finish(sweep("tune_vae_beta", "--smoke-test", "--betas", "1", "--lrs", "0.001", "1",
-                       "0.002", "--max-concurrent", "1", "--storage-path", str(tmp_path)),
+                       "0.002", "--max-concurrent", "1", "--no-dashboard",
+                       "--storage-path", str(tmp_path)),
                  timeout=300)
     rows = {float(r["lr"]): r for r in csv.DictReader(
         (tmp_path / "vae-beta-sweep" / "results.csv").open())}
