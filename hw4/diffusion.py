@@ -250,21 +250,25 @@ def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None
     """A ``model(x_t, t)`` that samples class ``labels`` (N,) with guidance ``w`` (a number, or
     one per row: requests with different weights can share a batch).
 
-    One network call per step: the conditional and null halves run as one batch of 2N. Rows whose
-    label is ``null_label`` are unconditional samples (guidance leaves them unchanged). With no
-    labels the model runs as it is (an unconditional model, or all-null labels)."""
+    One network call per step on N + G rows: every row's conditional half, and the null half of
+    the G rows that are guided (w != 0 and a label other than ``null_label``). Unguided rows and
+    null-label rows (unconditional samples, which guidance would leave unchanged) cost one row
+    each. With no labels the model runs as it is (an unconditional model, or all-null labels)."""
     if labels is None:
         return model
     if null_label is None:
         raise HW4Error("labels need a class-conditional model; this one is unconditional")
-    if not (torch.as_tensor(w) != 0).any():  # no guidance anywhere: the conditional model alone
+    weights = torch.as_tensor(w, dtype=torch.float32).flatten().cpu().expand(len(labels))
+    guided = ((weights != 0) & (labels.cpu() != null_label)).nonzero().flatten()  # (G,)
+    if len(guided) == 0:  # no guidance anywhere: the conditional model alone
         return lambda x, t: model(x, t, labels.to(x.device))
 
     def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        y = labels.to(x.device)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
-        cond, uncond = out.chunk(2)  # (N, ...) each
-        return guide(cond, uncond, w)
+        y, g = labels.to(x.device), guided.to(x.device)
+        out = model(torch.cat([x, x[g]]), torch.cat([t, t[g]]),
+                    torch.cat([y, torch.full_like(y[g], null_label)]))
+        cond, uncond = out[:len(x)], out[len(x):]  # (N, ...), (G, ...)
+        return cond.index_copy(0, g, guide(cond[g], uncond, weights[guided]))
 
     return call
 

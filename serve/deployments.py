@@ -135,7 +135,10 @@ class DDPMModel(Reloadable):
         return {**Reloadable.info(self), "batching": self.batching,
                 "conditional": m.conditional if m else None,
                 "num_classes": m.num_classes if m else None,
-                "recent_batch_sizes": list(self.batch_sizes)}
+                "recent_batch_sizes": list(self.batch_sizes),
+                # what a row costs per sampler step, in network rows (the budget's unit): a row with
+                # a label and guidance > 0 also runs its null half; any other row runs once
+                "cost_per_row_and_step": {"guided": 2, "unguided": 1}}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16, max_queued_requests=32,

@@ -95,3 +95,13 @@ def test_serve_limits_bench_runs_tiny(tmp_path):
     assert result["sample"]["seconds_per_image_call"] > 0
     assert result["attack"]["seconds_per_gradient_eval"] > 0
     assert result["sample"]["limit"] == 16_384
+
+
+def test_soak_bench_kills_a_replica_and_counts_only_503s(tmp_path):
+    """Half a minute of mixed traffic on tiny models, the DDPM replica killed mid-way: every 200
+    equals the first answer to the same request, and no 5xx but 503 reaches a client."""
+    result = run_tiny("soak", tmp_path / "soak.json", timeout=400)
+    assert result["killed"] and "DDPMModel" in result["killed"]
+    assert result["ddpm_back_after_s"] is not None  # a new replica answered after the kill
+    assert result["wrong"] == 0 and result["other_5xx"] == 0 and result["errors"] == 0, result
+    assert result["ok"] > 20 and {"ddpm guided", "vae sample", "adversarial"} <= set(result["by_route"])

@@ -67,9 +67,25 @@ def test_guided_eps_is_the_homework_formula_from_two_calls(w):
     with torch.no_grad():
         guided = diffusion.guided_model(counted, y, w, 10)(x, t)
         cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
-    assert calls == [8]  # one network call on the concatenated halves
+    assert calls == [7]  # one network call: 4 conditional rows, the null halves of the 3 guided
     torch.testing.assert_close(guided, (1 + w) * cond - w * uncond, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(guided[3], uncond[3], rtol=1e-5, atol=1e-5)  # a null row stays unguided
+
+
+def test_a_mixed_batch_doubles_only_its_guided_rows():
+    """Requests batched together: rows with w = 0 or the null label cost one row, not two, and
+    every row equals what it would be alone."""
+    model = tiny_unet()
+    x, t = torch.randn(5, 1, 28, 28), torch.tensor([5, 10, 20, 40, 80])
+    y, w = torch.tensor([1, 2, 10, 4, 5]), torch.tensor([2.0, 0.0, 1.0, 0.0, 0.5])
+    calls = []
+    counted = lambda *a: calls.append(a[0].shape[0]) or model(*a)  # noqa: E731
+    with torch.no_grad():
+        mixed = diffusion.guided_model(counted, y, w, 10)(x, t)
+        alone = torch.cat([diffusion.guided_model(model, y[i:i + 1], float(w[i]), 10)(x[i:i + 1], t[i:i + 1])
+                           for i in range(5)])
+    assert calls == [5 + 2]  # rows 0 and 4 are guided
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
 
 
 def test_unconditional_samples_of_a_conditional_model_use_the_null_label():

@@ -114,6 +114,7 @@ def test_labels_and_guidance_are_batched_per_request(app):
     assert not same_image_up_to_rounding(post("/ddpm/sample", {**bodies[0], "labels": 4}).content, alone[0])
     info = requests.get(URL + "/info", timeout=30).json()["ddpm"]
     assert info["conditional"] and info["num_classes"] == 10 and max(info["recent_batch_sizes"]) > 1
+    assert info["cost_per_row_and_step"] == {"guided": 2, "unguided": 1}
     j = post("/ddpm/sample", {"n": 3, "steps": 4, "labels": [2, 4, 6], "format": "json"}).json()
     assert j["labels"] == [2, 4, 6] and len(j["verdict"]["class"]) == 3
 
