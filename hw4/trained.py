@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +104,17 @@ def load_vae(path: str | os.PathLike) -> TrainedVAE:
 
 
 @dataclass
+class ChainStep:
+    """One step of a sampler run: ``step`` of ``total``; the x-hat-0 preview (n, 1, 28, 28) in
+    [0, 1] when one was asked for at this step; the samples after the last step."""
+
+    step: int
+    total: int
+    preview: torch.Tensor | None
+    final: torch.Tensor | None
+
+
+@dataclass
 class TrainedDDPM:
     """A U-Net with its EMA weights, the schedule it was trained with and its target."""
 
@@ -151,6 +163,33 @@ class TrainedDDPM:
                              eta=eta, prediction=self.prediction, generator=gen, device=device,
                              progress=progress)
         return ((x + 1) / 2).clamp(0, 1).cpu()
+
+    def sample_chain(self, n: int, *, every: int = 1, method: diffusion.Method = "ddim",
+                     steps: int | None = 50, eta: float = 0.0,
+                     labels: torch.Tensor | None = None, guidance: float | torch.Tensor = 0.0,
+                     seed: int = 0, device: str | torch.device = "cpu") -> Iterator[ChainStep]:
+        """``sample`` one network call at a time: a ``ChainStep`` after every step, with the
+        x-hat-0 preview (in [0, 1]) every ``every`` steps and the samples after the last, which
+        equal ``sample``'s for the same arguments. Whoever stops iterating stops the sampler:
+        no network call runs after the step in progress."""
+        if labels is not None:
+            labels = self.check_labels(labels, n)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        model = diffusion.guided_model(self.model.to(device).eval(), labels, guidance,
+                                       self.model.null_label)
+        total = len(diffusion.sampler_timesteps(method, self.timesteps, steps))
+        chain = diffusion.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
+                                             steps=steps, eta=eta, prediction=self.prediction,
+                                             generator=gen, device=device)
+        for i in range(total):
+            with torch.inference_mode():
+                out = next(chain)
+            last = i + 1 == total
+            preview = None
+            if last or (i + 1) % every == 0:
+                preview = ((out.pred_original_sample + 1) / 2).clamp(0, 1).cpu()
+            final = ((out.prev_sample + 1) / 2).clamp(0, 1).cpu() if last else None
+            yield ChainStep(i + 1, total, preview, final)
 
     def check_labels(self, labels: torch.Tensor | list[int], n: int) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()

@@ -6,6 +6,7 @@ the VAE, its latent classifiers and the adversarial evaluation."""
 import asyncio
 import base64
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import torch
@@ -75,6 +76,52 @@ class DDPMModel(Reloadable):
     async def sample(self, req: dict) -> torch.Tensor:
         """req: n, sampler, steps, eta, seed, labels (n digits or None), guidance
         -> (n, 1, 28, 28) in [0, 1]."""
+        self.check_request(req)
+        if self.batching:
+            return await self._batched(req)
+        return (await self._run([req]))[0]
+
+    @guarded
+    async def check_stream(self, req: dict) -> None:
+        """``stream``'s refusals, as values, before the stream starts."""
+        self.check_request(req)
+
+    async def stream(self, req: dict, every: int | None = None) -> AsyncIterator[dict]:
+        """``sample`` one step at a time, unbatched (a chain is one request's): after every step
+        ``{"step", "total"}``, with ``"preview"`` (x-hat-0 as PNG bytes) every ``every`` steps
+        and ``"final"`` (the samples, a tensor) after the last (``every`` by default: about 20
+        previews per chain). The model lock is held until the
+        step in flight has finished, also when the caller goes away: cancelling the stream
+        stops the sampler within one step, and the next request never runs beside it."""
+        ddpm = self.require()
+        labels, guidance = None, 0.0
+        if req.get("labels") is not None:
+            labels, guidance = torch.tensor(req["labels"]), float(req.get("guidance", 0.0))
+        total = ddpm.timesteps if req["sampler"] == "ddpm" else req["steps"]
+        chain = ddpm.sample_chain(req["n"], every=every or max(1, total // 20), method=req["sampler"],
+                                  steps=req["steps"], eta=req.get("eta") or 0.0, labels=labels,
+                                  guidance=guidance, seed=req["seed"], device=self.device)
+        async with self.lock:
+            try:
+                while True:
+                    step = asyncio.ensure_future(asyncio.to_thread(next, chain, None))
+                    try:
+                        item = await asyncio.shield(step)
+                    except asyncio.CancelledError:
+                        await step  # the step in flight ends; no network call starts after it
+                        raise
+                    if item is None:
+                        return
+                    out: dict = {"step": item.step, "total": item.total}
+                    if item.preview is not None:
+                        out["preview"] = viz.png_bytes(item.preview, min(8, req["n"]))
+                    if item.final is not None:
+                        out["final"] = item.final
+                    yield out
+            finally:
+                chain.close()
+
+    def check_request(self, req: dict) -> None:
         ddpm = self.require()
         if req["sampler"] != "ddpm" and req["steps"] > ddpm.timesteps:
             raise HW4Error(f"steps must be at most {ddpm.timesteps} for this model")
@@ -85,9 +132,6 @@ class DDPMModel(Reloadable):
             raise TooCostly(f"this request costs {cost:,} image-network calls (n x steps, x2 with "
                             f"guidance; DDPM takes all {ddpm.timesteps} steps); the limit is "
                             f"{MAX_SAMPLE_COST:,}: ask for fewer images or steps")
-        if self.batching:
-            return await self._batched(req)
-        return (await self._run([req]))[0]
 
     @serve.batch(max_batch_size=MAX_SAMPLE_IMAGES, batch_wait_timeout_s=0.05,
                  batch_size_fn=_images_in_batch)

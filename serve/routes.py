@@ -5,12 +5,13 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import (
@@ -36,6 +37,7 @@ from serve.schemas import (
     AttackIn,
     ClassifyIn,
     DDPMSampleIn,
+    DDPMStreamIn,
     DecodeIn,
     ImageRequest,
     TraverseIn,
@@ -65,6 +67,11 @@ def image_reply(images: torch.Tensor, fmt: str, nrow: int = 8, **meta: Any) -> R
 
 
 RETRY_AFTER_S = 5  # what a 503 asks a client to wait: a replica restarts in seconds
+
+
+def sse(event: str, data: dict) -> str:
+    """One server-sent event: its name and one line of JSON."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 def unwrap_reply(value: Any) -> Any:
@@ -179,6 +186,43 @@ class Api:
             meta["verdict"] = await self.ddpm.verdict.remote(images)
             meta["labels"] = req["labels"]
         return image_reply(images, body.format, nrow=body.nrow, **meta)
+
+    @api.post("/ddpm/sample/stream", response_class=StreamingResponse, responses={200: {
+        "content": {"text/event-stream": {}},
+        "description": "server-sent events: `progress` after every network call ({step, total}, "
+                       "with preview_png_base64, the x-hat-0 grid, every preview_every calls), "
+                       "then `done` (the JSON reply of /ddpm/sample), or `error` ({detail})"}})
+    async def ddpm_sample_stream(self, body: DDPMStreamIn) -> StreamingResponse:
+        """The sampler's chain as it runs: watch noise become digits. One request's chain runs
+        unbatched; a client that disconnects stops it within one network call."""
+        req = {**body.model_dump(exclude={"format", "nrow", "labels", "preview_every"}),
+               "labels": body.label_list()}
+        unwrap_reply(await self.ddpm.check_stream.remote(req))  # refusals as 4xx, before the stream
+        chain = self.ddpm.options(stream=True).stream.remote(req, body.preview_every)
+        return StreamingResponse(self._events(chain, req, body.nrow), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def _events(self, chain: Any, req: dict, nrow: int) -> AsyncIterator[str]:
+        t0 = time.perf_counter()
+        try:
+            async for item in chain:
+                if "final" in item:
+                    images = item["final"]
+                    done = {"grid_png_base64": b64png(images, nrow),
+                            "images_png_base64": [b64png(im[None], 1) for im in images],
+                            "shape": list(images.shape), "seconds": round(time.perf_counter() - t0, 4),
+                            "sampler": req["sampler"], "steps": req["steps"], "seed": req["seed"],
+                            "guidance": req["guidance"], "labels": req["labels"],
+                            "verdict": await self.ddpm.verdict.remote(images)}
+                    yield sse("done", done)
+                else:
+                    progress = {"step": item["step"], "total": item["total"]}
+                    if "preview" in item:
+                        progress["preview_png_base64"] = base64.b64encode(item["preview"]).decode()
+                    yield sse("progress", progress)
+        except DOWN as err:  # the replica died mid-chain: say so in the stream (its status is sent)
+            yield sse("error", {"detail": f"a model is unavailable, try again shortly "
+                                          f"({type(err).__name__})"})
 
     @api.post("/vae/sample", responses={200: {"content": {"image/png": {}}}})
     async def vae_sample(self, body: VAESampleIn) -> Response:

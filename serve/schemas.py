@@ -84,6 +84,14 @@ class DDPMSampleIn(BaseModel):
         return [self.labels] * self.n if isinstance(self.labels, int) else self.labels
 
 
+class DDPMStreamIn(DDPMSampleIn):
+    """``/ddpm/sample/stream``: the same request, answered step by step."""
+
+    preview_every: int | None = Field(None, ge=1, le=1000,
+                                      description="an x-hat-0 preview every k network calls "
+                                                  "(default: about 20 previews per chain)")
+
+
 class VAESampleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: int = Field(16, ge=1, le=MAX_TEST_IMAGES)

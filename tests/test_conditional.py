@@ -141,3 +141,28 @@ def test_old_unconditional_checkpoint_still_loads(tmp_path):
     assert trained.sample(2, steps=3, seed=0).shape == (2, 1, 28, 28)
     with pytest.raises(HW4Error, match="unconditional"):
         trained.sample(1, steps=2, labels=torch.tensor([1]))
+
+
+@pytest.mark.parametrize("method,steps", [("ddim", 6), ("dpm++2m", 5), ("ddpm", None)])
+def test_the_sample_chain_ends_in_the_samples_and_stops_when_dropped(tmp_path, method, steps):
+    """``sample_chain`` yields every step in order, previews every k-th, and ends in exactly
+    ``sample``'s images; a consumer that stops iterating stops the network calls."""
+    from hw4.trained import load_ddpm
+
+    from .conftest import write_ddpm
+
+    ddpm = load_ddpm(write_ddpm(tmp_path / "ddpm.pt"))
+    kw = dict(method=method, steps=steps, labels=torch.tensor([3, 7]), guidance=1.0, seed=5)
+    chain = list(ddpm.sample_chain(2, every=2, **kw))
+    total = chain[-1].total
+    assert [c.step for c in chain] == list(range(1, total + 1))
+    assert [c.step for c in chain if c.preview is not None] == sorted({*range(2, total + 1, 2), total})
+    assert all(c.final is None for c in chain[:-1])
+    torch.testing.assert_close(chain[-1].final, ddpm.sample(2, **kw), rtol=0, atol=0)
+    calls = []
+    inner = ddpm.model.forward
+    ddpm.model.forward = lambda *a, **k: calls.append(1) or inner(*a, **k)
+    stream = ddpm.sample_chain(2, **kw)
+    next(stream), next(stream)
+    stream.close()  # the client left after two steps
+    assert len(calls) == 2

@@ -339,3 +339,85 @@ def test_an_unconditional_served_model_refuses_labels(tmp_path):
     err = asyncio.run(replica.sample({**req, "labels": [3]}))
     assert isinstance(err, HW4Error) and "unconditional" in str(err)
     assert asyncio.run(replica.info())["conditional"] is False
+
+
+def stream(body):
+    """The events of /ddpm/sample/stream as (name, data) pairs."""
+    import json
+
+    r = requests.post(URL + "/ddpm/sample/stream", json=body, stream=True, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events, name = [], None
+    for line in r.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_a_streamed_chain_reports_every_step_and_ends_in_the_same_samples(app):
+    body = {"n": 3, "sampler": "ddim", "steps": 8, "seed": 4, "labels": [1, 2, 3], "guidance": 1.0}
+    events = stream({**body, "preview_every": 3})
+    names = [n for n, _ in events]
+    assert names == ["progress"] * 7 + ["done"], names
+    progress = [d for n, d in events if n == "progress"]
+    assert [d["step"] for d in progress] == list(range(1, 8)) and {d["total"] for d in progress} == {8}
+    assert [d["step"] for d in progress if "preview_png_base64" in d] == [3, 6]
+    png(base64.b64decode(progress[2]["preview_png_base64"]))
+    done = events[-1][1]
+    plain = post("/ddpm/sample", {**body, "format": "json"}).json()
+    assert same_image_up_to_rounding(base64.b64decode(done["grid_png_base64"]),
+                                     base64.b64decode(plain["grid_png_base64"]))
+    assert done["labels"] == [1, 2, 3] and len(done["verdict"]["class"]) == 3
+    other = stream({**body, "seed": 5})[-1][1]  # the comparison tells two seeds apart
+    assert not same_image_up_to_rounding(base64.b64decode(other["grid_png_base64"]),
+                                         base64.b64decode(done["grid_png_base64"]))
+    r = post("/ddpm/sample/stream", {**body, "steps": 500})  # refused before any event
+    assert r.status_code == 400 and "at most" in r.json()["detail"]
+
+
+def test_an_abandoned_stream_stops_its_sampler_and_frees_the_model(app):
+    """Cancelling the stream (what Serve does when the client leaves) stops the sampler after
+    the network call in flight, and only then lets the next request have the model."""
+    import asyncio
+
+    from serve.deployments import DDPMModel
+
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(app["storage"])})
+    net = replica.require().model
+    inner, calls = net.forward, []
+
+    def slow(*a, **k):
+        calls.append(time.monotonic())
+        time.sleep(0.2)
+        return inner(*a, **k)
+
+    req = {"n": 2, "sampler": "ddim", "steps": 20, "eta": 0.0, "seed": 0, "labels": None,
+           "guidance": 0.0}
+
+    async def scenario():
+        async def client():
+            async for _ in replica.stream(req, 1):
+                pass
+
+        task = asyncio.create_task(client())
+        await asyncio.sleep(1.0)  # about five network calls in
+        task.cancel()
+        cancelled = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        released = time.monotonic()
+        net.forward = inner
+        t0 = time.monotonic()
+        await replica._run([{**req, "steps": 2, "seed": 1}])
+        return cancelled, released, time.monotonic() - t0
+
+    net.forward = slow
+    cancelled, released, next_wait = asyncio.run(scenario())
+    assert 2 <= len(calls) <= 8, calls
+    assert all(c < cancelled for c in calls)  # no network call started after the cancel
+    assert released - calls[-1] >= 0.15  # the lock waited for the call in flight to end
+    assert next_wait < 2.0

@@ -106,17 +106,46 @@ def test_page_loads_with_no_console_errors_and_shows_the_models(page, tmp_path):
     assert page.errors == []
 
 
+def test_the_chain_is_shown_live_before_the_samples(page, tmp_path):
+    """The sampler panel streams the chain: x-hat-0 previews replace each other in place, with a
+    progress bar and the step count, before the final grid replaces them."""
+    page.evaluate("""() => {
+        window.seen = [];
+        new MutationObserver((records) => records.forEach((r) => {
+            const live = r.target.closest && r.target.closest('figure.live');
+            if (r.type === 'attributes' && live && r.target.src.startsWith('data:'))
+                window.seen.push(['preview', live.querySelector('progress').value,
+                                  live.querySelector('figcaption').textContent]);
+            r.addedNodes.forEach((n) => { if (n.matches && n.matches('figure:not(.live)'))
+                window.seen.push(['final']); });
+        })).observe(document.getElementById('s-out'),
+                    {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
+    }""")
+    page.select_option("#s-sampler", "ddpm")  # all T steps: a preview at every step
+    page.fill("#s-n", "4")
+    page.click("#s-go")
+    page.wait_for_selector("#s-out figure:not(.live) img")
+    seen = page.evaluate("window.seen")
+    kinds = [s[0] for s in seen]
+    assert kinds.count("preview") >= 2 and kinds.index("preview") < kinds.index("final"), seen
+    steps = [s[1] for s in seen if s[0] == "preview"]
+    assert steps == sorted(steps) and "step 1 of " in seen[0][2], seen
+    assert page.locator("#s-out figure.live").count() == 0  # the samples replaced the chain
+    assert page.errors == []
+
+
 def test_a_sample_is_generated_and_shown(page, tmp_path):
     page.fill("#s-steps", "5")
     page.fill("#s-n", "8")
     page.click("#s-go")
-    img = page.wait_for_selector("#s-out figure img")
+    img = page.wait_for_selector("#s-out figure:not(.live) img")  # the samples, after the chain
     page.wait_for_function("document.querySelector('#s-out img').naturalWidth > 0")
     caption = page.inner_text("#s-out figcaption")  # the default sampler, DPM-Solver++(2M)
     assert "DPM-Solver++(2M)-5" in caption and " s on the server" in caption
     assert img.get_attribute("src").startswith("data:image/png;base64,")
     page.click("#s-compare")  # DDPM over all T steps and DDIM-50 (or T) with the same seed
-    page.wait_for_function("document.querySelectorAll('#s-out figure').length === 2", timeout=300_000)
+    page.wait_for_function("document.querySelectorAll('#s-out figure:not(.live)').length === 2",
+                           timeout=300_000)
     assert page.inner_text("#s-out figure:nth-child(1) figcaption").startswith("DDPM-")
     assert page.inner_text("#s-out figure:nth-child(2) figcaption").startswith("DDIM-")
     shot(page, "#sampler", "sampler", tmp_path)

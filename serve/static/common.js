@@ -46,6 +46,42 @@ async function api(path, body) {
   return data;
 }
 
+// POST ``body`` to a server-sent-events route: ``onEvent(name, data)`` for each event as it
+// arrives; resolves with the data of the "done" event, throws on an "error" event or a refusal.
+async function apiStream(path, body, onEvent) {
+  const headers = {"Content-Type": "application/json", Accept: "text/event-stream"};
+  if (token()) headers.Authorization = "Bearer " + token();
+  let res;
+  try {
+    res = await fetch(BASE + path, {method: "POST", headers, body: JSON.stringify(body)});
+  } catch (err) {
+    throw new Error("could not reach the server (" + err.message + ")");
+  }
+  if (!res.ok) {
+    const err = new Error(describe(res.status, await res.json().catch(() => null)));
+    err.status = res.status;
+    if (res.status === 401) { $("token-needed").hidden = false; $("token").focus(); }
+    throw err;
+  }
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) throw new Error("the stream ended before the samples arrived");
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {  // one event: "event: name\ndata: {...}"
+      const lines = buffer.slice(0, cut).split("\n");
+      buffer = buffer.slice(cut + 2);
+      const name = lines.find((l) => l.startsWith("event: ")).slice(7);
+      const data = JSON.parse(lines.find((l) => l.startsWith("data: ")).slice(6));
+      if (name === "error") throw new Error(data.detail);
+      if (name === "done") { reader.cancel(); return data; }
+      onEvent(name, data);
+    }
+  }
+}
+
 function showError(id, err) {
   const el = $(id);
   el.textContent = err ? "Error: " + err.message : "";

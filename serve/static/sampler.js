@@ -1,5 +1,5 @@
-// The DDPM sampler panel: DPM-Solver++(2M), DDIM or DDPM, digit and guidance, and the pinned
-// classifier's verdicts.
+// The DDPM sampler panel: DPM-Solver++(2M), DDIM or DDPM, digit and guidance, the chain streamed
+// live, and the pinned classifier's verdicts.
 "use strict";
 
 // the served DDPM's number of diffusion steps T (DDPM sampling always takes all of them)
@@ -7,17 +7,33 @@ function servedT() { return (info && info.ddpm.config && info.ddpm.config.timest
 
 function servedConditional() { return Boolean(info && info.ddpm && info.ddpm.conditional); }
 
-async function sample(params, verdicts) {
+// Draw ``params`` into ``out``, live: the server streams x-hat-0 (its current guess of the
+// final images) every few network calls, shown in place with a progress bar, then the samples.
+async function sample(params, verdicts, out) {
   const t0 = performance.now();
-  const r = await api("ddpm/sample", {...params, format: "json"});
   const labels = {ddpm: `DDPM-${servedT()}`, ddim: `DDIM-${params.steps}, η=${params.eta}`,
                   "dpm++2m": `DPM-Solver++(2M)-${params.steps}`};
   let label = labels[params.sampler];
   if (params.labels !== undefined) label += `, w=${params.guidance}`;
+  const blank = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
+  const live = figure(blank, `${label}: starting`, `${label}: the chain as it runs`);
+  const bar = Object.assign(document.createElement("progress"), {max: 1, value: 0});
+  live.classList.add("live");
+  live.insertBefore(bar, live.querySelector("figcaption"));
+  out.append(live);
+  const r = await apiStream("ddpm/sample/stream", params, (name, p) => {
+    bar.max = p.total;
+    bar.value = p.step;
+    const caption = `${label}: step ${p.step} of ${p.total}, x̂₀ so far`;
+    live.querySelector("figcaption").textContent = caption;
+    if (p.preview_png_base64) live.querySelector("img").src = png(p.preview_png_base64);
+  });
   if (verdicts) showVerdicts(r);
-  return figure(png(r.grid_png_base64),
-                `${label}, seed ${params.seed}: ${r.seconds.toFixed(2)} s on the server, ` +
-                `${((performance.now() - t0) / 1000).toFixed(2)} s here`, `${r.shape[0]} samples, ${label}`);
+  const done = figure(png(r.grid_png_base64),
+                      `${label}, seed ${params.seed}: ${r.seconds.toFixed(2)} s on the server, ` +
+                      `${((performance.now() - t0) / 1000).toFixed(2)} s here`, `${r.shape[0]} samples, ${label}`);
+  live.replaceWith(done);
+  return done;
 }
 
 // Each sample with what the pinned MNIST classifier sees in it; red when it is not the digit asked for.
@@ -60,13 +76,16 @@ $("s-guidance").addEventListener("input", () => { $("s-guidance-out").value = $(
 $("sample-form").addEventListener("submit", (e) => {
   e.preventDefault();
   run($("s-go"), "sampler-error", async () => {
-    $("s-out").replaceChildren(await sample(samplerParams(), true));
+    const p = samplerParams();
+    $("s-out").replaceChildren();
+    await sample(p, true, $("s-out"));
   });
 });
 $("s-compare").addEventListener("click", () => run($("s-compare"), "sampler-error", async () => {
   const p = samplerParams();
   const T = servedT();
   $("s-verdicts").replaceChildren();
-  $("s-out").replaceChildren(await sample({...p, sampler: "ddpm", steps: T, eta: 1}),
-                             await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0}));
+  $("s-out").replaceChildren();
+  await sample({...p, sampler: "ddpm", steps: T, eta: 1}, false, $("s-out"));
+  await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0}, false, $("s-out"));
 }));
