@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,19 @@ def load_vae(path: str | os.PathLike) -> TrainedVAE:
     return TrainedVAE(vae, probe, finetune, cfg, state.get("metrics", {}), path)
 
 
+class SamplingStopped(Exception):
+    """A sampler run ended early on purpose (its caller left)."""
+
+
+def stoppable(net: torch.nn.Module, stop: threading.Event):
+    """``net`` that refuses to run once ``stop`` is set."""
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        if stop.is_set():
+            raise SamplingStopped
+        return net(*args)
+    return call
+
+
 @dataclass
 class ChainStep:
     """One step of a sampler run: ``step`` of ``total``; the x-hat-0 preview (n, 1, 28, 28) in
@@ -148,17 +162,22 @@ class TrainedDDPM:
                eta: float = 0.0, labels: torch.Tensor | None = None,
                guidance: float | torch.Tensor = 0.0,
                seed: int = 0, generator: diffusion.Generators = None,
-               device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
+               device: str | torch.device = "cpu", progress: bool = False,
+               stop: threading.Event | None = None) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
         ``labels`` (n,): the class of each row (``num_classes``, the null label, for an
         unguided unconditional row) for a conditional model, guided with weight ``guidance`` (a
         number, or one per row).
-        ``generator`` (e.g. per-request blocks of a served batch) replaces the seed."""
+        ``generator`` (e.g. per-request blocks of a served batch) replaces the seed. Setting
+        ``stop`` (from another thread) ends the run with ``SamplingStopped`` before its next
+        network call."""
         if labels is not None:
             labels = self.check_labels(labels, n)
         gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
-        model = diffusion.guided_model(self.model.to(device).eval(), labels, guidance,
-                                       self.model.null_label)
+        net = self.model.to(device).eval()
+        if stop is not None:
+            net = stoppable(net, stop)
+        model = diffusion.guided_model(net, labels, guidance, self.model.null_label)
         x = diffusion.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
                              eta=eta, prediction=self.prediction, generator=gen, device=device,
                              progress=progress)

@@ -5,6 +5,7 @@ the VAE, its latent classifiers and the adversarial evaluation."""
 
 import asyncio
 import base64
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -160,10 +161,17 @@ class DDPMModel(Reloadable):
                                              if requests[i].get("labels") else 0.0
                                              for i in idx for _ in range(requests[i]["n"])])
                 self.batch_sizes.append(len(idx))
-                images = await asyncio.to_thread(
+                stop = threading.Event()
+                work = asyncio.ensure_future(asyncio.to_thread(
                     ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
                     eta=eta or 0.0, labels=labels, guidance=guidance, generator=blocks,
-                    device=self.device)
+                    device=self.device, stop=stop))
+                try:
+                    images = await asyncio.shield(work)
+                except asyncio.CancelledError:  # the caller left: stop at the next network
+                    stop.set()  # call, and keep the lock until the thread has really stopped
+                    await asyncio.gather(work, return_exceptions=True)
+                    raise
                 for i, part in zip(idx, images.split([n for _, n in blocks]), strict=True):
                     out[i] = part
         return out
