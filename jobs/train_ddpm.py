@@ -20,6 +20,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from hw4 import data, evaluation, train, viz
+from hw4.assets import SECOND_JUDGE
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
@@ -141,9 +142,14 @@ def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -
     ref = evaluation.reference_stats("mnist", cfg.fid_samples,
                                      Path(cfg.storage_path) / "eval" / "fid_stats")
     q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
-    out = {"fid": q["fid"], "fid_confident": q["confident_fraction"]}
+    ref2 = evaluation.reference_stats("mnist", cfg.fid_samples,
+                                      Path(cfg.storage_path) / "eval" / "fid_stats", judge=SECOND_JUDGE)
+    second = evaluation.second_opinion(images, ref2, labels)  # what the pinned judge misses
+    out = {"fid": q["fid"], "fid_confident": q["confident_fraction"],
+           "second_fid": second["second_fid"], "background_share": second["background_share"]}
     if labels is not None:
         out["class_accuracy"] = q["class_accuracy"]
+        out["second_class_accuracy"] = second["second_class_accuracy"]
     return out
 
 
@@ -211,7 +217,8 @@ def train_func(config: dict) -> None:
 
 def log_epoch(writer: SummaryWriter, metrics: dict, trained: TrainedDDPM, cfg: DDPMJobConfig,
               epoch: int, device: torch.device) -> None:
-    for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s", "fid", "class_accuracy"):
+    for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s", "fid", "class_accuracy",
+              "second_fid", "second_class_accuracy", "background_share"):
         if k in metrics:
             writer.add_scalar(k, metrics[k], metrics["step"])
     if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:

@@ -134,12 +134,15 @@ def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
     """Two conditional-DDPM trials on a 2-core machine run at the same time (one CPU each, by
     default); the first one's worker is killed once and Tune restarts it from its checkpoint."""
     out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--scheduler", "none",
+                       "--schedules", "linear", "--loss-weights", "uniform", "min-snr",
                        "--inject-fault", "kill",
                        "--fault-epoch", "1", "--storage-path", str(tmp_path)))
     assert "2 trial(s) at once, 1 worker(s) each with 0.9 CPU" in out
     folder = tmp_path / "ddpm-schedule-sweep"
-    rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "fid", min)
-    assert {r["schedule"] for r in rows} == {"linear", "cosine"}
+    # ranked by the second judge's FID by default, the pinned FID and the background beside it
+    rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "second_fid", min)
+    assert {r["loss_weight"] for r in rows} == {"uniform", "min-snr"}
+    assert all(float(r["fid"]) > 0 and 0 <= float(r["background_share"]) <= 1 for r in rows), rows
     assert sorted(int(r["restarts"]) for r in rows) == [0, 1], rows
     assert all(r["status"] == "done" and r["class_accuracy"] for r in rows), rows
     (a_starts, a_end), (b_starts, b_end) = (starts_and_ends(tmp_path, "ddpm-schedule-sweep", r)
@@ -156,6 +159,8 @@ def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
     ("tune_vae_beta", ["--num-samples", "0"], "--num-samples must be >= 1"),
     ("tune_ddpm_schedule", ["--schedules", "linear", "quadratic"], "--schedules must be among"),
     ("tune_ddpm_schedule", ["--predictions", "score"], "--predictions must be among"),
+    ("tune_ddpm_schedule", ["--loss-weights", "snr"], "--loss-weights must be among"),
+    ("tune_ddpm_schedule", ["--rank-by", "loss"], "--rank-by must be one of"),
     ("tune_ddpm_schedule", ["--timesteps", "10"], "--timesteps must be >= --sample-steps"),
     ("tune_ddpm_schedule", ["--max-concurrent", "x"], "invalid int value"),
     ("tune_ddpm_schedule", ["--p-uncond-range", "0.3", "0.1"], "--p-uncond-range needs"),
