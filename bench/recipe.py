@@ -110,11 +110,9 @@ def score(path: Path, spec: str, n: int, guidance: float, refs: dict) -> dict:
     return out
 
 
-def evaluate(out: Path, n: int, threads: int) -> None:
-    """Every variant's final EMA (ramp) with DDIM-50 eta = 1 at w = 1; the base and all-changes
-    runs also with DDIM-50 eta = 0, DPM-Solver++(2M)-10, the other EMA rules and the saved
-    intermediate points (the FID-against-minutes curve). Results: ``out/scores.json``."""
-    torch.set_num_threads(threads)
+def judges(out: Path, n: int) -> tuple[dict, dict]:
+    """Both judges' reference statistics of ``n`` MNIST train images, and the floors: the FIDs
+    of ``n`` test images against them and MNIST's own background share."""
     cache = out / "fid_stats"
     refs = {"first": evaluation.reference_stats("mnist", n, cache),
             "second": evaluation.reference_stats("mnist", n, cache, judge=SECOND_JUDGE)}
@@ -122,6 +120,15 @@ def evaluate(out: Path, n: int, threads: int) -> None:
     floors = {"fid": evaluation.sample_quality(test, "mnist", refs["first"])["fid"],
               **{k: v for k, v in evaluation.second_opinion(test, refs["second"]).items()
                  if k in ("second_fid", "background_share")}}
+    return refs, floors
+
+
+def evaluate(out: Path, n: int, threads: int) -> None:
+    """Every variant's final EMA (ramp) with DDIM-50 eta = 1 at w = 1; the base and all-changes
+    runs also with DDIM-50 eta = 0, DPM-Solver++(2M)-10, the other EMA rules and the saved
+    intermediate points (the FID-against-minutes curve). Results: ``out/scores.json``."""
+    torch.set_num_threads(threads)
+    refs, floors = judges(out, n)
     final = "step1170-ramp.pt"
     jobs = [("base", final, "ddim:50:1"), ("all", final, "ddim:50:1"), ("all", final, "dpm++2m:10"),
             ("all", final, "ddim:50:0"), *[(v, final, "ddim:50:1") for v in CHANGES]]
@@ -151,12 +158,7 @@ def curve(out: Path, n: int, threads: int, figure: Path) -> None:
     warm-up rules, with ``CURVE_SAMPLER`` at w = 1; plot FID over its floor against the training
     minutes (both judges). Results: ``out/curve.json``."""
     torch.set_num_threads(threads)
-    cache = out / "fid_stats"
-    refs = {"first": evaluation.reference_stats("mnist", n, cache),
-            "second": evaluation.reference_stats("mnist", n, cache, judge=SECOND_JUDGE)}
-    test = data.load_dataset("mnist", "test", subset=n, seed=0).tensors[0]
-    floors = {"fid": evaluation.sample_quality(test, "mnist", refs["first"])["fid"],
-              "second_fid": evaluation.second_opinion(test, refs["second"])["second_fid"]}
+    refs, floors = judges(out, n)
     done = out / "curve.json"
     rows = json.loads(done.read_text())["rows"] if done.is_file() else []
     for variant in ("base", "all"):
