@@ -230,9 +230,11 @@ def training_curves(vae_history: list[dict], ddpm_history: list[dict], path: Pat
     axes[1].plot(ep, [h.get("val_kl", float("nan")) for h in v], "o-", color="C2", label="validation KL")
     axes[1].set(title="VAE: KL(q(z|x) || p(z)) (nats)", xlabel="epoch")
     d_ep = [h["epoch"] + 1 for h in ddpm_history]
-    axes[2].plot(d_ep, [h["train_loss"] for h in ddpm_history], "o--", label="train")
-    axes[2].plot(d_ep, [h["val_loss"] for h in ddpm_history], "o-", label="validation (EMA)")
-    axes[2].set(title="DDPM: denoising MSE", xlabel="epoch")
+    axes[2].plot(d_ep, [h["train_loss"] for h in ddpm_history], "o--",
+                 label="train (the training loss, its weights included)")
+    axes[2].plot(d_ep, [h["val_loss"] for h in ddpm_history], "o-",
+                 label="validation (EMA; unweighted MSE of the target)")
+    axes[2].set(title="DDPM: denoising loss", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -76,8 +76,8 @@ def summary(vae: dict, ddpm: dict, served: Path, verdict: dict, times: dict[str,
         f"  VAE  on Fashion-MNIST: test ELBO {-v['val_loss']:.1f} nats, latent classifier "
         f"accuracy {v.get('finetune_accuracy', float('nan')):.3f}",
         f"       {Path(vae['checkpoint']).parent}/ (reconstructions.png, traversal.png, samples.png)",
-        f"  DDPM on MNIST: class-conditional, validation eps-MSE {d['val_loss']:.4f} after "
-        f"{d['step']} steps",
+        f"  DDPM on MNIST: class-conditional, {ddpm['config']['prediction']} target, validation "
+        f"MSE {d['val_loss']:.4f} after {d['step']} steps",
         f"       {Path(ddpm['checkpoint']).parent}/ (samples.png: one row per digit)",
         f"  served over HTTP: {served} ({verdict['recognised']} of {verdict['asked']} samples are "
         f"the digit asked for, by the pinned MNIST classifier; {verdict['seconds']:.1f} s)",
