@@ -95,14 +95,14 @@ def soak(url: str, minutes: float, clients: int, kill_at: float, kill: str) -> d
     work = itertools.cycle([(s, item) for s in SEEDS for item in requests_mix(s)])
 
     def client(i: int) -> None:
-        session = requests.Session()
+        http = requests.Session()
         while time.monotonic() < stop_at:
             with lock:
                 seed, (name, path, body) = next(work)
             t0 = time.perf_counter()
             try:
-                r = session.post(url + path, json=body, timeout=120) if body is not None \
-                    else session.get(url + path, timeout=120)
+                r = http.post(url + path, json=body, timeout=120) if body is not None \
+                    else http.get(url + path, timeout=120)
             except requests.RequestException as err:
                 with lock:
                     counts[name][f"error {type(err).__name__}"] += 1

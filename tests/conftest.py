@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Note the last test that uses the session's Serve (after -k and -m have deselected):
+    """Note the last test that uses the test run's Serve (after -k and -m have deselected):
     ``pytest_runtest_teardown`` stops it there."""
     users = [item.nodeid for item in session.items if "serve_apps" in item.fixturenames]
     _last_serve_test[:] = users[-1:]
@@ -160,7 +160,7 @@ def start_ray_head(gcs_port: int, dashboard_port: int, num_cpus: int, env: dict)
     RAY_ADDRESS=auto for a submitted job's driver from that file, else from any GCS process on
     the machine. With a second `ray start` head (test_serve_deploy's, on the other worker)
     writing that file, one submitted driver joined another local Ray, whose Train controller was
-    cancelled before it ran (the one two-worker CI failure, Session 8 in BENCHMARKS.md).
+    cancelled before it ran (seen once, in a two-worker CI run).
     Its processes, the workers included, get RAY_ADDRESS pointing back at it, as a local Ray's
     do (``jobs.driver.init_ray``): Ray Train's placement-group cleaner asks the state API of the
     cluster it finds that way whether its controller lives. Without it, with a user's cluster
@@ -236,7 +236,7 @@ def add_job_outputs(storage: Path) -> None:
     (storage / "eval" / "web" / "report.json").write_text(json.dumps(report))
 
 
-_serve_stop: list = []  # how to stop the session's Serve, while it runs
+_serve_stop: list = []  # how to stop the test run's Serve, while it runs
 _last_serve_test: list[str] = []  # the node id of the last test that uses it, once collected
 
 
@@ -279,6 +279,6 @@ def serve_apps(tmp_path_factory):
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """Stop the session's Serve after the last test that uses it (they run one after another)."""
+    """Stop the test run's Serve after the last test that uses it (they run one after another)."""
     if _serve_stop and [item.nodeid] == _last_serve_test:
         _serve_stop.pop()()

@@ -94,7 +94,7 @@ def same_image_up_to_rounding(a: bytes, b: bytes) -> bool:
     """Two PNGs of the same grid, at most one gray level apart in at most 1% of the pixels: a
     batch's convolutions may sum in another order than one request's (within the 1e-4 that
     test_replica_batch_equals_unbatched_with_mixed_labels allows), and a value near a gray
-    level's edge can round either way (once in the suite's runs; BENCHMARKS.md, "Session 8")."""
+    level's edge can round either way (seen once: one pixel of a w = 2 request)."""
     x, y = (np.asarray(png(c).convert("L"), dtype=np.int16) for c in (a, b))
     diff = np.abs(x - y)
     return x.shape == y.shape and diff.max() <= 1 and (diff > 0).mean() <= 0.01
