@@ -79,10 +79,14 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| work | batch | peak RSS MiB | above the loaded model MiB |", "|---|---:|---:|---:|"]
-    for r in result["rows"]:
-        what = "training step (AdamW)" if r["mode"] == "train" else "DDIM sampling"
-        lines.append(f"| {what} | {r['batch']} | {r['peak_rss_mib']:.0f} | {r['work_rss_mib']:.0f} |")
+    """One row per kind of work, its batch sizes as columns: peak RSS (above the loaded model)."""
+    batches = sorted({r["batch"] for r in result["rows"]})
+    lines = ["| peak RSS MiB (above the loaded model) | " + " | ".join(f"batch {b}" for b in batches)
+             + " |", "|---|" + "---:|" * len(batches)]
+    for mode, what in (("train", "training step (AdamW)"), ("sample", "DDIM sampling")):
+        cells = {r["batch"]: f"{r['peak_rss_mib']:.0f} ({r['work_rss_mib']:.0f})"
+                 for r in result["rows"] if (r["mode"] == "train") == (mode == "train")}
+        lines.append(f"| {what} | " + " | ".join(cells.get(b, "–") for b in batches) + " |")
     return "\n".join(lines)
 
 if __name__ == "__main__":

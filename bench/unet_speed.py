@@ -228,23 +228,21 @@ def markdown(result: dict) -> str:
     if result.get("train_step_profile"):
         prof = result["train_step_profile"]
         groups = list(dict.fromkeys(g for p in prof.values() for g in p))
-        lines += ["", "Where a training step's CPU time goes (torch.profiler, self time):", "",
-                  "| op kind | " + " | ".join(prof) + " |", "|---|" + "---:|" * len(prof)]
-        for g in groups:
-            lines.append(f"| {g} | " + " | ".join(f"{100 * p.get(g, 0):.1f}%" for p in prof.values()) + " |")
+        shares = "; ".join(f"{g} " + " / ".join(f"{100 * p.get(g, 0):.1f}%" for p in prof.values())
+                           for g in groups)
+        lines += ["", f"Where a training step's CPU time goes (torch.profiler, self time, "
+                      f"{' / '.join(prof)}): {shares}."]
     if "ours+compile" in result["models"]:
         lines += ["", f"torch.compile: {result['models']['ours+compile']['compile_s']:.0f} s of "
                   "compiling before the first training step and inference call."]
     variants = list(result["rows"][0].get("variants", {}))
     if variants:
+        speeds = "; ".join(f"{name} in {r['phase']} {fmt(v)} s, "
+                           f"{v['vs_ours']['median']:.2f}× ours ({v['vs_ours']['min']:.2f}–"
+                           f"{v['vs_ours']['max']:.2f})"
+                           for r in result["rows"] for name, v in r["variants"].items())
         lines += ["", "Variants of ours, same weights, same run (`ours@COMMIT`: the U-Net as it was at "
-                  "that commit, before this round of optimisations):", "",
-                  "| phase | variant | s | speed relative to ours now |", "|---|---|---:|---:|"]
-        for r in result["rows"]:
-            for name, v in r["variants"].items():
-                q = v["vs_ours"]
-                lines.append(f"| {r['phase']} | {name} | {fmt(v)} | "
-                             f"{q['median']:.2f} ({q['min']:.2f}–{q['max']:.2f}) |")
+                  f"that commit, before this round of optimisations): {speeds}."]
     return "\n".join(lines)
 
 
