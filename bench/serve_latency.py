@@ -1,6 +1,7 @@
 """Serve's DDPM endpoint under loopback load: throughput and p50/p99 latency at 1, 4 and 16
 concurrent clients, with and without ``@serve.batch``, against a direct in-process call of the
-same sampler (same checkpoint, request size and torch threads as the replica).
+same sampler (same checkpoint, request size and torch threads as the replica); and one streamed
+DDPM-T request: the time to its first x-hat-0 preview.
 
     python bench/serve_latency.py                        # the registry's DDPM under ./results
     python bench/serve_latency.py --tiny                 # a tiny random model (seconds; for tests)
@@ -45,6 +46,18 @@ def load(url: str, body: dict, clients: int, per_client: int) -> dict:
     wall = time.perf_counter() - t0
     return {"clients": clients, "requests": len(lat), "images_per_s": len(lat) * body["n"] / wall,
             "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
+
+
+def first_preview(url: str, body: dict) -> dict:
+    """One streamed request: seconds to the first x-hat-0 preview and to the final grid."""
+    t0 = time.perf_counter()
+    first = None
+    with requests.post(url, json=body, stream=True, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines(decode_unicode=True):
+            if first is None and line.startswith("data: ") and "preview_png_base64" in line:
+                first = time.perf_counter() - t0
+    return {"body": body, "first_preview_s": first, "done_s": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -99,6 +112,8 @@ def main() -> None:
             load(url, body, 1, 3)  # warm-up
             results["serve"]["batched" if batching else "unbatched"] = [
                 load(url, body, c, args.requests) for c in args.clients]
+        stream_body = {"n": 16 if not args.tiny else 2, "sampler": "ddpm", "seed": 0}
+        results["stream"] = first_preview(url + "/stream", stream_body)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -109,6 +124,9 @@ def main() -> None:
     d = results["direct_ms"]
     print(f"direct in-process call: p50 {d['p50']:.1f} ms, p99 {d['p99']:.1f} ms "
           f"(n={args.n}, DDIM-{args.steps})\n")
+    st = results["stream"]
+    print(f"streamed DDPM-T of {st['body']['n']} images: first preview after "
+          f"{st['first_preview_s']:.2f} s, the samples after {st['done_s']:.1f} s\n")
     print("| mode | clients | images/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
     for mode, rows in results["serve"].items():
         for r in rows:

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--kill-at", type=float, default=0.5, help="when to kill, as a share of the run")
     p.add_argument("--kill", default="DDPMModel", help="the deployment whose replica is killed")
-    p.add_argument("--port", type=int, default=8315)
+    p.add_argument("--port", type=int, default=8317)
     p.add_argument("--out", default="bench/measurements/soak.json")
     p.add_argument("--tiny", action="store_true", help="tiny random models, 30 s (for tests)")
     args = p.parse_args(argv)

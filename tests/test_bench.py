@@ -21,6 +21,8 @@ def test_serve_latency_bench_runs_tiny(tmp_path):
     assert all(r["images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"]
                for rows in result["serve"].values() for r in rows)
     assert "| batched | 4 |" in run.stdout
+    stream = result["stream"]  # a streamed chain shows its first preview before it ends
+    assert 0 < stream["first_preview_s"] < stream["done_s"]
 
 
 def test_sampler_speed_bench_runs_tiny(tmp_path):
