@@ -76,8 +76,7 @@ class EvalConfig:
 
 
 SMOKE = dict(fid_samples=24, samplers=("ddim:4", "ddim:4:1"), guidance=(0.0, 2.0), chunk_size=8,
-             iwae_k=(1, 5, 20),
-             iwae_images=16, attack_images=16, epsilons=(0.0, 0.1, 0.3), pgd_steps=3)
+             iwae_k=(1, 5, 20), iwae_images=16, attack_images=16, epsilons=(0.0, 0.1, 0.3), pgd_steps=3)
 
 
 # --- sampling, in this process or spread over Ray tasks ----------------------------------------
@@ -227,9 +226,7 @@ def plot_robustness(curves: dict, recon: dict, out: Path) -> None:
 
 
 def ddpm_row(r: dict, floors: dict) -> str:
-    def acc(key: str) -> str:
-        return f"{r[key]:.3f}" if key in r else "–"
-
+    acc = lambda key: f"{r[key]:.3f}" if key in r else "–"  # noqa: E731
     return (f"| {r['label']} | {r.get('guidance', 0):g} | {r['steps']} | {r['fid']:.2f} "
             f"({r['fid'] / floors['fid']:.2f}x) | {acc('class_accuracy')} "
             f"| {r['second_fid']:.2f} ({r['second_fid'] / floors['second_fid']:.2f}x) "

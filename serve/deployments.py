@@ -4,8 +4,6 @@ inference through ``hw4``. ``DDPMModel`` batches concurrent sample requests; ``V
 the VAE, its latent classifiers and the adversarial evaluation."""
 
 import asyncio
-import base64
-import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,24 +17,18 @@ from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.trained import load_ddpm, load_vae, reconstruction
-from serve.replica import Reloadable, TooCostly, Unavailable, evaluation_summary, guarded
-from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES
+from serve.replica import (
+    Reloadable,
+    TooCostly,
+    Unavailable,
+    evaluation_summary,
+    guarded,
+    in_thread,
+    steps_in_thread,
+)
+from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES, b64decode, sample_cost
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
-
-
-def sample_cost(req: dict, timesteps: int) -> int:
-    """Images x network calls of a sample request (a guided call runs twice the rows)."""
-    calls = timesteps if req["sampler"] == "ddpm" else req["steps"]
-    guided = req.get("labels") is not None and req.get("guidance", 0) > 0
-    return req["n"] * calls * (2 if guided else 1)
-
-
-def b64decode(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError as err:
-        raise HW4Error(f"png_base64 is not valid base64: {err}") from err
 
 
 def _images_in_batch(requests: list[dict]) -> int:
@@ -103,24 +95,13 @@ class DDPMModel(Reloadable):
                                   steps=req["steps"], eta=req.get("eta") or 0.0, labels=labels,
                                   guidance=guidance, seed=req["seed"], device=self.device)
         async with self.lock:
-            try:
-                while True:
-                    step = asyncio.ensure_future(asyncio.to_thread(next, chain, None))
-                    try:
-                        item = await asyncio.shield(step)
-                    except asyncio.CancelledError:
-                        await step  # the step in flight ends; no network call starts after it
-                        raise
-                    if item is None:
-                        return
-                    out: dict = {"step": item.step, "total": item.total}
-                    if item.preview is not None:
-                        out["preview"] = viz.png_bytes(item.preview, min(8, req["n"]))
-                    if item.final is not None:
-                        out["final"] = item.final
-                    yield out
-            finally:
-                chain.close()
+            async for item in steps_in_thread(chain):
+                out: dict = {"step": item.step, "total": item.total}
+                if item.preview is not None:
+                    out["preview"] = viz.png_bytes(item.preview, min(8, req["n"]))
+                if item.final is not None:
+                    out["final"] = item.final
+                yield out
 
     def check_request(self, req: dict) -> None:
         ddpm = self.require()
@@ -161,17 +142,11 @@ class DDPMModel(Reloadable):
                                              if requests[i].get("labels") else 0.0
                                              for i in idx for _ in range(requests[i]["n"])])
                 self.batch_sizes.append(len(idx))
-                stop = threading.Event()
-                work = asyncio.ensure_future(asyncio.to_thread(
+                # a caller that leaves stops the sampler at its next network call
+                images = await in_thread(
                     ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
                     eta=eta or 0.0, labels=labels, guidance=guidance, generator=blocks,
-                    device=self.device, stop=stop))
-                try:
-                    images = await asyncio.shield(work)
-                except asyncio.CancelledError:  # the caller left: stop at the next network
-                    stop.set()  # call, and keep the lock until the thread has really stopped
-                    await asyncio.gather(work, return_exceptions=True)
-                    raise
+                    device=self.device)
                 for i, part in zip(idx, images.split([n for _, n in blocks]), strict=True):
                     out[i] = part
         return out

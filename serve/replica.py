@@ -3,10 +3,13 @@
 return as values rather than raise across a Ray handle, and the evaluation report that goes with
 a served VAE."""
 
+import asyncio
 import functools
 import json
 import os
+import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +150,40 @@ def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             continue
     return None
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, stop=event, **kwargs)`` in a worker thread. If the awaiting task is cancelled
+    (its caller left), the event is set and the thread awaited before the cancellation goes on:
+    a lock held around this call is kept until the work has really stopped."""
+    stop = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args, stop=stop, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.gather(work, return_exceptions=True)
+        raise
+
+
+async def steps_in_thread(chain: Iterator[Any]) -> AsyncIterator[Any]:
+    """The items of a blocking iterator, each made in a worker thread. Cancelled, it waits for the
+    item in progress (no further one starts) before the cancellation goes on; it always closes
+    ``chain``."""
+    end = object()
+    try:
+        while True:
+            step = asyncio.ensure_future(asyncio.to_thread(next, chain, end))
+            try:
+                item = await asyncio.shield(step)
+            except asyncio.CancelledError:
+                await step
+                raise
+            if item is end:
+                return
+            yield item
+    finally:
+        chain.close()
 
 
 def guarded(method):

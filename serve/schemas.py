@@ -1,10 +1,12 @@
 """The HTTP contract of the Serve app: request bodies with their bounds, and the limits."""
 
+import base64
 from typing import Annotated, Literal
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS
 
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
@@ -169,3 +171,17 @@ class AttackIn(BaseModel):
         images = len(self.images) if self.images is not None else self.n
         steps = self.pgd_steps if self.attack == "pgd" else 1
         return images * len(self.epsilons) * len(self.models) * steps
+
+
+def sample_cost(req: dict, timesteps: int) -> int:
+    """Images x network calls of a sample request (a guided call runs twice the rows)."""
+    calls = timesteps if req["sampler"] == "ddpm" else req["steps"]
+    guided = req.get("labels") is not None and req.get("guidance", 0) > 0
+    return req["n"] * calls * (2 if guided else 1)
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as err:
+        raise HW4Error(f"png_base64 is not valid base64: {err}") from err

@@ -146,7 +146,10 @@ def test_ray_sampling_gives_the_same_images_as_in_process(storage):
     grids = [(storage / "eval" / n / "samples_ddim_4_w2.png").read_bytes() for n in ("w0", "w2")]
     assert grids[0] == grids[1]
     reports = [json.loads((storage / "eval" / n / "report.json").read_text()) for n in ("w0", "w2")]
-    assert reports[0]["ddpm"]["samplers"][0]["fid"] == reports[1]["ddpm"]["samplers"][0]["fid"]
+    # the same images; the FID's float sums may run on another number of threads in each
+    a, b = (r["ddpm"]["samplers"][0] for r in reports)
+    assert a["fid"] == pytest.approx(b["fid"], rel=1e-6)
+    assert a["second_fid"] == pytest.approx(b["second_fid"], rel=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from hw4 import viz
 from hw4.errors import HW4Error
 from serve import guard
-from serve.deployments import DDPMModel, sample_cost
+from serve.deployments import DDPMModel
 from serve.replica import TooCostly
-from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn
+from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn, sample_cost
 
 from .conftest import make_storage
 
