@@ -171,13 +171,8 @@ class TrainedDDPM:
         ``generator`` (e.g. per-request blocks of a served batch) replaces the seed. Setting
         ``stop`` (from another thread) ends the run with ``SamplingStopped`` before its next
         network call."""
-        if labels is not None:
-            labels = self.check_labels(labels, n)
+        model = self._guided(n, labels, guidance, device, stop)
         gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
-        net = self.model.to(device).eval()
-        if stop is not None:
-            net = stoppable(net, stop)
-        model = diffusion.guided_model(net, labels, guidance, self.model.null_label)
         x = diffusion.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
                              eta=eta, prediction=self.prediction, generator=gen, device=device,
                              progress=progress)
@@ -191,11 +186,8 @@ class TrainedDDPM:
         x-hat-0 preview (in [0, 1]) every ``every`` steps and the samples after the last, which
         equal ``sample``'s for the same arguments. Whoever stops iterating stops the sampler:
         no network call runs after the step in progress."""
-        if labels is not None:
-            labels = self.check_labels(labels, n)
+        model = self._guided(n, labels, guidance, device)
         gen = torch.Generator(device=device).manual_seed(seed)
-        model = diffusion.guided_model(self.model.to(device).eval(), labels, guidance,
-                                       self.model.null_label)
         total = len(diffusion.sampler_timesteps(method, self.timesteps, steps))
         chain = diffusion.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
                                              steps=steps, eta=eta, prediction=self.prediction,
@@ -209,6 +201,16 @@ class TrainedDDPM:
                 preview = ((out.pred_original_sample + 1) / 2).clamp(0, 1).cpu()
             final = ((out.prev_sample + 1) / 2).clamp(0, 1).cpu() if last else None
             yield ChainStep(i + 1, total, preview, final)
+
+    def _guided(self, n: int, labels: torch.Tensor | None, guidance: float | torch.Tensor,
+                device: str | torch.device, stop: threading.Event | None = None):
+        """The network on ``device`` as the samplers call it: ``labels`` checked and guided with
+        weight ``guidance``, refusing to run once ``stop`` is set."""
+        if labels is not None:
+            labels = self.check_labels(labels, n)
+        net = self.model.to(device).eval()
+        return diffusion.guided_model(net if stop is None else stoppable(net, stop), labels,
+                                      guidance, self.model.null_label)
 
     def check_labels(self, labels: torch.Tensor | list[int], n: int) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()

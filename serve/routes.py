@@ -61,9 +61,14 @@ def image_reply(images: torch.Tensor, fmt: str, nrow: int = 8, **meta: Any) -> R
     if fmt == "png":
         return Response(viz.png_bytes(images, nrow), media_type="image/png",
                         headers={f"x-hw4-{k.replace('_', '-')}": str(v) for k, v in meta.items()})
-    return JSONResponse({"grid_png_base64": b64png(images, nrow),
-                         "images_png_base64": [b64png(im[None], 1) for im in images],
-                         "shape": list(images.shape), **meta})
+    return JSONResponse(image_json(images, nrow, **meta))
+
+
+def image_json(images: torch.Tensor, nrow: int = 8, **meta: Any) -> dict:
+    """The grid and each image as base64 PNG, their shape, and ``meta``."""
+    return {"grid_png_base64": b64png(images, nrow),
+            "images_png_base64": [b64png(im[None], 1) for im in images],
+            "shape": list(images.shape), **meta}
 
 
 RETRY_AFTER_S = 5  # what a 503 asks a client to wait: a replica restarts in seconds
@@ -208,13 +213,11 @@ class Api:
             async for item in chain:
                 if "final" in item:
                     images = item["final"]
-                    done = {"grid_png_base64": b64png(images, nrow),
-                            "images_png_base64": [b64png(im[None], 1) for im in images],
-                            "shape": list(images.shape), "seconds": round(time.perf_counter() - t0, 4),
-                            "sampler": req["sampler"], "steps": req["steps"], "seed": req["seed"],
-                            "guidance": req["guidance"], "labels": req["labels"],
-                            "verdict": await self.ddpm.verdict.remote(images)}
-                    yield sse("done", done)
+                    yield sse("done", image_json(
+                        images, nrow, seconds=round(time.perf_counter() - t0, 4),
+                        sampler=req["sampler"], steps=req["steps"], seed=req["seed"],
+                        guidance=req["guidance"], labels=req["labels"],
+                        verdict=await self.ddpm.verdict.remote(images)))
                 else:
                     progress = {"step": item["step"], "total": item["total"]}
                     if "preview" in item:
