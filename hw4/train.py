@@ -9,6 +9,7 @@ accumulates them on the device and reads them once per log interval and at the e
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Literal
@@ -304,8 +305,10 @@ def ddpm_validation_loss(model: nn.Module, schedule: DiffusionSchedule, loader: 
 def run_epoch(loader: Iterable, step: Callable[..., dict[str, torch.Tensor | float]], *,
               device: torch.device | str = "cpu", desc: str = "train",
               progress: bool | Callable[..., Iterable] = False, log_every: int = 50,
-              on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
-    """Call ``step(x, y)`` on each batch (moved to ``device``); return batch-size-weighted means.
+              on_log: Callable[[int, dict[str, float]], None] | None = None,
+              max_steps: int | None = None) -> dict[str, float]:
+    """Call ``step(x, y)`` on each batch (moved to ``device``), on the first ``max_steps`` only
+    when given (a run's last, partial epoch); return batch-size-weighted means.
 
     Metrics are summed where ``step`` left them (on the device) and read back only every
     ``log_every`` steps (the running means go to ``on_log(step_index, means)`` and the bar) and at
@@ -317,6 +320,8 @@ def run_epoch(loader: Iterable, step: Callable[..., dict[str, torch.Tensor | flo
     else:
         batches = tqdm(loader, desc=desc, disable=not progress, leave=False)
     for i, (x, y) in enumerate(batches, start=1):
+        if max_steps is not None and i > max_steps:
+            break
         metrics = step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         b = x.shape[0]
         for k, v in metrics.items():
@@ -331,6 +336,30 @@ def run_epoch(loader: Iterable, step: Callable[..., dict[str, torch.Tensor | flo
     if hasattr(batches, "close"):
         batches.close()
     return _means(sums, n)
+
+
+def seconds_per_step(step: Callable[[], object], *, steps: int = 8, warmup: int = 2,
+                     device: torch.device | str = "cpu") -> float:
+    """Mean wall time of ``step()`` over ``steps`` calls, after ``warmup`` untimed ones (first
+    calls pay for allocation and kernel selection); on CUDA the device is synchronised first."""
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def steps_in_budget(seconds: float, seconds_per_step: float, cap: int) -> int:
+    """Whole optimiser steps that fit in ``seconds`` at ``seconds_per_step``: at least 1, at most
+    ``cap`` (the run's epochs)."""
+    return max(1, min(cap, int(seconds / seconds_per_step)))
 
 
 def _means(sums: dict[str, torch.Tensor | float], n: int) -> dict[str, float]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,7 +56,11 @@ class DDPMJobConfig(cli.RunOptions):
     loss_weight: Literal["uniform", "min-snr"] = opt(
         "uniform", "per-timestep loss weight: min-snr = min(SNR, gamma) in x0 space (Hang et al.)")
     snr_gamma: float = opt(5.0, "gamma of --loss-weight min-snr")
-    epochs: int = opt(20, "passes over the training set")
+    epochs: int = opt(20, "passes over the training set (with --train-minutes: at most)")
+    train_minutes: float | None = opt(
+        None, "train for this much wall-clock instead: the step count is fixed at the start "
+              "from the time of a few steps (so the cosine decay knows its length); the last "
+              "epoch is cut short")
     batch_size: int = opt(128, "global batch size (split over workers)")
     lr: float = opt(2e-4, "AdamW learning rate")
     warmup_steps: int = opt(500, "linear LR warm-up steps")
@@ -80,6 +86,8 @@ class DDPMJobConfig(cli.RunOptions):
         c = cli.check
         c(self.timesteps >= 2, f"--timesteps must be >= 2, got {self.timesteps}")
         c(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        c(self.train_minutes is None or self.train_minutes > 0,
+          f"--train-minutes must be positive, got {self.train_minutes}")
         c(self.batch_size >= self.num_workers, "--batch-size must be at least --num-workers")
         c(self.lr > 0, f"--lr must be positive, got {self.lr}")
         c(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
@@ -153,6 +161,25 @@ def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -
     return out
 
 
+PROBE_STEPS = 8  # timed steps that fix a --train-minutes run's length
+
+
+def budget_steps(cfg: DDPMJobConfig, model: torch.nn.Module, step_on: Callable[..., dict],
+                 w: worker.Worker) -> int:
+    """The optimiser steps that fit in ``--train-minutes`` (at most ``--epochs`` epochs), from
+    the speed of a few steps on a throwaway copy of the model, optimiser and EMA; workers
+    agree on the smallest count (data-parallel workers must take the same steps)."""
+    probe = copy.deepcopy(model)
+    opt = train.make_optimizer(probe.parameters(), cfg.lr, w.device)
+    avg = train.EMA(probe, cfg.ema_decay, cfg.ema_warmup)
+    batches = itertools.cycle(list(itertools.islice(iter(w.loader), PROBE_STEPS)))
+    g = torch.Generator(device=w.device).manual_seed(cfg.seed)
+    per_step = train.seconds_per_step(lambda: step_on(probe, opt, avg, *next(batches), g),
+                                      steps=PROBE_STEPS, device=w.device)
+    steps = train.steps_in_budget(cfg.train_minutes * 60, per_step, len(w.loader) * cfg.epochs)
+    return worker.agree_min(steps, w.device)
+
+
 def train_func(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = DDPMJobConfig(**config)
@@ -160,11 +187,28 @@ def train_func(config: dict) -> None:
     model = UNet(cfg.unet()).to(w.device)
     ema = train.EMA(model, cfg.ema_decay, cfg.ema_warmup)
     optimizer = train.make_optimizer(model.parameters(), cfg.lr, w.device)
-    total_steps = len(w.loader) * cfg.epochs  # the run's known length, for the cosine decay
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_lambda(
-        cfg.warmup_steps, cfg.lr_schedule, max(total_steps, cfg.warmup_steps + 1)))
+    schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(w.device)
+    autocast = train.autocast_dtype(cfg.precision, w.device, cfg.batch_size // w.world)
+    gen = w.generator()
+
+    def step_on(net: torch.nn.Module, opt: torch.optim.Optimizer, avg: train.EMA,
+                x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return train.ddpm_train_step(
+            net, schedule, x, opt, labels=y if cfg.conditional else None, p_uncond=cfg.p_uncond,
+            prediction=cfg.prediction, weighting=cfg.loss_weight, snr_gamma=cfg.snr_gamma,
+            ema=avg, grad_clip=cfg.grad_clip, autocast_dtype=autocast, generator=g)
+
     start_epoch, history = 0, []
     state = worker.restore_state(w.device)
+    if state is not None:  # resume: the run's length was fixed when it started
+        planned = state["extra"].get("planned_steps", len(w.loader) * cfg.epochs)
+    elif cfg.train_minutes is not None:
+        planned = budget_steps(cfg, model, step_on, w)
+    else:
+        planned = len(w.loader) * cfg.epochs
+    n_epochs = -(-planned // len(w.loader))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_lambda(
+        cfg.warmup_steps, cfg.lr_schedule, max(planned, cfg.warmup_steps + 1)))
     if state is not None:  # resume: a restarted worker group or a rerun with the same name
         load_state(model, state["model"])
         ema.load_state_dict(state["ema"])
@@ -174,24 +218,20 @@ def train_func(config: dict) -> None:
     model = worker.prepare_model(model)
     forward = torch.compile(model) if cfg.compile else model
     ema_model = copy.deepcopy(unwrap(model))
-    schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(w.device)
-    autocast = train.autocast_dtype(cfg.precision, w.device, cfg.batch_size // w.world)
-    gen = w.generator()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        metrics = train.ddpm_train_step(
-            forward, schedule, x, optimizer, labels=y if cfg.conditional else None,
-            p_uncond=cfg.p_uncond, prediction=cfg.prediction, weighting=cfg.loss_weight,
-            snr_gamma=cfg.snr_gamma, ema=ema, grad_clip=cfg.grad_clip,
-            autocast_dtype=autocast, generator=gen)
+        metrics = step_on(forward, optimizer, ema, x, y, gen)
         lr_sched.step()
         return metrics
 
-    for epoch in w.epochs(start_epoch, cfg.epochs):
+    train_time = history[-1].get("train_time_s", 0.0) if history else 0.0
+    for epoch in w.epochs(start_epoch, n_epochs):
         t0 = time.time()
         tr = train.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
                              progress=worker.progress_bar(cfg.quiet), log_every=worker.LOG_EVERY,
-                             on_log=w.progress("DDPM", epoch, start_epoch, cfg.epochs))
+                             on_log=w.progress("DDPM", epoch, start_epoch, n_epochs),
+                             max_steps=planned - epoch * len(w.loader))
+        train_time += time.time() - t0
         ema.copy_to(ema_model)
         trained = TrainedDDPM.from_model(ema_model, cfg)
         val = train.ddpm_validation_loss(ema_model, schedule, w.val_loader, prediction=cfg.prediction,
@@ -199,29 +239,32 @@ def train_func(config: dict) -> None:
         metrics = {"epoch": epoch, "step": int(lr_sched.last_epoch), "train_loss": tr["loss"],
                    "grad_norm": tr["grad_norm"], "val_loss": val["loss"],
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - t0,
+                   "train_time_s": train_time, "planned_steps": planned,
                    "resumed_from_epoch": start_epoch}
-        fid_epoch = cfg.fid_every and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs)
+        last = epoch + 1 == n_epochs
+        fid_epoch = cfg.fid_every and ((epoch + 1) % cfg.fid_every == 0 or last)
         if fid_epoch and w.rank == 0:  # Tune reads rank 0's report
             metrics.update(sample_fid(trained, cfg, w.device))
         history.append(metrics)
         if w.writer is not None:
-            log_epoch(w.writer, metrics, trained, cfg, epoch, w.device)
+            log_epoch(w.writer, metrics, trained, cfg, epoch, w.device, last)
         save = functools.partial(
             save_checkpoint, kind="unet", config=dataclasses.asdict(cfg),
             model_config=dataclasses.asdict(cfg.unet()), model=model, ema=ema.state_dict(),
             optimizer=optimizer, step=metrics["step"], epoch=epoch, metrics=metrics,
-            extra={"lr_scheduler": lr_sched.state_dict(), "history": list(history)})
+            extra={"lr_scheduler": lr_sched.state_dict(), "history": list(history),
+                   "planned_steps": planned})
         worker.report(metrics, save, cfg)
     w.close()
 
 
 def log_epoch(writer: SummaryWriter, metrics: dict, trained: TrainedDDPM, cfg: DDPMJobConfig,
-              epoch: int, device: torch.device) -> None:
+              epoch: int, device: torch.device, last: bool) -> None:
     for k in ("train_loss", "val_loss", "grad_norm", "lr", "epoch_time_s", "fid", "class_accuracy",
               "second_fid", "second_class_accuracy", "background_share"):
         if k in metrics:
             writer.add_scalar(k, metrics[k], metrics["step"])
-    if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
+    if (epoch + 1) % cfg.sample_every == 0 or last:
         grid = render_samples(trained, cfg, 20, cfg.seed, device)
         writer.add_image("samples_ema", viz.make_grid(grid, nrow=2 if trained.conditional else 4),
                          metrics["step"])

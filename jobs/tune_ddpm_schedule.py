@@ -1,11 +1,16 @@
 """Sweep the conditional DDPM's recipe with Ray Tune: noise schedule, label-drop probability, T,
-prediction target, loss weighting and learning-rate schedule.
+prediction target, loss weighting, learning rate and its schedule, EMA decay and U-Net width.
 
     python jobs/tune_ddpm_schedule.py --schedules linear cosine sigmoid --p-unconds 0.1 0.2 \
         --epochs 6 --fid-samples 500
     python jobs/tune_ddpm_schedule.py --search optuna --p-uncond-range 0.05 0.4 --num-samples 8
     python jobs/tune_ddpm_schedule.py --schedules linear --predictions eps v \
         --loss-weights uniform min-snr --lr-schedules constant cosine --epochs 3
+    python jobs/tune_ddpm_schedule.py --train-minutes 10 --scheduler none --widths 16 32 \
+        --lrs 1e-3 2e-3 --schedules linear sigmoid --train-subset 50000
+
+--train-minutes gives every trial the same wall-clock instead of the same epochs (a wider U-Net
+takes fewer steps): the fair comparison when what is spent is compute.
 
 Trials are compared (--rank-by) by the FID of class-balanced samples at one fixed guidance
 weight (--guidance), computed after every epoch, in the second judge's features by default;
@@ -26,7 +31,9 @@ from jobs import cli, sweep, sweep_results, train_ddpm
 from jobs.cli import check, opt
 
 METRICS = ["fid", "second_fid", "class_accuracy", "second_class_accuracy", "background_share",
-           "fid_confident", "val_loss"]
+           "fid_confident", "val_loss", "step", "train_time_s"]
+PARAMS = ["schedule", "timesteps", "prediction", "loss_weight", "lr_schedule", "p_uncond", "lr",
+          "ema_decay", "base_channels"]
 RANKINGS = ("second_fid", "fid")
 
 
@@ -39,6 +46,12 @@ class DDPMSweepConfig(sweep.SweepOptions):
     loss_weights: tuple[str, ...] = opt(("uniform",), "loss weightings to try: uniform, min-snr")
     lr_schedules: tuple[str, ...] = opt(("constant",), "learning-rate schedules to try: constant, "
                                                        "cosine")
+    lrs: tuple[float, ...] = opt((train_ddpm.SMALL["lr"],), "peak learning rates to try")
+    ema_decays: tuple[float, ...] = opt((train_ddpm.SMALL["ema_decay"],), "EMA decays to try")
+    widths: tuple[int, ...] = opt((train_ddpm.SMALL["base_channels"],),
+                                  "U-Net base channels to try (multiples of 8)")
+    train_minutes: float | None = opt(None, "train every trial for this wall-clock (needs "
+                                            "--scheduler none) instead of --epochs epochs")
     rank_by: str = opt("second_fid", "the metric trials are ranked and stopped by: second_fid "
                                      "(FID in the second judge's features, which sees grey "
                                      "backgrounds and mush the pinned FID misses) or fid")
@@ -49,9 +62,9 @@ class DDPMSweepConfig(sweep.SweepOptions):
                                "ranked at one w, and w is tuned afterwards with evaluate.py")
     epochs: int = opt(4, "epochs per trial")
     train_subset: int | None = opt(20000, "train on this many MNIST images")
-    base_channels: int = opt(train_ddpm.SMALL["base_channels"], "U-Net width of every trial")
-    fid_samples: int = opt(500, "DDIM samples per FID")
-    sample_steps: int = opt(50, "DDIM steps of the FID samples")
+    fid_samples: int = opt(500, "samples per FID")
+    sampler: str = opt("ddim", "sampler of the FID samples: ddim (eta 0) or dpm++2m")
+    sample_steps: int = opt(50, "sampler steps (network calls) of the FID samples")
 
     def validate(self) -> None:
         super().validate()
@@ -77,12 +90,23 @@ class DDPMSweepConfig(sweep.SweepOptions):
         check(len(self.lr_schedules) > 0 and set(self.lr_schedules) <= {"constant", "cosine"},
               f"--lr-schedules must be among constant, cosine, got {list(self.lr_schedules)}")
         check(self.epochs >= 1, "--epochs must be >= 1")
+        check(len(self.lrs) > 0 and all(lr > 0 for lr in self.lrs), "--lrs must be positive")
+        check(len(self.ema_decays) > 0 and all(0 <= d < 1 for d in self.ema_decays),
+              "--ema-decays must be in [0, 1)")
+        check(len(self.widths) > 0 and all(w > 0 and w % 8 == 0 for w in self.widths),
+              f"--widths must be positive multiples of 8, got {list(self.widths)}")
+        check(self.sampler in ("ddim", "dpm++2m"), "--sampler must be ddim or dpm++2m")
+        if self.train_minutes is not None:
+            check(self.train_minutes > 0, "--train-minutes must be positive")
+            check(self.scheduler == "none", "--train-minutes needs --scheduler none: ASHA's "
+                  "rungs count epochs, which differ between trials of one wall-clock budget")
         check(self.fid_samples >= 2, "--fid-samples must be >= 2")
 
     def param_space(self) -> dict:
         choices = {"schedule": self.schedules, "timesteps": self.timesteps,
                    "prediction": self.predictions, "loss_weight": self.loss_weights,
-                   "lr_schedule": self.lr_schedules}
+                   "lr_schedule": self.lr_schedules, "lr": self.lrs,
+                   "ema_decay": self.ema_decays, "base_channels": self.widths}
         if not self.p_uncond_range:
             choices["p_uncond"] = self.p_unconds
         ranges = {"p_uncond": tuple(self.p_uncond_range)} if self.p_uncond_range else {}
@@ -90,29 +114,30 @@ class DDPMSweepConfig(sweep.SweepOptions):
 
 
 SMOKE = dict(schedules=("linear", "cosine"), timesteps=(50,), epochs=2, train_subset=256,
-             fid_samples=32, sample_steps=5)
+             fid_samples=32, sample_steps=5, widths=(8,))
 
 
 def label(config: dict) -> str:
     return (f"{config['schedule']} T={config['timesteps']} {config['prediction']} "
-            f"{config['loss_weight']} {config['lr_schedule']} p_uncond={config['p_uncond']:.2g}")
+            f"{config['loss_weight']} {config['lr_schedule']} lr={config['lr']:g} "
+            f"ema={config['ema_decay']:g} width={config['base_channels']} "
+            f"p_uncond={config['p_uncond']:.2g}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = cli.parse_config(DDPMSweepConfig, argv, SMOKE, __doc__)
     base = dataclasses.asdict(train_ddpm.DDPMJobConfig())
-    base.update(train_ddpm.SMOKE if cfg.smoke_test else dict(
-        train_ddpm.SMALL, base_channels=cfg.base_channels))
-    base.update(epochs=cfg.epochs, train_subset=cfg.train_subset, fid_every=1,
-                fid_samples=cfg.fid_samples, sample_steps=cfg.sample_steps, guidance=cfg.guidance,
+    base.update(train_ddpm.SMOKE if cfg.smoke_test else train_ddpm.SMALL)
+    base.update(epochs=cfg.epochs, train_minutes=cfg.train_minutes, train_subset=cfg.train_subset,
+                fid_every=1, fid_samples=cfg.fid_samples, sampler=cfg.sampler,
+                sample_steps=cfg.sample_steps, guidance=cfg.guidance,
                 sample_every=cfg.epochs, conditional=True, **sweep.options_dict(cfg))
     spec = sweep.TrialSpec(train_ddpm.DDPMJobConfig, train_ddpm.train_func, train_ddpm.render,
                            base, cfg.name, cfg.storage_path, metric=cfg.rank_by, mode="min",
                            inject_fault=cfg.inject_fault, fault_epoch=cfg.fault_epoch)
     grid = sweep.sweep(spec, cfg, cfg.param_space(), epochs=cfg.epochs)
     out = Path(cfg.storage_path) / cfg.name
-    params = ["schedule", "timesteps", "prediction", "loss_weight", "lr_schedule", "p_uncond"]
-    rows = sweep_results.rank(sweep_results.trial_rows(grid, params, METRICS, cfg), cfg.rank_by,
+    rows = sweep_results.rank(sweep_results.trial_rows(grid, PARAMS, METRICS, cfg), cfg.rank_by,
                               "min")
     sweep_results.write_tables(rows, out)
     sweep_results.plot_trials(grid, rows, metric=cfg.rank_by, path=out / "fid_by_trial.png",

@@ -201,6 +201,15 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
 
 
+def agree_min(value: int, device: torch.device) -> int:
+    """The smallest ``value`` over the run's workers (itself for one worker)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
 def progress_bar(quiet: bool = False) -> Callable[..., Any] | bool:
     """Ray's tqdm (one bar per worker, shown by the driver) on rank 0; no bar elsewhere, nor
     when the run is ``quiet`` (the driver draws the progress file instead)."""

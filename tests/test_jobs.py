@@ -176,7 +176,9 @@ def test_the_command_line_itself_exits_2_with_one_line(tmp_path):
 def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
     """`ray job submit` on a local head (token auth, data folder through the runtime environment,
     as on a cluster): a DDPM smoke run on two workers with an exception injected at epoch 2
-    restarts its worker group, resumes, and writes every artifact."""
+    restarts its worker group, resumes, and writes every artifact. Its wall-clock budget
+    (--train-minutes, ample here) is timed on both workers, which agree on one step count, and
+    the resumed group keeps the count fixed at the start."""
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     # the venv first on PATH, as after `source .venv/bin/activate`: the job's `python` is its python
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -199,7 +201,7 @@ def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
              "--runtime-env-json", json.dumps({"env_vars": {"HW4_DATA_DIR": data_dir}}),
              "--", "python", "jobs/train_ddpm.py", "--smoke-test", "--num-workers", "2",
              "--storage-path", str(tmp_path), "--name", "d", "--epochs", "3",
-             "--inject-fault", "raise", "--fault-epoch", "2"],
+             "--train-minutes", "600", "--inject-fault", "raise", "--fault-epoch", "2"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         # the driver joined this head, not the other local Ray the other pytest worker may run
@@ -215,7 +217,10 @@ def test_ray_job_submit_runs_two_ddpm_workers_through_a_raised_fault(tmp_path):
     assert state["model_config"]["num_classes"] == 10  # the model's own config, apart
     assert_png(art / "samples.png")
     summary = json.loads((art / "metrics.json").read_text())
-    assert [h["epoch"] for h in check_fault_recovery(tmp_path / "d", "raise")] == [0, 1, 2]
+    history = check_fault_recovery(tmp_path / "d", "raise")
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    # 3 epochs of 8 steps (256 images, 16 per worker): the budget's cap, on both sides of the fault
+    assert [(h["step"], h["planned_steps"]) for h in history] == [(8, 24), (16, 24), (24, 24)]
     assert summary["config"]["num_workers"] == 2
     assert json.loads((art / "config.json").read_text())["smoke_test"] is True
     assert not (tmp_path / "registry").exists()  # a smoke run never changes what is served

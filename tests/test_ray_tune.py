@@ -135,13 +135,14 @@ def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
     default); the first one's worker is killed once and Tune restarts it from its checkpoint."""
     out = finish(sweep("tune_ddpm_schedule", "--smoke-test", "--register", "--scheduler", "none",
                        "--schedules", "linear", "--loss-weights", "uniform", "min-snr",
-                       "--inject-fault", "kill",
+                       "--train-minutes", "600", "--sampler", "dpm++2m", "--inject-fault", "kill",
                        "--fault-epoch", "1", "--storage-path", str(tmp_path)))
     assert "2 trial(s) at once, 1 worker(s) each with 0.9 CPU" in out
     folder = tmp_path / "ddpm-schedule-sweep"
     # ranked by the second judge's FID by default, the pinned FID and the background beside it
     rows, best = check_table_and_registry(folder, tmp_path, "ddpm", "second_fid", min)
     assert {r["loss_weight"] for r in rows} == {"uniform", "min-snr"}
+    assert all(int(r["step"]) == 16 for r in rows), rows  # the ample budget: 2 epochs of 8 steps
     assert all(float(r["fid"]) > 0 and 0 <= float(r["background_share"]) <= 1 for r in rows), rows
     assert sorted(int(r["restarts"]) for r in rows) == [0, 1], rows
     assert all(r["status"] == "done" and r["class_accuracy"] for r in rows), rows
@@ -165,6 +166,8 @@ def test_ddpm_sweep_runs_two_trials_at_once_and_retries_a_crashed_one(tmp_path):
     ("tune_ddpm_schedule", ["--max-concurrent", "x"], "invalid int value"),
     ("tune_ddpm_schedule", ["--p-uncond-range", "0.3", "0.1"], "--p-uncond-range needs"),
     ("tune_ddpm_schedule", ["--p-uncond-range", "0.1", "0.3"], "--p-uncond-range needs --search random"),
+    ("tune_ddpm_schedule", ["--train-minutes", "5"], "--train-minutes needs --scheduler none"),
+    ("tune_ddpm_schedule", ["--widths", "12"], "--widths must be positive multiples of 8"),
     ("tune_vae_beta", ["--search", "bayes"], "invalid choice"),
     ("tune_vae_beta", ["--lrs", "-1"], "--lrs must be positive"),
 ])

@@ -2,6 +2,7 @@
 textbook step, metrics accumulated on the device and read once per log interval."""
 
 import copy
+import time
 
 import torch
 
@@ -83,3 +84,28 @@ def test_autocast_choice_follows_the_measurement():
     assert train.autocast_dtype("auto", "cuda", 512) is torch.bfloat16
     assert train.autocast_dtype("bf16", "cpu", 1) is torch.bfloat16
     assert train.autocast_dtype("fp32", "cuda", 4096) is None
+
+
+def test_max_steps_cuts_an_epoch_short_and_means_cover_only_those_steps():
+    batches = [(torch.full((2, 1), float(i)), torch.zeros(2)) for i in range(5)]
+    seen = []
+
+    def step(x, y):
+        seen.append(float(x[0, 0]))
+        return {"loss": x.mean()}
+
+    out = train.run_epoch(batches, step, max_steps=3)
+    assert seen == [0.0, 1.0, 2.0] and out["loss"] == 1.0
+    seen.clear()
+    train.run_epoch(batches, step, max_steps=99)  # a cap beyond the epoch takes the whole epoch
+    assert len(seen) == 5
+
+
+def test_a_wall_clock_budget_becomes_whole_steps_within_the_runs_epochs():
+    assert train.steps_in_budget(60, 0.5, cap=1000) == 120
+    assert train.steps_in_budget(60, 0.5, cap=100) == 100  # --epochs bounds it
+    assert train.steps_in_budget(0.1, 0.5, cap=100) == 1  # a run takes at least one step
+    calls = []
+    per_step = train.seconds_per_step(lambda: (calls.append(1), time.sleep(0.01)), steps=3,
+                                      warmup=2)
+    assert len(calls) == 5 and per_step >= 0.01  # warm-up calls run, untimed
