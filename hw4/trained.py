@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -105,11 +104,18 @@ def load_vae(path: str | os.PathLike) -> TrainedVAE:
 
 
 class SamplingStopped(Exception):
-    """A sampler run ended early on purpose (its caller left)."""
+    """A sampler run (or any loop of network calls) ended early on purpose: its caller left."""
 
 
-def stoppable(net: torch.nn.Module, stop: threading.Event):
-    """``net`` that refuses to run once ``stop`` is set."""
+class StopSignal(Protocol):
+    """What a long run polls between network calls: a ``threading.Event`` or anything with
+    ``is_set`` (Serve's flag is also set once every caller sharing a batch has left)."""
+
+    def is_set(self) -> bool: ...
+
+
+def stoppable(net: Callable[..., torch.Tensor], stop: StopSignal) -> Callable[..., torch.Tensor]:
+    """``net`` that refuses to run once ``stop`` is set (raising ``SamplingStopped``)."""
     def call(*args: torch.Tensor) -> torch.Tensor:
         if stop.is_set():
             raise SamplingStopped
@@ -163,7 +169,7 @@ class TrainedDDPM:
                guidance: float | torch.Tensor = 0.0,
                seed: int = 0, generator: diffusion.Generators = None,
                device: str | torch.device = "cpu", progress: bool = False,
-               stop: threading.Event | None = None) -> torch.Tensor:
+               stop: StopSignal | None = None) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
         ``labels`` (n,): the class of each row (``num_classes``, the null label, for an
         unguided unconditional row) for a conditional model, guided with weight ``guidance`` (a
@@ -203,7 +209,7 @@ class TrainedDDPM:
             yield ChainStep(i + 1, total, preview, final)
 
     def _guided(self, n: int, labels: torch.Tensor | None, guidance: float | torch.Tensor,
-                device: str | torch.device, stop: threading.Event | None = None):
+                device: str | torch.device, stop: StopSignal | None = None):
         """The network on ``device`` as the samplers call it: ``labels`` checked and guided with
         weight ``guidance``, refusing to run once ``stop`` is set."""
         if labels is not None:

@@ -4,6 +4,7 @@ inference through ``hw4``. ``DDPMModel`` batches concurrent sample requests; ``V
 the VAE, its latent classifiers and the adversarial evaluation."""
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,9 +17,10 @@ from hw4 import adversarial, data, viz
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
-from hw4.trained import load_ddpm, load_vae, reconstruction
+from hw4.trained import SamplingStopped, load_ddpm, load_vae, reconstruction, stoppable
 from serve.replica import (
     Reloadable,
+    StopFlag,
     TooCostly,
     Unavailable,
     evaluation_summary,
@@ -33,6 +35,11 @@ PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction er
 
 def _images_in_batch(requests: list[dict]) -> int:
     return sum(r["n"] for r in requests)
+
+
+def _robustness_curve(model: torch.nn.Module, *args, stop: StopFlag, **kwargs) -> dict:
+    """``adversarial.robustness_curve`` with a model that refuses to run once ``stop`` is set."""
+    return adversarial.robustness_curve(stoppable(model, stop), *args, **kwargs)
 
 
 def batch_key(req: dict) -> tuple:
@@ -70,9 +77,16 @@ class DDPMModel(Reloadable):
         """req: n, sampler, steps, eta, seed, labels (n digits or None), guidance
         -> (n, 1, 28, 28) in [0, 1]."""
         self.check_request(req)
-        if self.batching:
-            return await self._batched(req)
-        return (await self._run([req]))[0]
+        if not self.batching:  # cancelling this task stops the sampler (serve.replica.in_thread)
+            return (await self._run([req]))[0]
+        # a batch runs in a task of its own, which one caller leaving does not cancel: the
+        # caller's flag tells it, and its model call stops once all of its callers have left
+        left = threading.Event()
+        try:
+            return await self._batched({**req, "left": left})
+        except asyncio.CancelledError:
+            left.set()
+            raise
 
     @guarded
     async def check_stream(self, req: dict) -> None:
@@ -122,7 +136,9 @@ class DDPMModel(Reloadable):
 
     async def _run(self, requests: list[dict]) -> list[torch.Tensor]:
         """Requests with the same sampler settings share one call; each keeps its own seed and
-        labels (rows without labels take the null label: unconditional, unguided)."""
+        labels (rows without labels take the null label: unconditional, unguided). A call whose
+        callers have all left (each request's ``left`` event) stops at its next network call,
+        and their results are None."""
         ddpm = self.require()
         out: list[torch.Tensor | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
@@ -142,11 +158,14 @@ class DDPMModel(Reloadable):
                                              if requests[i].get("labels") else 0.0
                                              for i in idx for _ in range(requests[i]["n"])])
                 self.batch_sizes.append(len(idx))
-                # a caller that leaves stops the sampler at its next network call
-                images = await in_thread(
-                    ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
-                    eta=eta or 0.0, labels=labels, guidance=guidance, generator=blocks,
-                    device=self.device)
+                callers = [requests[i]["left"] for i in idx if "left" in requests[i]]
+                try:
+                    images = await in_thread(
+                        ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
+                        eta=eta or 0.0, labels=labels, guidance=guidance, generator=blocks,
+                        device=self.device, callers=callers)
+                except SamplingStopped:  # every caller of this call left: nobody to answer
+                    continue
                 for i, part in zip(idx, images.split([n for _, n in blocks]), strict=True):
                     out[i] = part
         return out
@@ -271,9 +290,10 @@ class VAEModel(Reloadable):
             adversarials: dict[float, torch.Tensor] = {}
             kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
                 if attack == "pgd" else {}
-            # the library's loop, in one batch, so its callback sees every adversarial image
-            curve = await asyncio.to_thread(
-                adversarial.robustness_curve, model, x, y, epsilons, attack, targets=targets,
+            # the library's loop, in one batch, so its callback sees every adversarial image; a
+            # caller that leaves stops it at the model's next forward pass
+            curve = await in_thread(
+                _robustness_curve, model, x, y, epsilons, attack, targets=targets,
                 batch=len(x), on_adversarial=adversarials.__setitem__, **kw)
             result["accuracy"][name] = {eps: c["accuracy"] for eps, c in curve.items()}
             result["target_rate"][name] = {eps: c.get("target_rate", c["accuracy"])

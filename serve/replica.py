@@ -152,11 +152,29 @@ def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:
     return None
 
 
-async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, stop=event, **kwargs)`` in a worker thread. If the awaiting task is cancelled
-    (its caller left), the event is set and the thread awaited before the cancellation goes on:
-    a lock held around this call is kept until the work has really stopped."""
-    stop = threading.Event()
+class StopFlag:
+    """What a sampler polls between network calls (``is_set``): set by hand, or by itself once
+    every caller sharing the run has left (``callers``: one event per request in a batch, set
+    when that request is cancelled)."""
+
+    def __init__(self, callers: list[threading.Event] | None = None) -> None:
+        self._set = threading.Event()
+        self.callers = callers or []
+
+    def set(self) -> None:
+        self._set.set()
+
+    def is_set(self) -> bool:
+        return self._set.is_set() or (bool(self.callers) and all(c.is_set() for c in self.callers))
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, callers: list[threading.Event] | None = None,
+                    **kwargs: Any) -> Any:
+    """``fn(*args, stop=flag, **kwargs)`` in a worker thread. The flag is set when every one of
+    ``callers`` is (the requests of a batch all left), or when the awaiting task is cancelled:
+    then the thread is awaited before the cancellation goes on, so a lock held around this call
+    is kept until the work has really stopped."""
+    stop = StopFlag(callers)
     work = asyncio.ensure_future(asyncio.to_thread(fn, *args, stop=stop, **kwargs))
     try:
         return await asyncio.shield(work)

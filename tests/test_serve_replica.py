@@ -4,8 +4,10 @@ import asyncio
 import time
 
 import pytest
+import torch
+from ray.serve import batching
 
-from serve.deployments import DDPMModel
+from serve.deployments import DDPMModel, VAEModel
 
 from .conftest import make_storage
 
@@ -55,3 +57,86 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
     assert all(c < cancelled for c in calls)  # no network call started after the cancel
     assert released - calls[-1] >= 0.15  # the lock waited for the call in flight to end
     assert next_wait < 2.0
+
+
+def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay(tmp_path,
+                                                                                 monkeypatch):
+    """Two requests share one batched model call (serve.batch runs it in a task of its own, which
+    no caller's cancellation reaches). When both callers leave, the call stops at its next network
+    call and the model is free at once; when one leaves, the other still gets its images, the same
+    as unbatched. One event loop for both: serve.batch keeps one queue per method, bound to the
+    loop it first ran in."""
+    # serve.batch's queue reads the replica's config for a warning; there is no replica here
+    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
+                        lambda self: None)
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
+    net = replica.require().model
+    inner, calls = net.forward, []
+
+    def slow(*a, **k):
+        calls.append(time.monotonic())
+        time.sleep(0.1)
+        return inner(*a, **k)
+
+    reqs = [{"n": 2, "sampler": "ddim", "steps": 20, "eta": 0.0, "seed": s, "labels": None,
+             "guidance": 0.0} for s in (0, 1)]
+
+    async def batch(leaving: tuple[int, ...]):
+        calls.clear()
+        tasks = [asyncio.create_task(replica.sample(r)) for r in reqs]
+        await asyncio.sleep(0.6)  # the batch has formed (50 ms) and made a few calls
+        for i in leaving:
+            tasks[i].cancel()
+        cancelled = time.monotonic()
+        kept = [await t for i, t in enumerate(tasks) if i not in leaving]
+        for i in leaving:
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[i]
+        async with replica.lock:  # the model is free once the abandoned call has stopped
+            freed = time.monotonic()
+        return cancelled, freed, list(calls), kept
+
+    async def scenario():
+        both_left = await batch((0, 1))
+        one_left = await batch((0,))
+        net.forward = inner
+        return both_left, one_left, (await replica._run([reqs[1]]))[0]
+
+    net.forward = slow
+    (cancelled, freed, calls_both, _), (_, _, calls_one, kept), alone = asyncio.run(scenario())
+    assert list(replica.batch_sizes)[:2] == [2, 2]  # one model call for both requests, each time
+    assert len(calls_both) < 20 and all(c < cancelled for c in calls_both)
+    assert freed - cancelled < 0.5
+    assert len(calls_one) == 20  # the one who stayed got all 20 steps
+    torch.testing.assert_close(kept[0], alone)
+
+
+def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
+    """/adversarial's PGD loop runs in a worker thread; cancelling the request stops it at the
+    model's next forward pass instead of running all its steps for nobody."""
+    replica = VAEModel.func_or_class()
+    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
+    calls = []
+
+    def slow_classifier(x):
+        calls.append(time.monotonic())
+        time.sleep(0.05)
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() + x.mean()
+
+    replica.classifiers = lambda: {"pixel_cnn": slow_classifier}
+    replica.images = lambda spec: (torch.rand(4, 1, 28, 28), torch.arange(4))
+
+    async def scenario():
+        task = asyncio.create_task(replica.attack({}, "pgd", [0.1], ["pixel_cnn"], False, 100, 0, 2))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        cancelled = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return cancelled, time.monotonic()
+
+    cancelled, returned = asyncio.run(scenario())
+    assert 3 <= len(calls) < 30, len(calls)  # of the 100 PGD steps' forward passes
+    assert all(c < cancelled for c in calls)  # none started after the cancel
+    assert returned >= calls[-1] + 0.04  # the request ended only after the pass in flight did
