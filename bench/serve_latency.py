@@ -1,5 +1,5 @@
 """Serve's DDPM endpoint under loopback load: throughput and p50/p99 latency at 1, 4 and 16
-concurrent clients, with and without ``@serve.batch``, against a direct in-process call of the
+concurrent clients, with and without batching, against a direct in-process call of the
 same sampler (same checkpoint, request size and torch threads as the replica); and one streamed
 DDPM-T request: the time to its first x-hat-0 preview.
 
@@ -30,12 +30,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def load(url: str, body: dict, clients: int, per_client: int) -> dict:
-    """``clients`` threads, each sending ``per_client`` requests back to back."""
+    """``clients`` threads, each sending ``per_client`` requests back to back over one kept-alive
+    connection (as a browser or an SDK client does)."""
     def client(i: int) -> list[float]:
         out = []
+        session = requests.Session()
         for k in range(per_client):
             t0 = time.perf_counter()
-            r = requests.post(url, json={**body, "seed": i * 1000 + k}, timeout=600)
+            r = session.post(url, json={**body, "seed": i * 1000 + k}, timeout=600)
             r.raise_for_status()
             out.append(time.perf_counter() - t0)
         return out
@@ -127,6 +129,13 @@ def main() -> None:
     st = results["stream"]
     print(f"streamed DDPM-T of {st['body']['n']} images: first preview after "
           f"{st['first_preview_s']:.2f} s, the samples after {st['done_s']:.1f} s\n")
+    one = {mode: next(r for r in rows if r["clients"] == 1) for mode, rows in results["serve"].items()}
+    top = {mode: max(rows, key=lambda r: r["clients"]) for mode, rows in results["serve"].items()}
+    print(f"HTTP p50 at 1 client over the direct call's: batched "
+          f"{one['batched']['p50_ms'] / d['p50']:.2f}x, unbatched "
+          f"{one['unbatched']['p50_ms'] / d['p50']:.2f}x; throughput at {top['batched']['clients']} "
+          f"clients, batched over unbatched: "
+          f"{top['batched']['images_per_s'] / top['unbatched']['images_per_s']:.2f}x\n")
     print("| mode | clients | images/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
     for mode, rows in results["serve"].items():
         for r in rows:

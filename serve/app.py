@@ -6,8 +6,8 @@ adversarial evaluation over HTTP, backed by the best checkpoints in the registry
     serve deploy serve/config.yaml              # replicas, autoscaling, CPUs/GPUs, checkpoints
 
 Three deployments: ``Api`` (serve/routes.py, the FastAPI ingress: validation, limits, auth,
-PNG/JSON encoding) calls ``DDPMModel`` (concurrent sample requests are batched with
-``@serve.batch``) and ``VAEModel`` (both in serve/deployments.py); request bodies and limits are
+PNG/JSON encoding) calls ``DDPMModel`` (requests that arrive while a model call runs share the
+next one: serve/batcher.py) and ``VAEModel`` (both in serve/deployments.py); request bodies and limits are
 in serve/schemas.py. This file builds the application. Each model deployment takes
 ``{"storage_path", "checkpoint"}`` as its Serve ``user_config``; a null checkpoint is resolved to
 the registry's best here, once per build, so all replicas serve one file (``/info`` names its

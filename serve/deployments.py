@@ -5,7 +5,6 @@ the VAE, its latent classifiers and the adversarial evaluation."""
 
 import asyncio
 import threading
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.trained import SamplingStopped, load_ddpm, load_vae, reconstruction, stoppable
+from serve.batcher import Batcher
 from serve.replica import (
     Reloadable,
     StopFlag,
@@ -31,10 +31,6 @@ from serve.replica import (
 from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES, b64decode, sample_cost
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
-
-
-def _images_in_batch(requests: list[dict]) -> int:
-    return sum(r["n"] for r in requests)
 
 
 def _robustness_curve(model: torch.nn.Module, *args, stop: StopFlag, **kwargs) -> dict:
@@ -60,7 +56,8 @@ class DDPMModel(Reloadable):
     def __init__(self) -> None:
         self._setup()
         self.batching = True
-        self.batch_sizes: deque[int] = deque(maxlen=500)  # requests per model call, for /info
+        # requests that arrive while a model call runs share the next one (serve/batcher.py)
+        self.batcher = Batcher(self._run, max_rows=MAX_SAMPLE_IMAGES, rows=lambda r: r["n"])
         self.lock = asyncio.Lock()  # one model call at a time, batched or not
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.mnist_cnn = load_classifier("mnist")
@@ -83,7 +80,7 @@ class DDPMModel(Reloadable):
         # caller's flag tells it, and its model call stops once all of its callers have left
         left = threading.Event()
         try:
-            return await self._batched({**req, "left": left})
+            return await self.batcher.submit({**req, "left": left})
         except asyncio.CancelledError:
             left.set()
             raise
@@ -129,11 +126,6 @@ class DDPMModel(Reloadable):
                             f"guidance; DDPM takes all {ddpm.timesteps} steps); the limit is "
                             f"{MAX_SAMPLE_COST:,}: ask for fewer images or steps")
 
-    @serve.batch(max_batch_size=MAX_SAMPLE_IMAGES, batch_wait_timeout_s=0.05,
-                 batch_size_fn=_images_in_batch)
-    async def _batched(self, requests: list[dict]) -> list[torch.Tensor]:
-        return await self._run(requests)
-
     async def _run(self, requests: list[dict]) -> list[torch.Tensor]:
         """Requests with the same sampler settings share one call; each keeps its own seed and
         labels (rows without labels take the null label: unconditional, unguided). A call whose
@@ -157,7 +149,6 @@ class DDPMModel(Reloadable):
                     guidance = torch.tensor([float(requests[i].get("guidance", 0.0))
                                              if requests[i].get("labels") else 0.0
                                              for i in idx for _ in range(requests[i]["n"])])
-                self.batch_sizes.append(len(idx))
                 callers = [requests[i]["left"] for i in idx if "left" in requests[i]]
                 try:
                     images = await in_thread(
@@ -181,7 +172,7 @@ class DDPMModel(Reloadable):
         return {**Reloadable.info(self), "batching": self.batching,
                 "conditional": m.conditional if m else None,
                 "num_classes": m.num_classes if m else None,
-                "recent_batch_sizes": list(self.batch_sizes),
+                "recent_batch_sizes": list(self.batcher.sizes),
                 # what a row costs per sampler step, in network rows (the budget's unit): a row with
                 # a label and guidance > 0 also runs its null half; any other row runs once
                 "cost_per_row_and_step": {"guided": 2, "unguided": 1}}

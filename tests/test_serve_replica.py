@@ -5,7 +5,6 @@ import time
 
 import pytest
 import torch
-from ray.serve import batching
 
 from serve.deployments import DDPMModel, VAEModel
 
@@ -59,16 +58,11 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
     assert next_wait < 2.0
 
 
-def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay(tmp_path,
-                                                                                 monkeypatch):
-    """Two requests share one batched model call (serve.batch runs it in a task of its own, which
-    no caller's cancellation reaches). When both callers leave, the call stops at its next network
-    call and the model is free at once; when one leaves, the other still gets its images, the same
-    as unbatched. One event loop for both: serve.batch keeps one queue per method, bound to the
-    loop it first ran in."""
-    # serve.batch's queue reads the replica's config for a warning; there is no replica here
-    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
-                        lambda self: None)
+def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay(tmp_path):
+    """Two requests share one batched model call (run by the batcher's task, which no caller's
+    cancellation reaches). When both callers leave, the call stops at its next network call and
+    the model is free at once; when one leaves, the other still gets its images, the same as
+    unbatched."""
     replica = DDPMModel.func_or_class()
     replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
     net = replica.require().model
@@ -105,7 +99,7 @@ def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay
 
     net.forward = slow
     (cancelled, freed, calls_both, _), (_, _, calls_one, kept), alone = asyncio.run(scenario())
-    assert list(replica.batch_sizes)[:2] == [2, 2]  # one model call for both requests, each time
+    assert list(replica.batcher.sizes) == [2, 2]  # one model call for both requests, each time
     assert len(calls_both) < 20 and all(c < cancelled for c in calls_both)
     assert freed - cancelled < 0.5
     assert len(calls_one) == 20  # the one who stayed got all 20 steps
