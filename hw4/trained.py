@@ -189,8 +189,9 @@ class TrainedDDPM:
                      labels: torch.Tensor | None = None, guidance: float | torch.Tensor = 0.0,
                      seed: int = 0, device: str | torch.device = "cpu") -> Iterator[ChainStep]:
         """``sample`` one network call at a time: a ``ChainStep`` after every step, with the
-        x-hat-0 preview (in [0, 1]) every ``every`` steps and the samples after the last, which
-        equal ``sample``'s for the same arguments. Whoever stops iterating stops the sampler:
+        x-hat-0 preview (in [0, 1]) after the first step (a watcher sees the chain after one
+        network call), then every ``every`` steps, and the samples after the last, which equal
+        ``sample``'s for the same arguments. Whoever stops iterating stops the sampler:
         no network call runs after the step in progress."""
         model = self._guided(n, labels, guidance, device)
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -203,7 +204,7 @@ class TrainedDDPM:
                 out = next(chain)
             last = i + 1 == total
             preview = None
-            if last or (i + 1) % every == 0:
+            if last or i == 0 or (i + 1) % every == 0:
                 preview = ((out.pred_original_sample + 1) / 2).clamp(0, 1).cpu()
             final = ((out.prev_sample + 1) / 2).clamp(0, 1).cpu() if last else None
             yield ChainStep(i + 1, total, preview, final)

@@ -92,9 +92,9 @@ class DDPMModel(Reloadable):
 
     async def stream(self, req: dict, every: int | None = None) -> AsyncIterator[dict]:
         """``sample`` one step at a time, unbatched (a chain is one request's): after every step
-        ``{"step", "total"}``, with ``"preview"`` (x-hat-0 as PNG bytes) every ``every`` steps
-        and ``"final"`` (the samples, a tensor) after the last (``every`` by default: about 20
-        previews per chain). The model lock is held until the step in flight has finished, also
+        ``{"step", "total"}``, with ``"preview"`` (x-hat-0 as PNG bytes) after the first step and
+        every ``every`` steps (by default about 20 previews per chain), and ``"final"`` (the
+        samples, a tensor) after the last. The model lock is held until the step in flight has finished, also
         when the caller goes away: cancelling the stream stops the sampler within one step, and
         the next request never runs beside it."""
         ddpm = self.require()

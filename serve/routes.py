@@ -195,7 +195,8 @@ class Api:
     @api.post("/ddpm/sample/stream", response_class=StreamingResponse, responses={200: {
         "content": {"text/event-stream": {}},
         "description": "server-sent events: `progress` after every network call ({step, total}, "
-                       "with preview_png_base64, the x-hat-0 grid, every preview_every calls), "
+                       "with preview_png_base64, the x-hat-0 grid, after the first call and every "
+                       "preview_every calls), "
                        "then `done` (the JSON reply of /ddpm/sample), or `error` ({detail})"}})
     async def ddpm_sample_stream(self, body: DDPMStreamIn) -> StreamingResponse:
         """The sampler's chain as it runs: watch noise become digits. One request's chain runs

@@ -90,8 +90,9 @@ class DDPMStreamIn(DDPMSampleIn):
     """``/ddpm/sample/stream``: the same request, answered step by step."""
 
     preview_every: int | None = Field(None, ge=1, le=1000,
-                                      description="an x-hat-0 preview every k network calls "
-                                                  "(default: about 20 previews per chain)")
+                                      description="an x-hat-0 preview after the first network "
+                                                  "call, then every k (default: about 20 "
+                                                  "previews per chain)")
 
 
 class VAESampleIn(BaseModel):

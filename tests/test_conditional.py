@@ -145,7 +145,7 @@ def test_old_unconditional_checkpoint_still_loads(tmp_path):
 
 @pytest.mark.parametrize("method,steps", [("ddim", 6), ("dpm++2m", 5), ("ddpm", None)])
 def test_the_sample_chain_ends_in_the_samples_and_stops_when_dropped(tmp_path, method, steps):
-    """``sample_chain`` yields every step in order, previews every k-th, and ends in exactly
+    """``sample_chain`` yields every step in order, previews the first and every k-th, and ends in exactly
     ``sample``'s images; a consumer that stops iterating stops the network calls."""
     from hw4.trained import load_ddpm
 
@@ -156,7 +156,7 @@ def test_the_sample_chain_ends_in_the_samples_and_stops_when_dropped(tmp_path, m
     chain = list(ddpm.sample_chain(2, every=2, **kw))
     total = chain[-1].total
     assert [c.step for c in chain] == list(range(1, total + 1))
-    assert [c.step for c in chain if c.preview is not None] == sorted({*range(2, total + 1, 2), total})
+    assert [c.step for c in chain if c.preview is not None] == sorted({1, *range(2, total + 1, 2), total})
     assert all(c.final is None for c in chain[:-1])
     torch.testing.assert_close(chain[-1].final, ddpm.sample(2, **kw), rtol=0, atol=0)
     calls = []

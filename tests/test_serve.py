@@ -367,7 +367,7 @@ def test_a_streamed_chain_reports_every_step_and_ends_in_the_same_samples(app):
     assert names == ["progress"] * 7 + ["done"], names
     progress = [d for n, d in events if n == "progress"]
     assert [d["step"] for d in progress] == list(range(1, 8)) and {d["total"] for d in progress} == {8}
-    assert [d["step"] for d in progress if "preview_png_base64" in d] == [3, 6]
+    assert [d["step"] for d in progress if "preview_png_base64" in d] == [1, 3, 6]
     png(base64.b64decode(progress[2]["preview_png_base64"]))
     done = events[-1][1]
     plain = post("/ddpm/sample", {**body, "format": "json"}).json()
