@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -90,7 +91,9 @@ def main() -> None:
         args.requests, args.steps, args.clients = 2, 3, [1, 4]
     body = {"n": args.n, "sampler": "ddim", "steps": args.steps, "eta": 0.0}
     url = f"http://127.0.0.1:{args.port}/ddpm/sample"
-    results: dict = {"body": body, "requests_per_client": args.requests, "serve": {}}
+    # Serve's tuning flags (RAY_SERVE_*) are read from the environment when Ray starts: recorded
+    results: dict = {"body": body, "requests_per_client": args.requests, "serve": {},
+                     "serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}}
 
     # the direct call: same checkpoint, one torch thread like the replica (num_cpus=1)
     torch.set_num_threads(1)
