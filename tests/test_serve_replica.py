@@ -134,3 +134,18 @@ def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
     assert 3 <= len(calls) < 30, len(calls)  # of the 100 PGD steps' forward passes
     assert all(c < cancelled for c in calls)  # none started after the cancel
     assert returned >= calls[-1] + 0.04  # the request ended only after the pass in flight did
+
+
+def test_an_unlabeled_request_to_a_conditional_model_runs_one_batch_of_n(tmp_path):
+    """The request's default guidance stays in it, but rows without labels run unguided: each
+    network call sees the N rows once, not a guided 2N batch; labelled rows with w > 0 do double."""
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
+    net = replica.require().model
+    assert replica.require().conditional
+    inner, rows = net.forward, []
+    net.forward = lambda x, *a, **k: rows.append(len(x)) or inner(x, *a, **k)
+    req = {"n": 3, "sampler": "ddim", "steps": 4, "eta": 0.0, "seed": 0, "guidance": 1.0}
+    asyncio.run(replica._run([{**req, "labels": None}]))
+    asyncio.run(replica._run([{**req, "labels": [1, 2, 3]}]))
+    assert rows == [3] * 4 + [6] * 4
