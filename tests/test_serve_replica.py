@@ -11,12 +11,9 @@ from serve.deployments import DDPMModel, VAEModel
 from .conftest import make_storage
 
 
-@pytest.mark.parametrize("streamed", [True, False])
-def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, streamed):
-    """Cancelling a request (what Serve does when the client leaves), streamed or not, stops
-    the sampler after the network call in flight, and only then lets the next request have the
-    model (it used to wait for the abandoned run to finish)."""
-
+def ddpm_replica(tmp_path, seconds: float):
+    """A DDPM replica in this process, its network, the network's own forward, a ``slow``
+    forward that sleeps ``seconds`` per call, and the start time of each slow call."""
     replica = DDPMModel.func_or_class()
     replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
     net = replica.require().model
@@ -24,8 +21,19 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
 
     def slow(*a, **k):
         calls.append(time.monotonic())
-        time.sleep(0.2)
+        time.sleep(seconds)
         return inner(*a, **k)
+
+    return replica, net, inner, slow, calls
+
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, streamed):
+    """Cancelling a request (what Serve does when the client leaves), streamed or not, stops
+    the sampler after the network call in flight, and only then lets the next request have the
+    model (it used to wait for the abandoned run to finish)."""
+    replica, net, inner, slow, calls = ddpm_replica(tmp_path, 0.2)
 
     req = {"n": 2, "sampler": "ddim", "steps": 20, "eta": 0.0, "seed": 0, "labels": None,
            "guidance": 0.0}
@@ -63,15 +71,7 @@ def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay
     cancellation reaches). When both callers leave, the call stops at its next network call and
     the model is free at once; when one leaves, the other still gets its images, the same as
     unbatched."""
-    replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
-    net = replica.require().model
-    inner, calls = net.forward, []
-
-    def slow(*a, **k):
-        calls.append(time.monotonic())
-        time.sleep(0.1)
-        return inner(*a, **k)
+    replica, net, inner, slow, calls = ddpm_replica(tmp_path, 0.1)
 
     reqs = [{"n": 2, "sampler": "ddim", "steps": 20, "eta": 0.0, "seed": s, "labels": None,
              "guidance": 0.0} for s in (0, 1)]
