@@ -1,7 +1,8 @@
 """Serve's DDPM endpoint under loopback load: throughput and p50/p99 latency at 1, 4 and 16
 concurrent clients, with and without batching, against a direct in-process call of the
 same sampler (same checkpoint, request size and torch threads as the replica); and one streamed
-DDPM-T request: the time to its first x-hat-0 preview.
+DDPM-T request: the time to its first x-hat-0 preview, and, once its client has left, how soon
+the next request is answered.
 
     python bench/serve_latency.py                        # the registry's DDPM under ./results
     python bench/serve_latency.py --tiny                 # a tiny random model (seconds; for tests)
@@ -51,16 +52,46 @@ def load(url: str, body: dict, clients: int, per_client: int) -> dict:
             "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
 
 
-def first_preview(url: str, body: dict) -> dict:
-    """One streamed request: seconds to the first x-hat-0 preview and to the final grid."""
+def request_path(ddpm, url: str, body: dict, reps: int) -> dict:
+    """p50 ms of one request four ways, interleaved so that all see the same machine: the direct
+    in-process call, a Serve handle call to the model deployment (one hop), the HTTP route
+    (proxy, the Api ingress, then that hop), and a static file through the proxy and the Api
+    (the HTTP path's own floor)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("DDPMModel", "bench")
+    session = requests.Session()
+    root = url.rsplit("/ddpm/", 1)[0]
+    req = {**body, "labels": None, "guidance": 1.0}
+    ways = {"direct": lambda k: ddpm.sample(body["n"], steps=body["steps"], method=body["sampler"],
+                                           seed=k),
+            "handle": lambda k: handle.sample.remote({**req, "seed": k}).result(),
+            "http": lambda k: session.post(url, json={**body, "seed": k}).raise_for_status(),
+            "static": lambda k: session.get(root + "/static/common.js").raise_for_status()}
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    for k in range(reps + 1):  # k = 0: warm-up
+        for way, call in ways.items():
+            t0 = time.perf_counter()
+            call(k)
+            if k > 0:
+                times[way].append(time.perf_counter() - t0)
+    return {way: 1000 * statistics.median(ts) for way, ts in times.items()}
+
+
+def first_preview(url: str, body: dict, next_body: dict) -> dict:
+    """One streamed request, read until its first x-hat-0 preview, then abandoned (the client
+    leaves); then one ``next_body`` request: how soon the replica is free again."""
     t0 = time.perf_counter()
-    first = None
-    with requests.post(url, json=body, stream=True, timeout=600) as r:
+    with requests.post(url + "/stream", json=body, stream=True, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines(decode_unicode=True):
-            if first is None and line.startswith("data: ") and "preview_png_base64" in line:
-                first = time.perf_counter() - t0
-    return {"body": body, "first_preview_s": first, "done_s": time.perf_counter() - t0}
+            if line.startswith("data: ") and "preview_png_base64" in line:
+                first, step = time.perf_counter() - t0, json.loads(line[6:])
+                break
+    t1 = time.perf_counter()
+    requests.post(url, json=next_body, timeout=600).raise_for_status()
+    return {"body": body, "first_preview_s": first, "first_preview_step": step["step"],
+            "total": step["total"], "next_request_s": time.perf_counter() - t1}
 
 
 def main() -> None:
@@ -69,7 +100,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a DDPM checkpoint (default: registry)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
-    parser.add_argument("--n", type=int, default=4, help="images per request")
+    parser.add_argument("--n", type=int, default=1, help="images per request")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps per request")
     parser.add_argument("--port", type=int, default=8314)
     parser.add_argument("--tiny", action="store_true", help="tiny random model, 2 requests")
@@ -98,14 +129,6 @@ def main() -> None:
     # the direct call: same checkpoint, one torch thread like the replica (num_cpus=1)
     torch.set_num_threads(1)
     ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm", args.checkpoint))
-    ddpm.sample(args.n, steps=args.steps)  # warm-up
-    direct = []
-    for k in range(max(args.requests, 5)):
-        t0 = time.perf_counter()
-        ddpm.sample(args.n, steps=args.steps, seed=k)
-        direct.append(time.perf_counter() - t0)
-    results["direct_ms"] = {"p50": 1000 * statistics.median(direct),
-                            "p99": 1000 * percentile(direct, 99)}
 
     ray.init(address="local", include_dashboard=False)
     try:
@@ -115,10 +138,12 @@ def main() -> None:
                                  "ddpm_checkpoint": str(ddpm.path)}),
                       name="bench", route_prefix="/")
             load(url, body, 1, 3)  # warm-up
+            if batching:  # the default app: where one request's time goes
+                results["path_ms"] = request_path(ddpm, url, body, reps=max(args.requests, 5) * 3)
             results["serve"]["batched" if batching else "unbatched"] = [
                 load(url, body, c, args.requests) for c in args.clients]
         stream_body = {"n": 16 if not args.tiny else 2, "sampler": "ddpm", "seed": 0}
-        results["stream"] = first_preview(url + "/stream", stream_body)
+        results["stream"] = first_preview(url, stream_body, {**body, "n": 1})
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -126,17 +151,20 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    d = results["direct_ms"]
-    print(f"direct in-process call: p50 {d['p50']:.1f} ms, p99 {d['p99']:.1f} ms "
-          f"(n={args.n}, DDIM-{args.steps})\n")
+    path = results["path_ms"]
+    print(f"one request (n={args.n}, DDIM-{args.steps}), p50 ms, interleaved: direct in-process "
+          f"{path['direct']:.1f}, Serve handle {path['handle']:.1f}, HTTP {path['http']:.1f} "
+          f"({path['http'] / path['direct']:.2f}x direct); a static file over HTTP "
+          f"{path['static']:.1f}\n")
     st = results["stream"]
-    print(f"streamed DDPM-T of {st['body']['n']} images: first preview after "
-          f"{st['first_preview_s']:.2f} s, the samples after {st['done_s']:.1f} s\n")
+    print(f"streamed DDPM-{st['total']} of {st['body']['n']} images: first preview (step "
+          f"{st['first_preview_step']}) after {st['first_preview_s']:.2f} s; the client then "
+          f"left, and a 1-image request answered {st['next_request_s']:.2f} s later\n")
     one = {mode: next(r for r in rows if r["clients"] == 1) for mode, rows in results["serve"].items()}
     top = {mode: max(rows, key=lambda r: r["clients"]) for mode, rows in results["serve"].items()}
-    print(f"HTTP p50 at 1 client over the direct call's: batched "
-          f"{one['batched']['p50_ms'] / d['p50']:.2f}x, unbatched "
-          f"{one['unbatched']['p50_ms'] / d['p50']:.2f}x; throughput at {top['batched']['clients']} "
+    print(f"HTTP p50 of 1 client's run over the direct call's: batched "
+          f"{one['batched']['p50_ms'] / path['direct']:.2f}x, unbatched "
+          f"{one['unbatched']['p50_ms'] / path['direct']:.2f}x; throughput at {top['batched']['clients']} "
           f"clients, batched over unbatched: "
           f"{top['batched']['images_per_s'] / top['unbatched']['images_per_s']:.2f}x\n")
     print("| mode | clients | images/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")

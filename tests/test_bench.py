@@ -21,8 +21,11 @@ def test_serve_latency_bench_runs_tiny(tmp_path):
     assert all(r["images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"]
                for rows in result["serve"].values() for r in rows)
     assert "| batched | 4 |" in run.stdout
+    assert set(result["path_ms"]) == {"direct", "handle", "http", "static"}
+    assert all(ms > 0 for ms in result["path_ms"].values())
     stream = result["stream"]  # a streamed chain shows its first preview before it ends
-    assert 0 < stream["first_preview_s"] < stream["done_s"]
+    assert stream["first_preview_s"] > 0 and stream["first_preview_step"] < stream["total"]
+    assert stream["next_request_s"] > 0
 
 
 def test_sampler_speed_bench_runs_tiny(tmp_path):
