@@ -28,23 +28,13 @@ from serve.replica import (
     in_thread,
     steps_in_thread,
 )
-from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES, b64decode, sample_cost
+from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES, b64decode, batch_key, sample_cost
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
 
 
 def _robustness_curve(model: torch.nn.Module, *args, stop: StopFlag, **kwargs) -> dict:
-    """``adversarial.robustness_curve`` with a model that refuses to run once ``stop`` is set."""
-    return adversarial.robustness_curve(stoppable(model, stop), *args, **kwargs)
-
-
-def batch_key(req: dict) -> tuple:
-    """Requests that can share one model call: the same sampler settings. Settings a sampler
-    ignores are left out (DDPM has no steps or eta), so they do not split a batch; labels and
-    guidance are per row, so they never do."""
-    steps = None if req["sampler"] == "ddpm" else req["steps"]
-    eta = req["eta"] if req["sampler"] == "ddim" else None
-    return req["sampler"], steps, eta
+    return adversarial.robustness_curve(stoppable(model, stop), *args, **kwargs)  # stops on ``stop``
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=64,
@@ -76,9 +66,7 @@ class DDPMModel(Reloadable):
         self.check_request(req)
         if not self.batching:  # cancelling this task stops the sampler (serve.replica.in_thread)
             return (await self._run([req]))[0]
-        # a batch runs in a task of its own, which one caller leaving does not cancel: the
-        # caller's flag tells it, and its model call stops once all of its callers have left
-        left = threading.Event()
+        left = threading.Event()  # the batch's task outlives a caller: this tells it they left
         try:
             return await self.batcher.submit({**req, "left": left})
         except asyncio.CancelledError:
@@ -94,9 +82,9 @@ class DDPMModel(Reloadable):
         """``sample`` one step at a time, unbatched (a chain is one request's): after every step
         ``{"step", "total"}``, with ``"preview"`` (x-hat-0 as PNG bytes) after the first step and
         every ``every`` steps (by default about 20 previews per chain), and ``"final"`` (the
-        samples, a tensor) after the last. The model lock is held until the step in flight has finished, also
-        when the caller goes away: cancelling the stream stops the sampler within one step, and
-        the next request never runs beside it."""
+        samples, a tensor) after the last. The model lock is held until the step in flight has
+        finished, also when the caller goes away: cancelling the stream stops the sampler within
+        one step, and the next request never runs beside it."""
         ddpm = self.require()
         labels, guidance = None, 0.0
         if req.get("labels") is not None:
@@ -141,11 +129,10 @@ class DDPMModel(Reloadable):
                 blocks = [(torch.Generator().manual_seed(requests[i]["seed"]), requests[i]["n"])
                           for i in idx]
                 labels, guidance = None, 0.0
-                if ddpm.conditional:  # rows without labels take the null label (unguided)
+                if ddpm.conditional:  # rows without labels: the null label, w = 0 (one row, not
+                    # two: guiding the null label by itself doubles the batch for the same images)
                     labels = torch.tensor([c for i in idx for c in requests[i].get("labels")
                                            or [ddpm.num_classes] * requests[i]["n"]])
-                    # unlabeled rows are unguided (w = 0): guiding the null label by itself only
-                    # doubles the batch for the same images
                     guidance = torch.tensor([float(requests[i].get("guidance", 0.0))
                                              if requests[i].get("labels") else 0.0
                                              for i in idx for _ in range(requests[i]["n"])])

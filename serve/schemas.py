@@ -174,6 +174,15 @@ class AttackIn(BaseModel):
         return images * len(self.epsilons) * len(self.models) * steps
 
 
+def batch_key(req: dict) -> tuple:
+    """Requests that can share one model call: the same sampler settings. Settings a sampler
+    ignores are left out (DDPM has no steps or eta), so they do not split a batch; labels and
+    guidance are per row, so they never do."""
+    steps = None if req["sampler"] == "ddpm" else req["steps"]
+    eta = req["eta"] if req["sampler"] == "ddim" else None
+    return req["sampler"], steps, eta
+
+
 def sample_cost(req: dict, timesteps: int) -> int:
     """Images x network calls of a sample request (a guided call runs twice the rows)."""
     calls = timesteps if req["sampler"] == "ddpm" else req["steps"]

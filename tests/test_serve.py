@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 import pytest
@@ -126,7 +126,8 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
 
     import torch
 
-    from serve.deployments import DDPMModel, batch_key
+    from serve.deployments import DDPMModel
+    from serve.schemas import batch_key
 
     replica = DDPMModel.func_or_class()
     replica.reconfigure({"storage_path": str(app["storage"])})
@@ -161,9 +162,12 @@ def test_overload_gets_quick_503s_while_health_answers(app):
 
     with ThreadPoolExecutor(120) as pool:
         futures = [pool.submit(one, s) for s in range(120)]
-        # probed from the first answer on (the overflow's refusals come at once): a probe sent
-        # with the burst waited up to 1.6 s behind this process's own 120 threads starting
-        wait(futures, return_when=FIRST_COMPLETED)
+        # probed from the first refusal on (the burst has filled the replica by then): a probe
+        # sent with the burst waited up to 1.7 s behind this process's own 120 threads starting,
+        # and a lone request is answered at once (no batching timer), before the burst is out
+        for f in as_completed(futures, timeout=300):
+            if f.result()[0] == 503:
+                break
         health = []
         for _ in range(6):
             t0 = time.perf_counter()

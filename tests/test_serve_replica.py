@@ -103,7 +103,7 @@ def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay
     assert len(calls_both) < 20 and all(c < cancelled for c in calls_both)
     assert freed - cancelled < 0.5
     assert len(calls_one) == 20  # the one who stayed got all 20 steps
-    torch.testing.assert_close(kept[0], alone)
+    torch.testing.assert_close(kept[0], alone, rtol=0, atol=1e-4)  # a batch sums in another order
 
 
 def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
