@@ -18,7 +18,7 @@ import ray.train
 import ray.train.torch
 
 from hw4 import data
-from jobs.runs import PROGRESS_FILE, check_rerun, mark_run_folder, run_dir, sole_writer
+from jobs.runs import PROGRESS_FILE, check_rerun, claim_run_folder, run_dir, sole_writer
 from jobs.worker import torch_thread_cap
 
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
@@ -107,7 +107,9 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
     e.g. Tune's ``TuneReportCallback`` when a sweep trial drives this run. The run's folder is
     this driver's alone while it runs (``sole_writer``), and while ``finish`` (``finalize``: the
     artifacts and the registry) runs on the result; returns what ``finish`` returns."""
-    with sole_writer(run_dir(cfg.storage_path, cfg.name)):
+    run = run_dir(cfg.storage_path, cfg.name)
+    claim_run_folder(run)  # created and marked here, or already ours: else refused, untouched
+    with sole_writer(run):
         result = _fit(train_func, cfg, metric=metric, mode=mode, callbacks=callbacks)
         return finish(result) if finish is not None else result
 
@@ -115,7 +117,6 @@ def fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
 def _fit(train_func: Callable[[dict], None], cfg: Any, *, metric: str,
          mode: Literal["min", "max"], callbacks: list | None) -> ray.train.Result:
     check_rerun(cfg)
-    mark_run_folder(run_dir(cfg.storage_path, cfg.name))
     init_ray(quiet=cfg.quiet)
     use_gpu = cluster_has_gpus() if cfg.gpu is None else cfg.gpu
     if cfg.cpus_per_worker is None:

@@ -98,18 +98,43 @@ def hold_for_worker(run: Path) -> typing.TextIO:
     return held
 
 
-RUN_MARKER = ".hw4-run"  # written into a run's folder before its training starts
-# what marks a folder as a run of ours: the marker, or what older runs left (Ray's snapshot, the
-# artifacts' config); a storage root (it holds registry/) never counts, whatever else is there
-RUN_MARKERS = (RUN_MARKER, RAY_SNAPSHOT, "artifacts/config.json", "checkpoint_*/config.json")
+RUN_MARKER = ".hw4-run"  # written by the job that created the folder, and only then
+# names at the storage root that hold something else of ours (the registry, evaluation reports):
+# never a run's folder, even before they exist
+RESERVED_NAMES = frozenset({"registry", "eval"})
 
 
 def is_run_folder(run: Path) -> bool:
-    return not (run / "registry").exists() and any(any(run.glob(m)) for m in RUN_MARKERS)
+    """Whether ``run`` is a run folder of this project: one that holds the marker written when a
+    job created it (``claim_run_folder``). What a folder merely contains (Ray's snapshot,
+    checkpoints) proves nothing: a user's folder, or the registry, may hold such files too."""
+    return (run / RUN_MARKER).is_file() and not run.is_symlink()
 
 
 def mark_run_folder(run: Path) -> None:
     write_json_atomic(run / RUN_MARKER, {"created_by": "hw4", "name": run.name})
+
+
+def claim_run_folder(run: Path) -> bool:
+    """Make ``run`` this project's run folder, or refuse with one line. A new name: the folder is
+    created here (it must not exist a moment before) and marked at once. An existing folder is
+    used only when it holds the marker, so a job never adopts, and ``--overwrite`` never empties,
+    a folder it did not create: the registry, an evaluation's reports, a sweep's own folder or a
+    user's notes. Returns whether the folder was created now."""
+    if run.name in RESERVED_NAMES:
+        raise HW4Error(f"--name {run.name!r} is reserved: {', '.join(sorted(RESERVED_NAMES))} at the "
+                       "storage path hold the registry and evaluation reports; choose another --name")
+    run.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir()
+    except FileExistsError:
+        if not is_run_folder(run):
+            raise HW4Error(f"{run} exists and was not created by a run of this project (no "
+                           f"{RUN_MARKER} in it), so it is left as it is; choose another --name"
+                           ) from None
+        return False
+    mark_run_folder(run)
+    return True
 
 
 def saved_config(run: Path) -> dict | None:
@@ -128,20 +153,16 @@ def check_rerun(cfg: Any) -> None:
     says ``--resume`` (continue under the new settings, recorded in ``changes.json``) or
     ``--overwrite`` (delete the old run and start afresh)."""
     run = run_dir(cfg.storage_path, cfg.name)
-    if cfg.overwrite and run.exists():  # all but the claim this driver holds (sole_writer)
-        if not is_run_folder(run):
-            raise HW4Error(f"--overwrite refused: {run} does not look like a training run of "
-                           f"this project (none of {', '.join(RUN_MARKERS)} in it), so nothing "
-                           "was deleted; choose another --name")
+    if cfg.overwrite:  # all but what makes it this driver's run: the marker and the claim
+        if not is_run_folder(run):  # claim_run_folder ran first; never delete what is not ours
+            raise HW4Error(f"--overwrite refused: {run} is not a run folder of this project")
         for child in run.iterdir():
-            if child.name in (DRIVER_LOCK, WORKERS_LOCK):
+            if child.name in (RUN_MARKER, DRIVER_LOCK, WORKERS_LOCK):
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
-        if not any(run.iterdir()):
-            run.rmdir()
         return
     snapshot = run / RAY_SNAPSHOT
     try:

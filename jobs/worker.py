@@ -174,11 +174,12 @@ def setup_worker(cfg: Any, dataset: data.DatasetName, *,
     loader = data.TensorBatches(*train_set.tensors, cfg.batch_size // world, seed=cfg.seed,
                                 rank=rank, world=world, device=device)
     run = run_dir(cfg.storage_path, cfg.name)
+    claim = hold_for_worker(run)  # before anything is written into the run: the driver waits for it
     writer = SummaryWriter(str(run / "tensorboard")) if rank == 0 else None
     if rank == 0:
         record_placement_group(run)
     return Worker(cfg, rank, world, device, loader, DataLoader(val_set, batch_size=val_batch),
-                  writer, run / "fault_injected", hold_for_worker(run))
+                  writer, run / "fault_injected", claim)
 
 
 def record_placement_group(run: Path) -> None:

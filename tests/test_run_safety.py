@@ -61,13 +61,14 @@ def test_overwrite_deletes_only_a_folder_of_ours(tmp_path):
     notes.mkdir()
     (notes / "thesis.tex").write_text("years of work")
     cfg = train_ddpm.DDPMJobConfig(name="notes", storage_path=str(tmp_path), overwrite=True)
-    with pytest.raises(HW4Error, match="nothing was deleted"):
+    with pytest.raises(HW4Error, match="not a run folder of this project"):
         runs.check_rerun(cfg)
     assert (notes / "thesis.tex").read_text() == "years of work"
-    # a folder holding a registry is a storage root, never a run, whatever else it holds
-    (notes / runs.RUN_MARKER).write_text("{}")
-    (notes / "registry").mkdir()
-    with pytest.raises(HW4Error, match="nothing was deleted"):
+    # what a folder contains proves nothing: Ray's snapshot and checkpoints without the marker
+    (notes / runs.RAY_SNAPSHOT).write_text("{}")
+    (notes / "checkpoint_1").mkdir()
+    (notes / "checkpoint_1" / "config.json").write_text("{}")
+    with pytest.raises(HW4Error, match="not a run folder of this project"):
         runs.check_rerun(cfg)
     assert (notes / "thesis.tex").is_file()
 
