@@ -1,7 +1,8 @@
 """Files written atomically: a crash mid-write leaves the old file (or none), never half a file.
 
-Write to a temp name in the same folder, flush and fsync it, then ``os.replace`` it over the
-target (a rename within one file system is atomic on POSIX). Checkpoints, registry records,
+Write to a temp name in the same folder, flush and fsync it, ``os.replace`` it over the target
+(a rename within one file system is atomic on POSIX), then fsync the folder, so the rename itself
+survives a power loss. Checkpoints, registry records,
 reports, images and benchmark results all go through here.
 """
 
@@ -31,7 +32,23 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the folder's entries (a rename into it) durable; a no-op where folders cannot be
+    opened for fsync."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some network file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def copy_atomic(src: str | os.PathLike, path: str | os.PathLike) -> Path:

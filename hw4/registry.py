@@ -57,13 +57,33 @@ def is_better(value: float, old: float, mode: Literal["min", "max"]) -> bool:
     return value < old if mode == "min" else value > old
 
 
+LOCK_WAIT_S = 60.0  # a registry write takes well under a second: longer means a stuck writer
+
+
 @contextlib.contextmanager
-def locked(storage: str | os.PathLike, family: str) -> Iterator[None]:
-    """An exclusive lock beside the record, held for a read-compare-write."""
+def locked(storage: str | os.PathLike, family: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """An exclusive lock beside the record, held for a read-compare-write. Waits at most
+    ``wait_s`` for another writer; a lock that cannot be taken is a ``RegistryError``."""
     lock = registry_path(storage, family).with_suffix(".json.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = lock.open("a")
+    except OSError as err:
+        raise RegistryError(f"cannot open the registry lock {lock}: {err.strerror or err}") from err
+    with f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(f"{lock} stayed locked by another writer for {wait_s:.0f} s; "
+                                        "retry when it is done") from None
+                time.sleep(0.1)
+            except OSError as err:  # a file system without working locks
+                raise RegistryError(f"cannot lock {lock} ({err.strerror or err}): the storage must "
+                                    "support flock") from err
         try:
             yield
         finally:

@@ -95,6 +95,9 @@ def saved_run(storage: Path, name: str, **fields) -> None:
     ckpt_dir = storage / name / "checkpoint_2026-01-01_00-00-00.000000"
     ckpt_dir.mkdir(parents=True)
     import dataclasses
+
+    from jobs.runs import mark_run_folder
+    mark_run_folder(storage / name)  # as the job that created it did
     (ckpt_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
 
 
@@ -164,3 +167,50 @@ def test_a_damaged_frozen_copy_is_written_again(tmp_path):
     out.write_bytes(b"the real wei")  # cut short, as by a crash before the copy was synced
     assert frozen_copy(tmp_path, "ddpm", ckpt) == out
     assert out.read_bytes() == b"the real weights"
+
+
+def test_a_held_registry_lock_is_a_clear_error_after_the_wait(tmp_path):
+    import fcntl
+
+    from hw4 import registry
+
+    lock = registry.registry_path(tmp_path, "ddpm").with_suffix(".json.lock")
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as other:  # another writer, stuck
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(registry.RegistryError, match="stayed locked"):
+            with registry.locked(tmp_path, "ddpm", wait_s=0.3):
+                pass
+    with registry.locked(tmp_path, "ddpm", wait_s=0.3):  # free again
+        pass
+
+
+def test_an_unlockable_registry_is_a_registry_error_not_a_traceback(tmp_path, monkeypatch):
+    import fcntl
+
+    from hw4 import registry
+
+    def broken(_f, _mode):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(registry.RegistryError, match="No locks available"):
+        with registry.locked(tmp_path, "ddpm"):
+            pass
+
+
+def test_an_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    from hw4 import atomic_files
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_files.write_json_atomic(tmp_path / "a.json", {"x": 1})
+    assert synced[-1] == str(tmp_path)  # the folder, after the file itself
