@@ -115,7 +115,7 @@ def test_rerun_with_another_config_is_refused_unless_asked(tmp_path):
     changes = json.loads((tmp_path / "r" / "changes.json").read_text())
     assert changes[-1]["changed"] == {"lr": {"from": 1e-3, "to": 2e-4}}
     check_rerun(DDPMJobConfig(name="r", storage_path=str(tmp_path), lr=2e-4, overwrite=True))
-    assert not (tmp_path / "r").exists()
+    assert [p.name for p in (tmp_path / "r").iterdir()] == [".hw4-run"]  # the run's, emptied
 
 
 def test_a_nan_entry_is_beaten_by_a_real_value_and_nan_is_never_registered(tmp_path):
