@@ -18,6 +18,7 @@ from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.trained import SamplingStopped, load_ddpm, load_vae, reconstruction, stoppable
 from serve.batcher import Batcher
+from serve.health import HEALTH_CHECK_PERIOD_S
 from serve.replica import (
     Reloadable,
     StopFlag,
@@ -38,7 +39,7 @@ def _robustness_curve(model: torch.nn.Module, *args, stop: StopFlag, **kwargs) -
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=64,
-                  max_constructor_retry_count=3,
+                  max_constructor_retry_count=3, health_check_period_s=HEALTH_CHECK_PERIOD_S,
                   user_config={"storage_path": "results", "checkpoint": None, "batching": True})
 class DDPMModel(Reloadable):
     family = "ddpm"
@@ -116,16 +117,20 @@ class DDPMModel(Reloadable):
 
     async def _run(self, requests: list[dict]) -> list[torch.Tensor]:
         """Requests with the same sampler settings share one call; each keeps its own seed and
-        labels (rows without labels take the null label: unconditional, unguided). A call whose
-        callers have all left (each request's ``left`` event) stops at its next network call,
-        and their results are None."""
+        labels (rows without labels take the null label: unconditional, unguided). A caller that
+        left (its ``left`` event) before its group's call starts is dropped from the call; a call
+        whose callers have all left stops at its next network call. Results of those who left
+        are None."""
         ddpm = self.require()
         out: list[torch.Tensor | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(batch_key(r), []).append(i)
-        async with self.lock:
+        async with self.lock:  # a stream may hold it for long: callers may leave meanwhile
             for (sampler, steps, eta), idx in groups.items():
+                idx = [i for i in idx if not ("left" in requests[i] and requests[i]["left"].is_set())]
+                if not idx:  # every caller of this group left before its call started
+                    continue
                 blocks = [(torch.Generator().manual_seed(requests[i]["seed"]), requests[i]["n"])
                           for i in idx]
                 labels, guidance = None, 0.0
@@ -166,7 +171,7 @@ class DDPMModel(Reloadable):
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16, max_queued_requests=32,
-                  max_constructor_retry_count=3,
+                  max_constructor_retry_count=3, health_check_period_s=HEALTH_CHECK_PERIOD_S,
                   user_config={"storage_path": "results", "checkpoint": None})
 class VAEModel(Reloadable):
     family = "vae"

@@ -21,6 +21,13 @@ from hw4.errors import HW4Error
 TOKEN_ENV = "HW4_SERVE_TOKEN"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Ray's proxy reads these from the client's request before any code of ours runs: a positive
+# number replaces http_options.request_timeout_s, zero or less switches the timeout off, and "?1"
+# stops the proxy cancelling a request whose client left. Refused here, so the work a request
+# asks for never starts under bounds the client chose; a front proxy should drop them too
+# (README, "What is promised").
+CLIENT_CONTROL_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
+BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
 PAGE_PREFIX = "/static/"  # the page (/ and its files) asks for the token itself
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
@@ -137,7 +144,14 @@ class Guard:
             given = headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {cfg.token}".encode()):
                 return 401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
+        for name in CLIENT_CONTROL_HEADERS:
+            if name in headers:
+                return 400, (f"the {name} header is not accepted: the server's request timeout and "
+                             "its cancellation of abandoned requests are not the client's to change"), {}
         size = headers.get("content-length")
+        if scope["method"] in BODYLESS_METHODS and (size not in (None, "0")
+                                                   or "transfer-encoding" in headers):
+            return 400, f"{scope['method']} requests take no body", {}
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
             return 413, f"request body over {MAX_BODY_BYTES} bytes", {}
         return None

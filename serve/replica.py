@@ -30,32 +30,63 @@ class TooCostly(HW4Error):
 
 
 def pin_checkpoint(config: dict, family: str) -> dict:
-    """``config`` (a model deployment's ``user_config``) with a null ``checkpoint`` replaced by
-    the registry's best *now*, and where that copy was registered from. Called once where the app
-    is built (``build_app``: ``serve run``, ``serve deploy``, the demo), so every replica of the
-    deployment, including one started later by autoscaling or after a crash, loads the same file
-    until a deliberate redeploy or reconfigure; a replica that resolved the registry itself would
-    pick up whatever was registered since. Left as it is when nothing (readable) is registered:
-    the replica then reports why."""
+    """``config`` (a model deployment's ``user_config``) with the checkpoint pinned by content:
+    its path and the SHA-256 of its bytes *now*. A null ``checkpoint`` becomes the registry's best
+    (and where that copy was registered from). Called once where the app is built
+    (``build_app``: ``serve run``, ``serve deploy``, the demo), so every replica of the
+    deployment, including one started later by autoscaling or after a crash, loads those bytes or
+    nothing: a file rewritten under the same path since (a rerun with ``--overwrite``) is refused.
+    With nothing (readable) registered, the checkpoint stays null: the deployment serves nothing
+    until a deliberate redeploy, rather than each replica picking up whatever was registered
+    when it happened to start."""
     storage = config.get("storage_path") or "results"
-    if config.get("checkpoint") or not registry_path(storage, family).is_file():
-        return config
+    if config.get("checkpoint"):
+        path = Path(config["checkpoint"])
+    elif registry_path(storage, family).is_file():
+        try:
+            record = read_best(storage, family)
+        except HW4Error:
+            return {**config, "checkpoint": None}
+        config = {**config, "checkpoint": record["checkpoint"],
+                  "registered_from": record.get("registered_from")}
+        path = Path(record["checkpoint"])
+    else:
+        return {**config, "checkpoint": None}
     try:
-        record = read_best(storage, family)
-    except HW4Error:
-        return config
-    return {**config, "checkpoint": record["checkpoint"],
-            "registered_from": record.get("registered_from")}
+        return {**config, "sha256": file_digest(path)}
+    except OSError:  # the replica says why it serves nothing
+        return {**config, "sha256": None}
 
 
 def replica_name() -> str:
-    """Serve's id of this replica (its pid outside a replica, as in unit tests)."""
+    """Serve's id of this replica ("local" outside one, as in unit tests)."""
     try:
         from ray import serve
 
         return serve.get_replica_context().replica_tag
     except Exception:  # noqa: BLE001 - not in a replica: any of Ray's errors for that
-        return f"pid-{os.getpid()}"
+        return "local"
+
+
+def run_name(origin: Path | None, storage: str) -> str | None:
+    """The training run a checkpoint came from, as the user named it: ``<run>`` for
+    ``<storage>/<run>/artifacts/checkpoint.pt`` (``<sweep>-runs/<trial>`` for a sweep's trial);
+    a file elsewhere by its own name. Never an absolute path."""
+    if origin is None:
+        return None
+    folder = origin.parent.parent if origin.parent.name == "artifacts" else origin.parent
+    try:
+        return str(folder.resolve().relative_to(Path(storage).resolve())) or origin.name
+    except ValueError:
+        return origin.name
+
+
+def public_config(config: dict | None) -> dict | None:
+    """A checkpoint's training config without where it was stored: no value that is an
+    absolute path (the storage path, a data folder) leaves the replica."""
+    if config is None:
+        return None
+    return {k: v for k, v in config.items() if not (isinstance(v, str) and os.path.isabs(v))}
 
 
 class Reloadable:
@@ -77,35 +108,58 @@ class Reloadable:
         raise NotImplementedError
 
     def reconfigure(self, config: dict) -> None:
-        """Load the configured checkpoint (``pin_checkpoint`` resolves a null one once, where the
-        app is built; a hand-written null one makes this replica read the registry itself). A
-        replica that already serves a model keeps it when the new one fails to load (a
-        ``user_config`` change); a new replica fails to start and ``serve status`` shows the
-        error (after a code redeploy the old replicas are gone by then). With nothing registered
-        and no explicit checkpoint, the replica starts empty and answers 503."""
-        storage, explicit = config.get("storage_path") or "results", config.get("checkpoint")
+        """Load the checkpoint pinned in ``config`` (``pin_checkpoint``: a path and its SHA-256),
+        only if its bytes still have that hash. A replica that already serves a model keeps it
+        when the new one fails to load or is refused (a ``user_config`` change). A new replica
+        whose file fails to load fails to start (``serve status`` shows the error); one whose
+        file is missing, unpinned or changed starts empty, answers 503 and says why in /info.
+        With nothing pinned (nothing was registered when the app was built) it serves nothing."""
+        storage, path, pinned = config.get("storage_path") or "results", config.get("checkpoint"), \
+            config.get("sha256")
         self.storage = storage
-        if not explicit and not registry_path(storage, self.family).is_file():
-            self.load_error = (f"no registered {self.family} checkpoint under {storage}; train one "
-                               "or set the checkpoint in the deployment's user_config")
-            return
+        if not path:
+            return self._refuse(f"no {self.family} checkpoint was registered under the storage path "
+                                "when the app was built; train one, then redeploy the app (serve "
+                                "deploy with a new revision, or serve run again)")
+        path = Path(path)
+        if not pinned:
+            return self._refuse(f"the {self.family} checkpoint {path.name} has no pinned sha256 in the "
+                                "deployment's user_config (or could not be read when the app was "
+                                "built); give both checkpoint and sha256")
         try:
-            record = None if explicit else read_best(storage, self.family)
-            path = resolve_checkpoint(storage, self.family, explicit or record["checkpoint"])
-            origin = (record or config).get("registered_from") or path
+            if file_digest(path) != pinned:
+                return self._refuse(self._changed(path, pinned))
             model = self.load(path)
-            digest = file_digest(path)
-        except LOAD_ERRORS as err:  # a damaged file or registry entry must not fail the replica
-            self.load_error = str(err)
+            if file_digest(path) != pinned:  # rewritten while it was being loaded
+                return self._refuse(self._changed(path, pinned))
+        except FileNotFoundError:
+            return self._refuse(f"the pinned {self.family} checkpoint {path.name} is gone")
+        except LOAD_ERRORS as err:  # a damaged file must not fail a replica that serves a model
+            self.load_error = self.redact(str(err))
             if self.model is None:
                 raise
             print(f"[hw4] {self.family}: keeping {self.path}; the new checkpoint failed: {err}",
                   flush=True)
             return
-        origin = Path(origin)
+        origin = Path(config.get("registered_from") or path)
         self.history = training_history(origin)  # the run's metrics.json sits beside the origin
-        self.model, self.path, self.origin, self.sha256 = model, path, origin, digest
+        self.model, self.path, self.origin, self.sha256 = model, path, origin, pinned
         self.load_error, self.loaded_at = None, time.time()
+
+    def _changed(self, path: Path, pinned: str) -> str:
+        return (f"refused {path.name}: its bytes no longer have the SHA-256 pinned when the app was "
+                f"built ({pinned[:12]}...); the file was rewritten since (a rerun with --overwrite?). "
+                "Redeploy the app to serve the new file")
+
+    def _refuse(self, why: str) -> None:
+        """Serve nothing new: say why in /info (a model already loaded keeps serving)."""
+        self.load_error = why
+        if self.model is not None:
+            print(f"[hw4] {self.family}: keeping {self.path}; {why}", flush=True)
+
+    def redact(self, text: str) -> str:
+        """``text`` with the storage's absolute path replaced by ``<storage>``."""
+        return text.replace(str(Path(self.storage).resolve()), "<storage>")
 
     def require(self) -> Any:
         if self.model is None:
@@ -116,13 +170,16 @@ class Reloadable:
         return self.model is not None
 
     def info(self) -> dict:
+        """What is served, named by family, content hash and training run: never an absolute
+        path or a process id."""
         m = self.model
-        return {"loaded": m is not None, "checkpoint": str(self.path) if self.path else None,
-                "sha256": self.sha256, "replica": replica_name(),
-                "origin": str(self.origin) if self.origin else None,
+        return {"loaded": m is not None,
+                "checkpoint": f"{self.family}-{self.sha256[:12]}" if m is not None else None,
+                "sha256": self.sha256 if m is not None else None,
+                "run": run_name(self.origin, self.storage), "replica": replica_name(),
                 "load_error": self.load_error, "loaded_at": self.loaded_at,
-                "metrics": m.metrics if m else None, "config": m.config if m else None,
-                "history": self.history, "pid": os.getpid()}
+                "metrics": m.metrics if m else None, "config": public_config(m.config if m else None),
+                "history": self.history}
 
 
 def evaluation_summary(storage: str, *checkpoints: Path | None) -> dict | None:

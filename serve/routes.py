@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from hw4 import viz
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGET_LABELS
-from serve import guard
+from serve import guard, health
 from serve.guard import LOOPBACK_HOSTS, MAX_BODY_BYTES, TOKEN_ENV, Guard
 from serve.replica import TooCostly, Unavailable
 from serve.schemas import (
@@ -45,7 +45,6 @@ from serve.schemas import (
     image_spec,
 )
 
-HEALTH_TIMEOUT_S = 0.5
 STATIC = Path(__file__).resolve().parent / "static"  # the web page at /
 STATIC_TYPES = {"style.css": "text/css"} | {  # the page's scripts, in the order index.html loads them
     f"{name}.js": "text/javascript"
@@ -143,27 +142,27 @@ class Api:
         return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name],
                         headers={"Cache-Control": "no-cache"})
 
-    @api.get("/healthz", responses={503: {"description": "a model deployment is down, or no "
-                                                        "model is loaded"}})
+    @api.get("/healthz", responses={503: {"description": "a model deployment has no running "
+                                                        "replica or is unhealthy, or no model is "
+                                                        "loaded"}})
     async def healthz(self) -> JSONResponse:
-        """Whether each model is loaded, within a second even while the replicas are busy: a
-        replica that does not answer in time is "busy" (up, working), one whose deployment
-        failed or whose replica died is "unavailable". 503 when any deployment is unavailable
-        or no model is loaded at all."""
-        async def ask(handle: DeploymentHandle) -> bool | str:
-            try:
-                return await asyncio.wait_for(handle.loaded.remote(), HEALTH_TIMEOUT_S)
-            except (TimeoutError, BackPressureError):  # slow, or its queue full: up, working
-                return "busy"
-            except (*DOWN, RayServeException):
-                return "unavailable"
-
-        ddpm, vae = await asyncio.gather(ask(self.ddpm), ask(self.vae))
-        models = {"ddpm": ddpm, "vae": vae}
-        down = [k for k, v in models.items() if v == "unavailable"]
-        loaded = any(v is True or v == "busy" for v in models.values())
-        status = (f"unavailable: {', '.join(down)}" if down
-                  else "ok" if loaded else "no model loaded")
+        """Each model deployment's state as Serve's controller records it (serve/health.py):
+        "down: <why>" when it has no running replica or is unhealthy; else whether its replica
+        has a model loaded, or "busy" when that live replica is slow to say. 503 (with
+        Retry-After) when any model is down or none is loaded."""
+        handles = {"ddpm": self.ddpm, "vae": self.vae}
+        try:
+            states = await asyncio.wait_for(asyncio.to_thread(
+                health.serve_states, self.ddpm.app_name,
+                {k: h.deployment_name for k, h in handles.items()}), health.STATUS_TIMEOUT_S)
+        except (TimeoutError, RayServeException, *DOWN) as err:
+            return JSONResponse({"status": f"unavailable: Serve's controller did not answer "
+                                           f"({type(err).__name__})", "models": {}}, 503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        models = await health.model_health(
+            states, {k: h.loaded.remote for k, h in handles.items()},
+            busy_errors=(BackPressureError,), down_errors=(*DOWN, RayServeException))
+        status = health.overall(models)
         return JSONResponse({"status": status, "models": models},
                             200 if status == "ok" else 503,
                             headers={} if status == "ok" else {"Retry-After": str(RETRY_AFTER_S)})

@@ -149,6 +149,14 @@ def make_storage(root: Path) -> Path:
 _HEAD_TEMP_DIRS: dict[int, str] = {}
 
 
+def pinned(storage, family: str = "ddpm", **extra) -> dict:
+    """A model deployment's user_config as the app's builder makes it: the registry's best (or
+    ``extra["checkpoint"]``) pinned with its SHA-256."""
+    from serve.replica import pin_checkpoint
+
+    return pin_checkpoint({"storage_path": str(storage), "checkpoint": None, **extra}, family)
+
+
 def start_ray_head(gcs_port: int, dashboard_port: int, num_cpus: int, env: dict) -> None:
     """`ray start --head` on this machine, its dashboard on loopback, in a temp folder of its own.
 

@@ -5,6 +5,7 @@ token) and ``/secured`` (token from an environment variable, short queues)."""
 
 import base64
 import io
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from .conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data
+from .conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data, pinned
 
 pytestmark = [pytest.mark.ray]
 
@@ -64,8 +65,9 @@ def test_every_endpoint_returns_png_or_json(app):
     assert all(len(m["prediction"]) == 2 for m in c["models"].values())
     info = requests.get(URL + "/info", timeout=30).json()
     assert info["ddpm"]["loaded"] and info["ddpm"]["config"]["timesteps"] == 20
-    assert info["vae"]["origin"].endswith("vae/checkpoint.pt")  # served from its registered copy
-    assert "/registry/checkpoints/vae-" in info["vae"]["checkpoint"]
+    assert info["vae"]["run"] == "vae"  # the run its registered copy came from, by name
+    assert info["vae"]["checkpoint"] == f"vae-{info['vae']['sha256'][:12]}"
+    assert str(app["storage"]) not in json.dumps(info) and "pid" not in info["ddpm"]
     assert [h["epoch"] for h in info["ddpm"]["history"]] == [0, 1, 2, 3]  # the run's metrics.json
     assert requests.get(URL + "/healthz", timeout=30).json()["models"] == {"ddpm": True, "vae": True}
     assert requests.get(URL + "/docs", timeout=30).status_code == 200
@@ -130,7 +132,7 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
     from serve.schemas import batch_key
 
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(app["storage"])})
+    replica.reconfigure(pinned(str(app["storage"])))
     reqs = [{"n": 2, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 1, "labels": [3, 10],
              "guidance": 1.5},
             {"n": 1, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 2, "labels": None,
@@ -290,28 +292,82 @@ def test_schemathesis_finds_no_server_errors(app, tmp_path):
     assert cases >= 500, out.stdout[-3000:]
 
 
-def test_a_replica_killed_under_load_comes_back(app):
-    pid = requests.get(URL + "/info", timeout=30).json()["ddpm"]["pid"]
+def ddpm_replica_actor(app_name: str = "open") -> tuple[str, str]:
+    """(actor name, replica id) of the app's running DDPM replica, from Serve's controller."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    running = [r for r in details.applications[app_name].deployments["DDPMModel"].replicas
+               if r.state == "RUNNING"]
+    return running[0].actor_name, running[0].replica_id
+
+
+def poll_until(condition, timeout: float, every: float = 0.25):
+    """Poll ``condition()`` until it returns a truthy value (returned) or ``timeout`` passes
+    (None); a request that fails counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except requests.RequestException:
+            pass
+        time.sleep(every)
+    return None
+
+
+def test_a_killed_model_replica_is_503_on_healthz_at_once_and_comes_back(app):
+    """Health from Serve's own state: within 5 s of ``ray.kill`` on the DDPM replica /healthz
+    says 503 (it said 200 "busy" for 22 s before), and 200 again once Serve has replaced it."""
+    import ray
+
+    actor_name, _ = ddpm_replica_actor()
+    old = requests.get(URL + "/info", timeout=30).json()["ddpm"]["replica"]
     with ThreadPoolExecutor(4) as pool:  # requests in flight while the replica dies
         inflight = [pool.submit(post, "/ddpm/sample", {"n": 8, "steps": 20, "seed": s})
                     for s in range(8)]
-        time.sleep(0.5)
-        os.kill(pid, signal.SIGKILL)
+        ray.kill(ray.get_actor(actor_name, namespace="serve"), no_restart=True)
+        killed = time.monotonic()
+        # (a Response is falsy when its status is an error: wrap it)
+        down = poll_until(lambda: [r for r in [requests.get(URL + "/healthz", timeout=10)]
+                                   if r.status_code == 503], timeout=5.0)
+        assert down, "/healthz did not say 503 within 5 s of the kill"
+        assert time.monotonic() - killed < 5.0
+        down = down[0]
+        assert down.headers["retry-after"] and down.json()["models"]["ddpm"].startswith("down")
         for f in inflight:  # each fails or succeeds, but none hangs
             try:
                 f.result(timeout=150)
             except requests.RequestException:
                 pass
-    deadline, ok = time.time() + 120, False
-    while time.time() < deadline and not ok:
-        try:
-            ok = post("/ddpm/sample", {"n": 1, "steps": 3}).status_code == 200
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    assert ok, "the DDPM replica did not come back within 120 s"
+    up = poll_until(lambda: requests.get(URL + "/healthz", timeout=10).status_code == 200, 120)
+    assert up, "/healthz did not say 200 again within 120 s"
+    assert post("/ddpm/sample", {"n": 1, "steps": 3}).status_code == 200
     info = requests.get(URL + "/info", timeout=30).json()["ddpm"]
-    assert info["pid"] != pid and info["loaded"]
+    assert info["loaded"] and info["replica"] not in (old, "local")
+
+
+def test_requests_cannot_switch_off_the_timeout_or_cancellation(app):
+    """Ray's proxy honours these headers from the client; the app refuses such a request before
+    any work starts, so one client cannot hold the model for the next one (78.7 s wait before)."""
+    before = requests.get(URL + "/info", timeout=30).json()["ddpm"]["recent_batch_sizes"]
+    for header in ({"x-request-disconnect-disabled": "?1"}, {"x-request-timeout-seconds": "0"}):
+        r = post("/ddpm/sample", {"n": 16, "sampler": "ddpm"}, headers=header)
+        assert r.status_code == 400 and next(iter(header)) in r.json()["detail"]
+    after = requests.get(URL + "/info", timeout=30).json()["ddpm"]["recent_batch_sizes"]
+    assert after == before  # no model call was made for them
+
+
+def test_a_get_with_a_body_is_refused_over_http(app):
+    def chunks():
+        for _ in range(64):
+            yield b"x" * 65536
+
+    r = requests.get(URL + "/healthz", data=chunks(), timeout=30)  # chunked, 4 MB
+    assert r.status_code == 400 and "take no body" in r.json()["detail"]
+    assert requests.get(URL + "/healthz", data=b"abc", timeout=30).status_code == 400
 
 
 def test_reconfigure_in_place_keeps_the_model_when_the_new_checkpoint_fails(app, tmp_path):
@@ -321,14 +377,14 @@ def test_reconfigure_in_place_keeps_the_model_when_the_new_checkpoint_fails(app,
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"\x00not a checkpoint")
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(app["storage"])})
+    replica.reconfigure(pinned(str(app["storage"])))
     good = replica.path
-    replica.reconfigure({"storage_path": str(app["storage"]), "checkpoint": str(bad)})
+    replica.reconfigure(pinned(str(app["storage"]), checkpoint=str(bad)))
     assert replica.path == good and replica.model is not None
     assert "not a readable checkpoint" in replica.load_error
     empty = DDPMModel.func_or_class()
-    empty.reconfigure({"storage_path": str(tmp_path)})  # nothing registered: starts, answers 503
-    assert empty.model is None and "no registered ddpm" in empty.load_error
+    empty.reconfigure(pinned(str(tmp_path)))  # nothing registered: starts, answers 503
+    assert empty.model is None and "no ddpm checkpoint was registered" in empty.load_error
 
 
 def test_an_unconditional_served_model_refuses_labels(tmp_path):
@@ -341,8 +397,8 @@ def test_an_unconditional_served_model_refuses_labels(tmp_path):
     from .conftest import write_ddpm
 
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"checkpoint": str(write_ddpm(tmp_path / "u.pt", num_classes=None)),
-                         "batching": False})
+    replica.reconfigure(pinned(tmp_path, checkpoint=str(write_ddpm(tmp_path / "u.pt", num_classes=None)),
+                               batching=False))
     req = {"n": 1, "sampler": "ddim", "steps": 3, "eta": 0.0, "seed": 0, "guidance": 1.0}
     assert asyncio.run(replica.sample({**req, "labels": None})).shape == (1, 1, 28, 28)
     err = asyncio.run(replica.sample({**req, "labels": [3]}))

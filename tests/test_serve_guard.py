@@ -23,7 +23,7 @@ from serve.deployments import DDPMModel
 from serve.replica import TooCostly
 from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn, sample_cost
 
-from .conftest import make_storage
+from .conftest import make_storage, pinned
 
 
 async def echo_app(scope, receive, send):
@@ -123,6 +123,28 @@ def test_body_limit_is_enforced_while_reading_a_chunked_body(guarded):
     assert call(method="POST", headers={"content-length": str(5 * len(chunk))})[0] == 413
 
 
+@pytest.mark.parametrize("header", [("x-request-disconnect-disabled", "?1"),
+                                    ("x-request-timeout-seconds", "0"),
+                                    ("X-Request-Timeout-Seconds", "99999")])
+def test_headers_that_switch_off_our_bounds_are_refused_before_the_app(guarded, header):
+    """Ray's proxy reads these from the client before our code runs; the request is refused
+    before any route starts work under bounds the client chose."""
+    guard.configure("HW4_T_MISSING")
+    status, _, body = call(method="POST", headers={header[0]: header[1]}, chunks=[b"{}"])
+    assert status == 400 and header[0].lower().encode() in body
+    assert call(method="POST", chunks=[b"{}"])[0] == 200  # the same request without it
+
+
+@pytest.mark.parametrize("body", [{"headers": {"content-length": "5"}, "chunks": [b"hello"]},
+                                  {"headers": {"transfer-encoding": "chunked"},
+                                   "chunks": [b"x" * 1024] * 3}])
+def test_a_get_with_a_body_is_refused(guarded, body):
+    guard.configure("HW4_T_MISSING")
+    status, _, text = call(path="/healthz", method="GET", **body)
+    assert status == 400 and b"take no body" in text
+    assert call(path="/healthz", method="GET")[0] == 200
+
+
 def test_every_answer_carries_security_headers(guarded):
     assert "content-security-policy" in call()[1]  # the 503 of an unconfigured guard too
     guard.configure("HW4_T_MISSING")
@@ -164,7 +186,7 @@ def test_sample_and_attack_cost_budgets():
 
 def test_a_costly_sample_request_is_refused_before_work(tmp_path):
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(make_storage(tmp_path)), "batching": False})  # T = 20
+    replica.reconfigure(pinned(str(make_storage(tmp_path)), batching=False))  # T = 20
     req = {"n": 64, "sampler": "ddpm", "steps": 50, "eta": 0.0, "seed": 0, "labels": None,
            "guidance": 1.0}
     assert asyncio.run(replica.sample(req)).shape == (64, 1, 28, 28)  # 64 x 20 = 1,280
@@ -178,7 +200,7 @@ def test_a_costly_sample_request_is_refused_before_work(tmp_path):
 def test_a_damaged_registry_entry_keeps_the_previous_model(tmp_path, damage):
     storage = make_storage(tmp_path)
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(storage)})
+    replica.reconfigure(pinned(str(storage)))
     good = replica.path
     record = storage / "registry" / "ddpm.json"
     if damage == "no checkpoint key":
@@ -187,81 +209,91 @@ def test_a_damaged_registry_entry_keeps_the_previous_model(tmp_path, damage):
         record.write_text("{not json")
     else:
         good.rename(good.with_suffix(".gone"))
-    replica.reconfigure({"storage_path": str(storage)})
+    replica.reconfigure(pinned(str(storage)))
     assert replica.model is not None and replica.path == good and replica.load_error
 
 
-def test_healthz_answers_fast_and_503_without_models():
+class Handle:
+    """A model deployment's handle whose ``loaded`` answers ``value`` after ``delay`` seconds."""
+
+    def __init__(self, value, delay=0.0):
+        self.value, self.delay = value, delay
+        self.app_name, self.deployment_name = "hw4", "M"
+
+    @property
+    def loaded(self):
+        return self
+
+    def remote(self):
+        async def answer():
+            await asyncio.sleep(self.delay)
+            if isinstance(self.value, Exception):
+                raise self.value
+            return self.value
+        return answer()
+
+
+def healthz_with(monkeypatch, states: dict, ddpm: Handle, vae: Handle):
+    """/healthz of an Api whose Serve controller reports ``states`` ({model: (status, replicas)})."""
+    from serve import health
     from serve.routes import Api
 
-    class Handle:
-        def __init__(self, value, delay=0.0):
-            self.value, self.delay = value, delay
+    asked = []
 
-        @property
-        def loaded(self):
-            return self
+    def serve_states(app, deployments):
+        asked.append((app, dict(deployments)))
+        return states
 
-        def remote(self):
-            async def answer():
-                await asyncio.sleep(self.delay)
-                if isinstance(self.value, Exception):
-                    raise self.value
-                return self.value
-            return answer()
-
+    monkeypatch.setattr(health, "serve_states", serve_states)
     api = Api.func_or_class.__new__(Api.func_or_class)
-    api.ddpm, api.vae = Handle(True, delay=30), Handle(False)  # a saturated DDPM replica
-    start = time.perf_counter()
+    api.ddpm, api.vae = ddpm, vae
     r = asyncio.run(api.healthz())
-    assert time.perf_counter() - start < 1.0
-    assert r.status_code == 200 and b'"busy"' in r.body
-    api.ddpm = Handle(False)
-    assert asyncio.run(api.healthz()).status_code == 503
+    assert asked and asked[0][0] == "hw4"
+    return r, json.loads(r.body)
 
 
-def test_healthz_is_503_when_a_model_deployment_is_down():
-    """A deployment that failed to deploy (or a dead replica) is down, not "busy": the probe must
-    fail so a load balancer stops sending traffic (it answered 200 {"busy"} for this before)."""
+UP = ("HEALTHY", {"RUNNING": 1})
+
+
+def test_healthz_answers_fast_and_busy_only_for_a_running_replica(monkeypatch):
+    start = time.perf_counter()
+    r, body = healthz_with(monkeypatch, {"ddpm": UP, "vae": UP}, Handle(True, delay=30), Handle(False))
+    assert time.perf_counter() - start < 5.0  # the 0.5 s answer bound, not the replica's 30 s
+    assert r.status_code == 200 and body["models"] == {"ddpm": "busy", "vae": False}
+    r, _ = healthz_with(monkeypatch, {"ddpm": UP, "vae": UP}, Handle(False), Handle(False))
+    assert r.status_code == 503  # live replicas, no model loaded anywhere
+
+
+@pytest.mark.parametrize("state", [("UPDATING", {"STARTING": 1}), ("HEALTHY", {"RECOVERING": 1}),
+                                   ("UNHEALTHY", {"RUNNING": 1}), ("DEPLOY_FAILED", {}),
+                                   ("UPSCALING", {"PENDING_MIGRATION": 1}), (None, {})])
+def test_healthz_is_503_when_a_model_deployment_has_no_running_replica(monkeypatch, state):
+    """What Serve's controller records decides "down": a killed or restarting replica made
+    ``loaded`` time out, which counted as "busy" and answered 200 before."""
+    slow = Handle(True, delay=30)  # what a dead replica looked like: no answer
+    r, body = healthz_with(monkeypatch, {"ddpm": state, "vae": UP}, slow, Handle(True))
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert body["models"]["ddpm"].startswith("down") and body["models"]["vae"] is True
+
+
+def test_healthz_is_503_when_the_replica_dies_under_the_call(monkeypatch):
     from ray.serve.exceptions import DeploymentUnavailableError
 
-    from serve.routes import Api
-
-    class Down:
-        @property
-        def loaded(self):
-            return self
-
-        def remote(self):
-            async def answer():
-                raise DeploymentUnavailableError("hw4#DDPMModel")
-            return answer()
-
-    class Up(Down):
-        def remote(self):
-            async def answer():
-                return True
-            return answer()
-
-    api = Api.func_or_class.__new__(Api.func_or_class)
-    api.ddpm, api.vae = Down(), Up()
-    r = asyncio.run(api.healthz())
-    assert r.status_code == 503 and r.headers["retry-after"]
-    assert json.loads(r.body)["models"] == {"ddpm": "unavailable", "vae": True}
-    api.ddpm = Up()
-    assert asyncio.run(api.healthz()).status_code == 200
+    r, body = healthz_with(monkeypatch, {"ddpm": UP, "vae": UP},
+                           Handle(DeploymentUnavailableError("hw4#DDPMModel")), Handle(True))
+    assert r.status_code == 503 and body["models"]["ddpm"].startswith("down")
 
 
 def test_replicas_of_one_deployment_serve_one_checkpoint_after_the_registry_changes(tmp_path):
-    """The app's builder resolves the registry's best once; a replica started later (autoscaling,
-    a restart after a crash) loads the same file, not what was registered meanwhile."""
+    """The app's builder resolves the registry's best once and pins its hash; a replica started
+    later (autoscaling, a restart after a crash) loads the same bytes, not what was registered
+    meanwhile."""
     from hw4.registry import record_best
-    from serve.replica import pin_checkpoint
 
     from .conftest import write_ddpm
 
     storage = make_storage(tmp_path)
-    config = pin_checkpoint({"storage_path": str(storage), "checkpoint": None}, "ddpm")
+    config = pinned(storage)
     first = DDPMModel.func_or_class()
     first.reconfigure(config)
     better = write_ddpm(tmp_path / "better.pt")  # other random weights: another file
@@ -270,9 +302,59 @@ def test_replicas_of_one_deployment_serve_one_checkpoint_after_the_registry_chan
     later = DDPMModel.func_or_class()
     later.reconfigure(config)  # the same user_config, handed to a new replica
     a, b = asyncio.run(first.info()), asyncio.run(later.info())
-    assert a["sha256"] == b["sha256"] and a["checkpoint"] == b["checkpoint"]
-    assert a["replica"] and a["sha256"] == hashlib.sha256(Path(a["checkpoint"]).read_bytes()).hexdigest()
+    assert a["sha256"] == b["sha256"] == config["sha256"] and a["checkpoint"] == b["checkpoint"]
+    assert a["sha256"] == hashlib.sha256(Path(config["checkpoint"]).read_bytes()).hexdigest()
     # a deliberate redeploy resolves again and serves the new best
     again = DDPMModel.func_or_class()
-    again.reconfigure(pin_checkpoint({"storage_path": str(storage), "checkpoint": None}, "ddpm"))
-    assert asyncio.run(again.info())["checkpoint"] != a["checkpoint"]
+    again.reconfigure(pinned(storage))
+    assert asyncio.run(again.info())["sha256"] == hashlib.sha256(better.read_bytes()).hexdigest()
+
+
+def test_nothing_registered_at_build_serves_nothing_even_after_a_registration(tmp_path):
+    """Built before anything was registered: a replica started after the first registration
+    must not load it while the others hold none."""
+    from hw4.registry import record_best
+
+    from .conftest import write_ddpm
+
+    config = pinned(tmp_path)
+    assert config["checkpoint"] is None
+    early = DDPMModel.func_or_class()
+    early.reconfigure(config)
+    record_best(tmp_path, "ddpm", checkpoint=write_ddpm(tmp_path / "a.pt"), metric="val_loss",
+                value=1.0, mode="min", config={}, source="a")
+    late = DDPMModel.func_or_class()
+    late.reconfigure(config)
+    for replica in (early, late):
+        info = asyncio.run(replica.info())
+        assert not info["loaded"] and "redeploy" in info["load_error"]
+
+
+def test_a_pinned_path_whose_bytes_changed_is_refused(tmp_path):
+    from .conftest import write_ddpm
+
+    ckpt = write_ddpm(tmp_path / "run" / "artifacts" / "checkpoint.pt")
+    config = pinned(tmp_path, checkpoint=str(ckpt))
+    first = DDPMModel.func_or_class()
+    first.reconfigure(config)
+    write_ddpm(ckpt)  # a rerun with --overwrite rewrites the file under the same path
+    restarted = DDPMModel.func_or_class()
+    restarted.reconfigure(config)
+    info = asyncio.run(restarted.info())
+    assert not info["loaded"] and "no longer have the SHA-256" in info["load_error"]
+    assert asyncio.run(first.info())["loaded"]  # the running one keeps what it loaded
+    unpinned = DDPMModel.func_or_class()  # a hand-written user_config without the hash
+    unpinned.reconfigure({"storage_path": str(tmp_path), "checkpoint": str(ckpt)})
+    assert "no pinned sha256" in asyncio.run(unpinned.info())["load_error"]
+
+
+def test_info_names_no_absolute_path_and_no_pid(tmp_path):
+    import os
+
+    storage = make_storage(tmp_path)
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure(pinned(storage))
+    info = asyncio.run(replica.info())
+    text = json.dumps(info)
+    assert str(tmp_path) not in text and "pid" not in info and str(os.getpid()) not in text
+    assert info["checkpoint"] == f"ddpm-{info['sha256'][:12]}" and info["run"] == "ddpm"

@@ -8,14 +8,14 @@ import torch
 
 from serve.deployments import DDPMModel, VAEModel
 
-from .conftest import make_storage
+from .conftest import make_storage, pinned
 
 
 def ddpm_replica(tmp_path, seconds: float):
     """A DDPM replica in this process, its network, the network's own forward, a ``slow``
     forward that sleeps ``seconds`` per call, and the start time of each slow call."""
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
+    replica.reconfigure(pinned(str(make_storage(tmp_path))))
     net = replica.require().model
     inner, calls = net.forward, []
 
@@ -110,7 +110,7 @@ def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
     """/adversarial's PGD loop runs in a worker thread; cancelling the request stops it at the
     model's next forward pass instead of running all its steps for nobody."""
     replica = VAEModel.func_or_class()
-    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
+    replica.reconfigure(pinned(str(make_storage(tmp_path)), "vae"))
     calls = []
 
     def slow_classifier(x):
@@ -140,7 +140,7 @@ def test_an_unlabeled_request_to_a_conditional_model_runs_one_batch_of_n(tmp_pat
     """The request's default guidance stays in it, but rows without labels run unguided: each
     network call sees the N rows once, not a guided 2N batch; labelled rows with w > 0 do double."""
     replica = DDPMModel.func_or_class()
-    replica.reconfigure({"storage_path": str(make_storage(tmp_path))})
+    replica.reconfigure(pinned(str(make_storage(tmp_path))))
     net = replica.require().model
     assert replica.require().conditional
     inner, rows = net.forward, []
@@ -149,3 +149,38 @@ def test_an_unlabeled_request_to_a_conditional_model_runs_one_batch_of_n(tmp_pat
     asyncio.run(replica._run([{**req, "labels": None}]))
     asyncio.run(replica._run([{**req, "labels": [1, 2, 3]}]))
     assert rows == [3] * 4 + [6] * 4
+
+
+def test_a_caller_that_leaves_while_a_stream_holds_the_model_is_dropped_from_its_batch(tmp_path):
+    """Two requests batched while a stream holds the model lock; one leaves before the lock is
+    free. Only the one that stayed is sampled (its rows ran too before: the batch's call ran for
+    every caller as long as one stayed)."""
+    replica = DDPMModel.func_or_class()
+    replica.reconfigure(pinned(str(make_storage(tmp_path))))
+    ddpm = replica.require()
+    rows, inner = [], ddpm.sample
+
+    def counting(n, *a, **k):
+        rows.append(n)
+        return inner(n, *a, **k)
+
+    ddpm.sample = counting
+    req = {"n": 3, "sampler": "ddim", "steps": 2, "eta": 0.0, "seed": 0, "labels": None,
+           "guidance": 0.0}
+
+    async def scenario():
+        await replica.lock.acquire()  # what a running stream holds
+        leaver = asyncio.create_task(replica.sample(req))
+        stayer = asyncio.create_task(replica.sample({**req, "n": 2, "seed": 1}))
+        while not replica.batcher.sizes:  # the batch of both is formed and waits for the lock
+            await asyncio.sleep(0)
+        assert list(replica.batcher.sizes) == [2]
+        leaver.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaver
+        replica.lock.release()
+        return await stayer
+
+    images = asyncio.run(scenario())
+    assert images.shape == (2, 1, 28, 28)
+    assert rows == [2]  # one call, the stayer's rows only
