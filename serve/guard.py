@@ -9,6 +9,7 @@ answers 503 to everything rather than serving without auth."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -20,6 +21,9 @@ from hw4.errors import HW4Error
 
 TOKEN_ENV = "HW4_SERVE_TOKEN"
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# every request's bound, upload included, however the app was started (`serve run serve.app:app`
+# sets no http_options); serve/config.yaml's http_options.request_timeout_s says the same
+REQUEST_TIMEOUT_S = 300.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Ray's proxy reads these from the client's request before any code of ours runs: a positive
 # number replaces http_options.request_timeout_s, zero or less switches the timeout off, and "?1"
@@ -123,10 +127,15 @@ class Guard:
             await send_secured(message)
 
         try:
-            await self.app(scope, receive_bounded, send_tracked)
+            # cancelling the route cancels its model call: Serve cancels the replica's task
+            await asyncio.wait_for(self.app(scope, receive_bounded, send_tracked), REQUEST_TIMEOUT_S)
         except BodyTooLarge:
             if not started:
                 await self.answer(send_secured, 413, f"request body over {MAX_BODY_BYTES} bytes")
+        except TimeoutError:
+            if not started:  # a stream already under way just ends
+                await self.answer(send_secured, 408, f"the request took over {REQUEST_TIMEOUT_S:.0f} s "
+                                                     "and was stopped")
 
     @staticmethod
     def refuse(scope, headers: dict[str, str]) -> tuple[int, str, dict] | None:

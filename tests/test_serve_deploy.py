@@ -13,6 +13,8 @@ import pytest
 import requests
 import yaml
 
+from hw4.registry import file_digest
+
 from .conftest import ROOT, make_storage, start_ray_head, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
@@ -71,7 +73,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
     try:
         deploy(config, tmp_path / "serve.yaml", env)
         first = wait_for(lambda: ddpm_info()["loaded"] and ddpm_info())
-        assert "registry/checkpoints/ddpm-" in first["checkpoint"] and first["sha256"]  # pinned
+        assert first["checkpoint"] == f"ddpm-{first['sha256'][:12]}"  # pinned by content
         body = {"n": 1, "steps": 3}
 
         codes: list[int] = []
@@ -85,22 +87,23 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
         worker = threading.Thread(target=load)
         worker.start()
         try:
-            # a checkpoint named in the deployment's user_config: reloaded in place
+            # a checkpoint named in the deployment's user_config, with the hash it must have: reloaded in place
             deployments["DDPMModel"]["user_config"] = {"storage_path": str(storage),
-                                                       "checkpoint": str(second)}
+                                                       "checkpoint": str(second),
+                                                       "sha256": file_digest(second)}
             deploy(config, tmp_path / "serve.yaml", env)
-            reloaded = wait_for(lambda: ddpm_info()["checkpoint"] == str(second) and ddpm_info())
+            reloaded = wait_for(lambda: ddpm_info()["run"] == second.name and ddpm_info())
         finally:
             stop.set()
             worker.join()
-        assert reloaded["pid"] == first["pid"], "the replica was restarted, not reconfigured"
+        assert reloaded["replica"] == first["replica"], "the replica was restarted, not reconfigured"
         assert codes and set(codes) == {200}, codes
 
-        deployments["DDPMModel"]["user_config"]["checkpoint"] = str(corrupt)
+        deployments["DDPMModel"]["user_config"].update(checkpoint=str(corrupt), sha256=file_digest(corrupt))
         deploy(config, tmp_path / "serve.yaml", env)
         failed = wait_for(lambda: ddpm_info()["load_error"] and ddpm_info())
         assert "not a readable checkpoint" in failed["load_error"]
-        assert failed["checkpoint"] == str(second) and failed["pid"] == first["pid"]
+        assert failed["run"] == second.name and failed["replica"] == first["replica"]
         assert requests.post(URL + "/ddpm/sample", json=body, headers=AUTH, timeout=60).status_code == 200
         assert requests.post(URL + "/ddpm/sample", json=body, timeout=60).status_code == 401
     finally:

@@ -145,6 +145,40 @@ def test_a_get_with_a_body_is_refused(guarded, body):
     assert call(path="/healthz", method="GET")[0] == 200
 
 
+def test_every_request_is_cut_at_the_timeout_however_the_app_was_started(guarded, monkeypatch):
+    """``serve run serve.app:app`` sets no proxy timeout: the guard bounds every request itself,
+    and cancels the route's work (here a task that would sleep for minutes)."""
+    import yaml
+
+    from .conftest import ROOT
+
+    shipped = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    assert shipped["http_options"]["request_timeout_s"] == guard.REQUEST_TIMEOUT_S  # one bound
+    guard.configure("HW4_T_MISSING")
+    monkeypatch.setattr(guard, "REQUEST_TIMEOUT_S", 0.3)
+    cancelled = []
+
+    async def slow_app(scope, receive, send):
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/ddpm/sample", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1")]}
+    asyncio.run(guard.Guard(slow_app)(scope, receive, send))
+    assert sent[0]["status"] == 408 and cancelled == [1]
+
+
 def test_every_answer_carries_security_headers(guarded):
     assert "content-security-policy" in call()[1]  # the 503 of an unconfigured guard too
     guard.configure("HW4_T_MISSING")

@@ -12,7 +12,7 @@ function modelCard(kind, m) {
     return card;
   }
   const p = document.createElement("p");
-  p.textContent = `checkpoint ${m.checkpoint}`;
+  p.textContent = `checkpoint ${m.checkpoint}` + (m.run ? `, from run ${m.run}` : "");
   card.append(p);
   const scalars = Object.entries(m.metrics || {}).filter(([, v]) => typeof v === "number");
   if (scalars.length) {
