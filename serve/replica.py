@@ -15,7 +15,7 @@ from typing import Any
 
 from hw4.errors import HW4Error
 from hw4.registry import file_digest, read_best, registry_path
-from hw4.trained import resolve_checkpoint, training_history
+from hw4.trained import training_history
 
 # what a damaged checkpoint or registry entry raises on load: reported, the old model kept
 LOAD_ERRORS = (HW4Error, OSError, KeyError, ValueError, TypeError, RuntimeError)

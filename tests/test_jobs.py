@@ -286,6 +286,7 @@ def test_a_cut_short_ray_snapshot_is_a_clear_error_before_ray_starts(tmp_path, c
     from jobs import train_vae
 
     (tmp_path / "k").mkdir()
+    (tmp_path / "k" / ".hw4-run").write_text("{}")  # a run of this project
     (tmp_path / "k" / "checkpoint_manager_snapshot.json").write_text("")
     code, err = cli_in_process(train_vae.main, ["--smoke-test", "--storage-path", str(tmp_path),
                                                 "--name", "k", "--resume"], capsys)
@@ -300,6 +301,7 @@ def test_a_run_has_one_writer_and_waits_for_a_killed_drivers_workers(tmp_path, c
     from jobs import runs, train_ddpm
 
     run = tmp_path / "w"
+    runs.claim_run_folder(run)  # what the driver does first
     with runs.sole_writer(run, wait_s=0.0):
         runs.hold_for_worker(run).close()  # this run's own workers share it
         with pytest.raises(HW4Error, match="another driver of this --name"):
@@ -341,7 +343,7 @@ def test_overwrite_keeps_the_drivers_claim(tmp_path):
     (run / ".hw4-run").write_text("{}")  # what a run of this project leaves first
     with sole_writer(run, wait_s=0.0):
         check_rerun(DDPMJobConfig(name="o", storage_path=str(tmp_path), overwrite=True))
-        assert sorted(p.name for p in run.iterdir()) == sorted([DRIVER_LOCK, WORKERS_LOCK])
+        assert sorted(p.name for p in run.iterdir()) == sorted([DRIVER_LOCK, WORKERS_LOCK, ".hw4-run"])
         with pytest.raises(HW4Error, match="another driver"):  # still claimed after the wipe
             with sole_writer(run, wait_s=0.0):
                 pass

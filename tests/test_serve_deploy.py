@@ -87,7 +87,7 @@ def test_serve_deploy_reloads_checkpoints_in_place(tmp_path):
         worker = threading.Thread(target=load)
         worker.start()
         try:
-            # a checkpoint named in the deployment's user_config, with the hash it must have: reloaded in place
+            # a checkpoint named in the user_config with the hash it must have: reloaded in place
             deployments["DDPMModel"]["user_config"] = {"storage_path": str(storage),
                                                        "checkpoint": str(second),
                                                        "sha256": file_digest(second)}
