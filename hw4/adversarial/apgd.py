@@ -33,7 +33,8 @@ def checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if math.ceil(q * steps) <= steps})
+    at = {math.ceil(round(q * steps, 9)) for q in p[1:]}  # round: 0.22 * 100 is 22.000000000000004
+    return sorted(w for w in at if w <= steps)
 
 
 def random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
