@@ -242,8 +242,9 @@ def robustness(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Ten
     for name, model in models.items():
         curves[name] = {}
         for attack in attacks:
-            kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
-                if attack == "pgd" else {}
+            kw = {"generator": torch.Generator().manual_seed(seed)}
+            if attack == "pgd":
+                kw["steps"] = pgd_steps
 
             def keep(eps: float, adv: torch.Tensor, name: str = name, attack: str = attack) -> None:
                 if eps == examples_eps and attack == attacks[0]:
@@ -263,11 +264,16 @@ def robustness(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Ten
     return curves, examples
 
 
+# the attacks that climb any loss (here the reconstruction's MSE), not only a classifier's
+LOSS_ATTACKS = {"fgsm": adversarial.fgsm, "pgd": adversarial.pgd}
+
+
 def reconstruction_under_attack(vae: Autoencoder, x: torch.Tensor, epsilons: list[float],
                                 attacks: list[str], *, pgd_steps: int = 20, seed: int = 0) -> dict:
     """Mean squared error (per pixel) between the clean image and the VAE's reconstruction of
     an attacked one, for an attack that maximises exactly that error, next to uniform +-eps
-    sign noise of the same size (the error a non-adversarial perturbation causes)."""
+    sign noise of the same size (the error a non-adversarial perturbation causes). Only the
+    ``LOSS_ATTACKS`` among ``attacks`` apply."""
     out: dict = {}
     noise_gen = torch.Generator().manual_seed(seed)
     sign = torch.randint(0, 2, x.shape, generator=noise_gen).float() * 2 - 1
@@ -275,13 +281,13 @@ def reconstruction_under_attack(vae: Autoencoder, x: torch.Tensor, epsilons: lis
         out["random_sign_noise"] = {
             eps: float(F.mse_loss(vae.reconstruct((x + eps * sign).clamp(0, 1)), x))
             for eps in epsilons}
-    for attack in attacks:
+    for attack in (a for a in attacks if a in LOSS_ATTACKS):
         kw = {"steps": pgd_steps, "generator": torch.Generator().manual_seed(seed)} \
             if attack == "pgd" else {}
         out[attack] = {}
         recon = functools.partial(reconstruction, vae)
         for eps in epsilons:
-            adv = adversarial.ATTACKS[attack](recon, x, x, eps, loss_fn=F.mse_loss, **kw)
+            adv = LOSS_ATTACKS[attack](recon, x, x, eps, loss_fn=F.mse_loss, **kw)
             with torch.no_grad():
                 out[attack][eps] = float(F.mse_loss(vae.reconstruct(adv), x))
     return out

@@ -23,6 +23,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from hw4 import viz
+from hw4.adversarial import ATTACKS
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGET_LABELS
 from serve import guard, health
@@ -172,6 +173,8 @@ class Api:
         """Which checkpoints are served, their metrics, configs, training history, load errors."""
         ddpm, vae = await asyncio.gather(self.ddpm.info.remote(), self.vae.info.remote())
         return {"ddpm": ddpm, "vae": vae, "attack_targets": ATTACK_TARGET_LABELS,
+                "attacks": [{"name": a.name, "label": a.label, "default_steps": a.default_steps}
+                            for a in ATTACKS.values()],
                 "limits": {"max_sample_images": MAX_SAMPLE_IMAGES, "max_body_bytes": MAX_BODY_BYTES,
                            "max_test_images": MAX_TEST_IMAGES, "max_guidance": MAX_GUIDANCE,
                            "max_sample_cost": MAX_SAMPLE_COST, "max_attack_cost": MAX_ATTACK_COST}}
@@ -270,7 +273,9 @@ class Api:
 
     @api.post("/adversarial")
     async def adversarial_eval(self, body: AttackIn) -> dict:
-        """Accuracy of each chosen model on FGSM/PGD images at each eps, with examples."""
+        """Accuracy of each chosen model under the chosen attack (FGSM, PGD, APGD-CE, APGD-T,
+        Square or the AutoAttack ensemble, with EOT) at each eps, with examples; AutoAttack adds
+        the accuracy left after each of its attacks."""
         if body.images is not None:
             spec = image_spec(body.images, body.labels)
         else:
@@ -278,7 +283,7 @@ class Api:
                 raise HTTPException(422, "start + n must be at most 10000 test images")
             spec = {"test_indices": list(range(body.start, body.start + body.n))}
         out = unwrap_reply(await self.vae.attack.remote(
-            spec, body.attack, body.epsilons, body.models, body.targeted, body.pgd_steps,
+            spec, body.attack, body.epsilons, body.models, body.targeted, body.options(),
             body.seed, body.examples))
         originals = out.pop("originals")  # a tensor: never into the JSON as it is
         out["originals_png_base64"] = b64png(originals) if body.examples else None

@@ -6,15 +6,18 @@ from typing import Annotated, Literal
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hw4.adversarial import ATTACKS
+from hw4.adversarial.registry import AttackOptions
 from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS
 
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
 # Cost budgets, checked before any work starts (BENCHMARKS.md, "Serve limits", has the timings):
 # a sample request costs images x network calls (steps; all T for DDPM; twice with guidance), an
-# attack images x epsilons x models x gradient steps (1 for FGSM, pgd_steps for PGD).
+# attack images x epsilons x models x model calls per image (hw4.adversarial's registry: steps
+# times EOT samples, APGD-T's targets, Square's queries).
 MAX_SAMPLE_COST = 16_384  # DDPM-1000 on 16 images; a guided DDIM-50 grid of 64 is 6,400
-MAX_ATTACK_COST = 20_000  # FGSM on 256 images x 8 eps x 3 models is 6,144
+MAX_ATTACK_COST = 200_000  # AutoAttack (standard: 6,010 calls an image) on 32 images, 1 eps, 1 model
 MAX_GUIDANCE = 10.0
 MAX_TEST_IMAGES = 256
 MAX_UPLOADS = 64
@@ -144,7 +147,8 @@ class DecodeIn(BaseModel):
 
 class AttackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attack: Literal["fgsm", "pgd"] = "fgsm"
+    attack: Literal[tuple(ATTACKS)] = Field("fgsm", description="; ".join(  # type: ignore[valid-type]
+        f"{a.name}: {a.label}" for a in ATTACKS.values()))
     epsilons: list[float] = Field([0.0, 0.05, 0.1, 0.2], min_length=1, max_length=11)
     models: list[Literal[ATTACK_TARGETS]] = Field(list(ATTACK_TARGETS), min_length=1)  # type: ignore[valid-type]
     images: list[ImageIn] | None = Field(None, min_length=1, max_length=MAX_UPLOADS)
@@ -152,7 +156,12 @@ class AttackIn(BaseModel):
     n: int = Field(32, ge=1, le=MAX_TEST_IMAGES, description="test images, when no images given")
     start: int = Field(0, ge=0, le=9999, description="first test image, when no images given")
     targeted: bool = Field(False, description="aim at class (label + 1) mod 10")
-    pgd_steps: int = Field(10, ge=1, le=50)
+    steps: int | None = Field(None, ge=1, le=100, description="gradient steps of PGD and APGD "
+                                                              "(default: PGD 20, APGD 100)")
+    pgd_steps: int | None = Field(None, ge=1, le=100, description="the older name of steps")
+    targets: int = Field(9, ge=1, le=9, description="APGD-T: target classes per image")
+    queries: int = Field(5000, ge=1, le=10_000, description="Square: model calls per image")
+    eot: int = Field(1, ge=1, le=32, description="gradients averaged over this many forward passes")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     examples: int = Field(8, ge=0, le=16, description="adversarial images returned per eps")
 
@@ -163,15 +172,22 @@ class AttackIn(BaseModel):
         if self.labels is not None and (self.images is None or len(self.labels) != len(self.images)
                                         or any(not 0 <= c <= 9 for c in self.labels)):
             raise ValueError("labels: one class in 0..9 per uploaded image")
-        if self.cost() > MAX_ATTACK_COST:
-            raise ValueError(f"this attack costs {self.cost():,} gradient evaluations (images x "
-                             f"epsilons x models x steps); the limit is {MAX_ATTACK_COST:,}")
+        if self.cost() > MAX_ATTACK_COST:  # refused before any work starts
+            raise ValueError(f"this attack costs {self.cost():,} model calls (images x epsilons x "
+                             f"models x calls per image: {self.attack} takes "
+                             f"{ATTACKS[self.attack].calls(self.options()):,} with these options, "
+                             f"EOT samples included); the limit is {MAX_ATTACK_COST:,}: ask for "
+                             "fewer images, epsilons, models, steps or EOT samples")
         return self
 
+    def options(self) -> AttackOptions:
+        return AttackOptions(steps=self.steps or self.pgd_steps, targets=self.targets,
+                             queries=self.queries, eot=self.eot)
+
     def cost(self) -> int:
+        """Images x epsilons x models x model calls per image (EOT samples included)."""
         images = len(self.images) if self.images is not None else self.n
-        steps = self.pgd_steps if self.attack == "pgd" else 1
-        return images * len(self.epsilons) * len(self.models) * steps
+        return images * len(self.epsilons) * len(self.models) * ATTACKS[self.attack].calls(self.options())
 
 
 def batch_key(req: dict) -> tuple:

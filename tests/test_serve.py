@@ -276,6 +276,23 @@ def test_test_images_and_adversarial_evaluation(app):
     assert bare.status_code == 200 and bare.json()["examples"] == {}
 
 
+def test_an_autoattack_evaluation_of_32_images_over_http(app):
+    """The standard ensemble within the budget: each image's first success, and the accuracy
+    left after each member (never rising, ending at the reported accuracy)."""
+    body = {"attack": "autoattack", "n": 32, "epsilons": [0.1], "models": ["pixel_cnn"],
+            "examples": 0}
+    out = post("/adversarial", body).json()
+    left = out["per_attack"]["pixel_cnn"]["0.1"]
+    assert list(left) == ["apgd-ce", "apgd-t", "square"]
+    assert left["apgd-ce"] >= left["apgd-t"] >= left["square"] == out["accuracy"]["pixel_cnn"]["0.1"]
+    pgd = post("/adversarial", {**body, "attack": "pgd"}).json()["accuracy"]["pixel_cnn"]["0.1"]
+    assert out["accuracy"]["pixel_cnn"]["0.1"] <= pgd
+    too_much = post("/adversarial", {**body, "epsilons": [0.1, 0.2]})
+    assert too_much.status_code == 422 and "limit is" in too_much.text
+    names = [a["name"] for a in requests.get(URL + "/info", timeout=30).json()["attacks"]]
+    assert names == ["fgsm", "pgd", "apgd-ce", "apgd-t", "square", "autoattack"]
+
+
 @needs_data  # without the test images, /vae/test-image answers 503 (correctly, but a 5xx)
 def test_schemathesis_finds_no_server_errors(app, tmp_path):
     """Property-based requests from the OpenAPI schema: 50 per operation, over 500 in all, and

@@ -211,9 +211,16 @@ def test_sample_and_attack_cost_budgets():
     assert sample_cost({**base, "labels": [1] * 16}, 1000) == 32_000 > MAX_SAMPLE_COST
     assert sample_cost({**base, "sampler": "ddim", "n": 64, "labels": [0] * 64}, 1000) == 6_400
     AttackIn(attack="fgsm", n=256, epsilons=[0, .1, .2, .3])
-    with pytest.raises(ValidationError, match="limit is"):
-        AttackIn(attack="pgd", n=256, pgd_steps=50, epsilons=[0, .1, .2, .3])
     assert AttackIn(attack="pgd", n=10, pgd_steps=10).cost() == 10 * 4 * 3 * 10 <= MAX_ATTACK_COST
+    # AutoAttack, standard: APGD-CE 101 + APGD-T 9 x 101 + Square 5,000 calls an image
+    one = AttackIn(attack="autoattack", n=32, epsilons=[0.1], models=["pixel_cnn"])
+    assert one.cost() == 32 * (101 + 909 + 5000) <= MAX_ATTACK_COST  # the 32-image run fits
+    with pytest.raises(ValidationError, match="limit is"):  # refused before any work
+        AttackIn(attack="autoattack", n=32, epsilons=[0.1, 0.2], models=["pixel_cnn"])
+    with pytest.raises(ValidationError, match="EOT samples"):  # EOT multiplies the gradient calls
+        AttackIn(attack="apgd-t", n=32, epsilons=[0.1], models=["pixel_cnn"], eot=8)
+    assert AttackIn(attack="apgd-t", n=32, epsilons=[0.1], models=["pixel_cnn"], eot=2).cost() == \
+        32 * 9 * 101 * 2
     with pytest.raises(ValidationError, match="at most 28"):
         ImageIn(pixels=[[0.5] * 10_000] * 28)  # a row's length is capped, not only the row count
 

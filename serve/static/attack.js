@@ -35,7 +35,7 @@ async function attack() {
   const index = intIn("a-index", 0, 9999, "Test image");
   const body = {attack: $("a-attack").value, epsilons: eps > 0 ? [0, eps] : [0],
                 images: [{test_index: index}], examples: 1,
-                pgd_steps: intIn("a-steps", 1, 50, "PGD steps")};
+                steps: intIn("a-steps", 1, 100, "Steps")};
   const r = await api("adversarial", body);
   const label = r.labels[0];
   const orig = png(r.originals_png_base64);
@@ -59,6 +59,11 @@ async function attack() {
              Object.assign(document.createElement("span"), {className: verdict[0],
                            textContent: `${said(adv)} ${verdict[1]}`}));
     card.append(p);
+    const left = r.per_attack && byEps(r.per_attack[name], eps);
+    if (left) {  // AutoAttack: the accuracy left after each of its attacks, in order
+      card.append(Object.assign(document.createElement("p"), {className: "status", textContent:
+        "left after " + Object.entries(left).map(([a, v]) => `${attackLabel(a)}: ${v}`).join(", ")}));
+    }
     cards.push(card);
   }
   const grid = document.createElement("div");
@@ -67,7 +72,22 @@ async function attack() {
   $("a-out").replaceChildren(grid);
 }
 
+// the attacks the server offers (/info), in its order, with their labels
+function attackLabel(name) {
+  const a = info && info.attacks && info.attacks.find((x) => x.name === name);
+  return a ? a.label : name.toUpperCase();
+}
+
+function fillAttacks() {
+  if (!info || !info.attacks) return;
+  const select = $("a-attack"), chosen = select.value;
+  select.replaceChildren(...info.attacks.map((a) => Object.assign(
+    document.createElement("option"), {value: a.name, textContent: a.label})));
+  select.value = info.attacks.some((a) => a.name === chosen) ? chosen : info.attacks[0].name;
+}
+
 function drawCurves() {
+  fillAttacks();
   const ev = info && info.vae && info.vae.evaluation;
   const box = $("a-curves");
   if (!ev) {
@@ -79,7 +99,7 @@ function drawCurves() {
     const c = curves[a] && curves[a].untargeted;
     if (c) series[modelName(name)] = Object.entries(c).map(([e, v]) => [Number(e), v.accuracy]);
   }
-  box.replaceChildren(chart(series, "ε", `accuracy under ${a.toUpperCase()}`));
+  box.replaceChildren(chart(series, "ε", `accuracy under ${attackLabel(a)}`));
   const note = document.createElement("p");
   note.className = "status";
   note.textContent = `from the evaluation run "${ev.report}" of ${ev.report_date}`;
