@@ -79,7 +79,10 @@ def test_tensor_batches_shard_and_reshuffle():
 
 
 def test_autocast_choice_follows_the_measurement():
-    assert train.autocast_dtype("auto", "cpu", 4096) is None
+    assert train.autocast_dtype("auto", "cpu", 128, flags={"avx2", "avx512f"}) is None  # no native bf16
+    assert train.autocast_dtype("auto", "cpu", 128, flags={"avx512f", "avx512_bf16"}) is torch.bfloat16
+    assert train.autocast_dtype("auto", "cpu", 128, flags={"amx_bf16"}) is torch.bfloat16
+    assert train.autocast_dtype("auto", "cpu", 128, flags=set()) is None  # not Linux: unknown, fp32
     assert train.autocast_dtype("auto", "cuda", 128) is None
     assert train.autocast_dtype("auto", "cuda", 512) is torch.bfloat16
     assert train.autocast_dtype("bf16", "cpu", 1) is torch.bfloat16
@@ -109,3 +112,10 @@ def test_a_wall_clock_budget_becomes_whole_steps_within_the_runs_epochs():
     per_step = train.seconds_per_step(lambda: (calls.append(1), time.sleep(0.01)), steps=3,
                                       warmup=2)
     assert len(calls) == 5 and per_step >= 0.01  # warm-up calls run, untimed
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16\n\nprocessor\t: 1\n")
+    assert {"avx2", "amx_bf16"} <= train.cpu_flags(str(info))
+    assert train.cpu_flags(str(tmp_path / "missing")) == set()

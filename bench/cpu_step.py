@@ -1,0 +1,152 @@
+"""The demo's DDPM training step on a CPU, side by side: fp32 against bf16 autocast, each eager
+and under torch.compile (its compile time counted apart), images per second; then the loss curve
+that matters: the same model, data, timesteps and noise trained in fp32 and in bf16, scored on
+one fixed validation batch in fp32 every ``--every`` steps.
+
+    python -m bench.cpu_step                          # batch 128, the CPU's threads; ~15 minutes
+    python -m bench.cpu_step --curve-steps 0          # speed only
+    python -m bench.cpu_step --tiny                   # seconds; for tests
+
+The model is ``train_ddpm``'s demo U-Net (its SMALL preset: width 16, v target, Min-SNR-5),
+class-conditional, with AdamW and the EMA as the job runs them (``hw4.train.ddpm_train_step``).
+Writes bench/measurements/cpu_step.json and docs/images/cpu_step_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import RESULTS, interleaved, machine, write_result
+from hw4 import data, diffusion, train, viz
+from hw4.diffusion import DiffusionSchedule
+from hw4.models.unet import UNet, UNetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = UNetConfig(base_channels=16, channel_mults=(1, 2, 4), attention_resolutions=(4,), dropout=0.0,
+                   num_classes=10)
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
+                  groups=4, num_classes=10)
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def setup(cfg: UNetConfig, seed: int):
+    torch.manual_seed(seed)
+    model = UNet(cfg)
+    opt = train.make_optimizer(model.parameters(), 1e-3)
+    return model, opt, train.EMA(model, 0.995)
+
+
+def step_fn(model, opt, ema, schedule, x, y, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def step():
+        return train.ddpm_train_step(model, schedule, x, opt, labels=y, p_uncond=0.1,
+                                     prediction="v", weighting="min-snr", ema=ema,
+                                     autocast_dtype=dtype, generator=g)
+    return step
+
+
+def speed(cfg: UNetConfig, x, y, schedule, repeats: int, compile_too: bool) -> dict:
+    """Seconds per step of each variant, interleaved; compile time apart."""
+    contenders, compile_s = {}, {}
+    for name, dtype in DTYPES.items():
+        model, opt, ema = setup(cfg, 0)
+        contenders[name] = step_fn(model, opt, ema, schedule, x, y, dtype, 0)
+        if compile_too:
+            cmodel, copt, cema = setup(cfg, 0)
+            compiled = torch.compile(cmodel)
+            fn = step_fn(compiled, copt, cema, schedule, x, y, dtype, 0)
+            t0 = time.perf_counter()
+            fn()  # the first call compiles
+            compile_s[f"{name}+compile"] = round(time.perf_counter() - t0, 1)
+            contenders[f"{name}+compile"] = fn
+    times = interleaved(contenders, repeats, warmup=1)
+    out = {}
+    for name, t in times.items():
+        out[name] = {"s_per_step": t["median"], "images_per_s": x.shape[0] / t["median"],
+                     "min": t["min"], "max": t["max"], "repeats": t["repeats"]}
+        if name in compile_s:
+            out[name]["compile_s"] = compile_s[name]
+    base = out["fp32"]["images_per_s"]
+    for v in out.values():
+        v["speedup"] = v["images_per_s"] / base
+    return out
+
+
+def curves(cfg: UNetConfig, schedule, batch: int, steps: int, every: int, seed: int) -> dict:
+    """Validation loss of the same run in fp32 and in bf16 (same init, batches, t and noise)."""
+    xs, ys = data.load_tensors("mnist", "train")
+    xs = xs * 2 - 1
+    xv, yv = data.load_tensors("mnist", "test")
+    xv, yv = xv[:512] * 2 - 1, yv[:512]
+    gv = torch.Generator().manual_seed(seed + 1)
+    tv, nv = train.draw_timesteps_and_noise(xv, schedule.num_timesteps, gv)
+    base, _, _ = setup(cfg, seed)
+    out: dict = {}
+    for name, dtype in DTYPES.items():
+        model = copy.deepcopy(base)
+        opt = train.make_optimizer(model.parameters(), 1e-3)
+        ema = train.EMA(model, 0.995)
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed))
+        points, t0 = [], time.perf_counter()
+        for i in range(1, steps + 1):
+            idx = order[(i - 1) * batch % len(xs):][:batch]
+            train.ddpm_train_step(model, schedule, xs[idx], opt, labels=ys[idx], p_uncond=0.1,
+                                  prediction="v", weighting="min-snr", ema=ema, autocast_dtype=dtype,
+                                  generator=g)
+            if i % every == 0:
+                model.eval()
+                with torch.no_grad():
+                    val = diffusion.training_losses(model, schedule, xv, tv, nv, "v", yv).mean()
+                points.append((i, float(val)))
+        out[name] = {"points": points, "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--curve-steps", type=int, default=600)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--out", default=str(RESULTS / "cpu_step.json"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "images" / "cpu_step_curves.png"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = TINY if args.tiny else SMALL
+    if args.tiny:
+        args.batch, args.repeats, args.curve_steps, args.every, args.compile = 8, 2, 4, 2, False
+    schedule = DiffusionSchedule.named("linear", 1000)
+    x = torch.rand(args.batch, 1, 28, 28) * 2 - 1
+    y = torch.randint(0, 10, (args.batch,))
+    flags = sorted(train.cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})
+    result = {"batch": args.batch, "threads": args.threads, "cpu_flags": flags,
+              "auto_picks": str(train.autocast_dtype("auto", "cpu", args.batch)),
+              "speed": speed(cfg, x, y, schedule, args.repeats, args.compile), "machine": machine()}
+    print({k: round(v["images_per_s"], 1) for k, v in result["speed"].items()}, flush=True)
+    if args.curve_steps:
+        result["curves"] = curves(cfg, schedule, args.batch, args.curve_steps, args.every, args.seed)
+    if not args.tiny:
+        if args.curve_steps:
+            viz.line_plot({f"{name} training": ([step for step, _ in c["points"]],
+                                                [loss for _, loss in c["points"]])
+                           for name, c in result["curves"].items()}, args.plot,
+                          xlabel="training step", ylabel="validation loss (v target, unweighted)",
+                          title=f"demo U-Net, batch {args.batch}: fp32 and bf16 autocast, same run")
+        write_result(args.out, result)
+    print(result["curves"] if args.curve_steps else "", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
