@@ -136,16 +136,32 @@ def main(argv: list[str] | None = None) -> dict:
     print({k: round(v["images_per_s"], 1) for k, v in result["speed"].items()}, flush=True)
     if args.curve_steps:
         result["curves"] = curves(cfg, schedule, args.batch, args.curve_steps, args.every, args.seed)
-    if not args.tiny:
-        if args.curve_steps:
-            viz.line_plot({f"{name} training": ([step for step, _ in c["points"]],
+    if args.curve_steps and not args.tiny:
+        viz.line_plot({f"{name} training": ([step for step, _ in c["points"]],
                                                 [loss for _, loss in c["points"]])
-                           for name, c in result["curves"].items()}, args.plot,
-                          xlabel="training step", ylabel="validation loss (v target, unweighted)",
-                          title=f"demo U-Net, batch {args.batch}: fp32 and bf16 autocast, same run")
-        write_result(args.out, result)
-    print(result["curves"] if args.curve_steps else "", flush=True)
+                       for name, c in result["curves"].items()}, args.plot,
+                      xlabel="training step", ylabel="validation loss (v target, unweighted)",
+                      title=f"demo U-Net, batch {args.batch}: fp32 and bf16 autocast, same run")
+    write_result(args.out, result)
+    print(table(result), flush=True)
     return result
+
+
+def table(result: dict) -> str:
+    """The speed table, and the curves' validation losses side by side."""
+    lines = [f"CPU flags: {', '.join(result['cpu_flags']) or 'none read'}; --precision auto "
+             f"picks {result['auto_picks']}", "",
+             "| variant | s / step | images / s | vs fp32 | compile (s) |", "|---|---|---|---|---|"]
+    for name, v in result["speed"].items():
+        lines.append(f"| {name} | {v['s_per_step']:.3f} | {v['images_per_s']:.1f} | "
+                     f"{v['speedup']:.2f}x | {v.get('compile_s', '–')} |")
+    if "curves" in result:
+        lines += ["", "| step | " + " | ".join(result["curves"]) + " |",
+                  "|---|" + "---|" * len(result["curves"])]
+        columns = [c["points"] for c in result["curves"].values()]
+        for row in zip(*columns, strict=True):
+            lines.append(f"| {row[0][0]} | " + " | ".join(f"{loss:.4f}" for _, loss in row) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

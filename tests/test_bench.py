@@ -110,3 +110,9 @@ def test_soak_bench_kills_a_replica_and_counts_only_503s(tmp_path):
     assert result["ddpm_back_after_s"] is not None  # a new replica answered after the kill
     assert result["wrong"] == 0 and result["other_5xx"] == 0 and result["errors"] == 0, result
     assert result["ok"] > 20 and {"ddpm guided", "vae sample", "adversarial"} <= set(result["by_route"])
+
+
+def test_cpu_step_bench_runs_tiny(tmp_path):
+    result = run_tiny("cpu_step", tmp_path / "cpu.json")
+    assert set(result["speed"]) == {"fp32", "bf16"} and result["speed"]["fp32"]["speedup"] == 1.0
+    assert [len(c["points"]) for c in result["curves"].values()] == [2, 2]
