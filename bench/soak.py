@@ -121,10 +121,24 @@ def soak(url: str, minutes: float, clients: int, kill_at: float, kill: str) -> d
                         events["back"] = time.monotonic()
                 elif code == 503:
                     counts[name]["503"] += 1
-                    if name == "healthz" and "killed" in events:
-                        events.setdefault("healthz_503_first", time.monotonic())
                 else:
                     counts[name][str(code)] += 1
+
+    def health_watcher() -> None:
+        """/healthz every 0.2 s: when, after the kill, it first says 503, and 200 again."""
+        http = requests.Session()
+        while time.monotonic() < stop_at:
+            try:
+                code = http.get(url + "/healthz", timeout=10).status_code
+            except requests.RequestException:
+                code = None
+            with lock:
+                if "killed" in events:
+                    if code == 503:
+                        events.setdefault("healthz_503_first", time.monotonic())
+                    elif code == 200 and "healthz_503_first" in events:
+                        events.setdefault("healthz_200_again", time.monotonic())
+            time.sleep(0.2)
 
     def killer() -> None:
         import ray
@@ -137,8 +151,9 @@ def soak(url: str, minutes: float, clients: int, kill_at: float, kill: str) -> d
             events["replica"] = replica
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(clients + 1) as pool:
-        futures = [pool.submit(client, i) for i in range(clients)] + [pool.submit(killer)]
+    with ThreadPoolExecutor(clients + 2) as pool:
+        futures = [pool.submit(client, i) for i in range(clients)] + [pool.submit(killer),
+                                                                      pool.submit(health_watcher)]
         for f in futures:
             f.result()
     answered = {name: dict(c) for name, c in counts.items()}
@@ -150,6 +165,11 @@ def soak(url: str, minutes: float, clients: int, kill_at: float, kill: str) -> d
         "minutes": minutes, "clients": clients, "killed": events.get("replica"),
         "killed_at_s": events["killed"] - t0 if "killed" in events else None,
         "ddpm_back_after_s": events["back"] - events["killed"] if "back" in events else None,
+        # /healthz reads Serve's state: 503 within seconds of the kill, not 200 "busy"
+        "healthz_503_after_s": (events["healthz_503_first"] - events["killed"]
+                                if "healthz_503_first" in events else None),
+        "healthz_200_again_after_s": (events["healthz_200_again"] - events["killed"]
+                                      if "healthz_200_again" in events else None),
         "by_route": answered, "requests": sum(total.values()), "ok": total["200"],
         "wrong": total["200 wrong"], "503": total["503"], "other_5xx": other_5xx,
         "errors": sum(v for k, v in total.items() if k.startswith("error")),
@@ -195,8 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    down = result["healthz_503_after_s"]
     print(f"{result['requests']} requests in {args.minutes:g} min from {args.clients} clients; "
-          f"killed {result['killed']} at {result['killed_at_s']:.0f} s; DDPM answered again "
+          f"killed {result['killed']} at {result['killed_at_s']:.0f} s; /healthz said 503 "
+          f"{'never' if down is None else f'{down:.1f} s later'}; DDPM answered again "
           f"{result['ddpm_back_after_s']:.1f} s later\n")
     print("| route | 200 | 200 but wrong | 503 | other | p50 ms |\n|---|---:|---:|---:|---|---:|")
     for name, c in result["by_route"].items():

@@ -108,6 +108,7 @@ def test_soak_bench_kills_a_replica_and_counts_only_503s(tmp_path):
     result = run_tiny("soak", tmp_path / "soak.json", timeout=400)
     assert result["killed"] and "DDPMModel" in result["killed"]
     assert result["ddpm_back_after_s"] is not None  # a new replica answered after the kill
+    assert result["healthz_503_after_s"] is not None  # and /healthz said it was down meanwhile
     assert result["wrong"] == 0 and result["other_5xx"] == 0 and result["errors"] == 0, result
     assert result["ok"] > 20 and {"ddpm guided", "vae sample", "adversarial"} <= set(result["by_route"])
 
