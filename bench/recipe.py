@@ -29,10 +29,10 @@ from hw4.checkpoint import save_checkpoint
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet
 from hw4.trained import load_ddpm
-from jobs import train_ddpm
+from jobs import ddpm_config, train_ddpm
 
-# the demo's recipe (jobs.demo.DDPM_ARGS: train_ddpm.SMALL, 50,000 images, 3 epochs of batch 128)
-BASE = dict(train_ddpm.SMALL, conditional=True, p_uncond=0.1, train_subset=50_000, epochs=3,
+# the demo's recipe (jobs.demo.DDPM_ARGS: ddpm_config.SMALL, 50,000 images, 3 epochs of batch 128)
+BASE = dict(ddpm_config.SMALL, conditional=True, p_uncond=0.1, train_subset=50_000, epochs=3,
             batch_size=128, prediction="eps", loss_weight="uniform", lr_schedule="constant",
             ema_warmup="ramp")
 CHANGES = {"v": dict(prediction="v"), "min-snr": dict(loss_weight="min-snr"),

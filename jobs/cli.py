@@ -147,12 +147,27 @@ def check(condition: bool, message: str) -> None:
         raise HW4Error(message)
 
 
-def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str) -> Any:
-    """argv -> validated config; ``--smoke-test`` makes ``smoke`` the defaults."""
+def check_preset(cls: type, name: str, values: dict) -> None:
+    """A preset may set only fields of ``cls``: a misspelt key is an error, not a silent no-op."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    check(not unknown, f"preset {name!r} sets {unknown}, which {cls.__name__} does not have")
+
+
+def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str,
+                 presets: dict[str, dict] | None = None, preset_help: str = "") -> Any:
+    """argv -> validated config. ``--smoke-test`` makes ``smoke`` the defaults; ``--preset NAME``
+    (when ``presets`` are given) makes ``presets[NAME]`` the defaults. Explicit flags still win."""
     parser = ArgumentParser(description=doc.strip().splitlines()[0])
     add_config_args(parser, cls)
-    if parser.parse_args(argv).smoke_test:
-        parser.set_defaults(**smoke)  # smoke values replace defaults; explicit flags still win
+    if presets:
+        for name, values in presets.items():
+            check_preset(cls, name, values)
+        parser.add_argument("--preset", choices=list(presets), default=None, help=preset_help)
+    first = parser.parse_args(argv)
+    defaults = dict(presets[first.preset]) if presets and first.preset else {}
+    if first.smoke_test:
+        defaults.update(smoke)  # smoke values replace defaults; explicit flags still win
+    parser.set_defaults(**defaults)
     cfg = config_from_args(cls, parser.parse_args(argv))
     cfg.storage_path = str(Path(cfg.storage_path).resolve())
     cfg.validate()

@@ -24,7 +24,7 @@ VAE_ARGS = ["--name", "demo-vae", "--epochs", "5", "--classifier-epochs", "2"]
 # small recipe (v target, Min-SNR-5, cosine LR); samples and the served grid use
 # DPM-Solver++(2M) in 10 network calls with guidance w = 1
 DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "3", "--train-subset", "50000",
-             *cli.to_argv(train_ddpm.SMALL), "--sample-every", "1", "--conditional",
+             "--preset", "small", "--sample-every", "1", "--conditional",
              "--p-uncond", "0.1", "--guidance", "1", "--sampler", "dpm++2m", "--sample-steps", "10",
              "--num-samples", "80"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw4.diffusion import PREDICTIONS, SCHEDULES
-from jobs import cli, sweep, sweep_results, train_ddpm
+from jobs import cli, ddpm_config, sweep, sweep_results, train_ddpm
 from jobs.cli import check, opt
 
 METRICS = ["fid", "second_fid", "class_accuracy", "second_class_accuracy", "background_share",
@@ -46,9 +46,9 @@ class DDPMSweepConfig(sweep.SweepOptions):
     loss_weights: tuple[str, ...] = opt(("uniform",), "loss weightings to try: uniform, min-snr")
     lr_schedules: tuple[str, ...] = opt(("constant",), "learning-rate schedules to try: constant, "
                                                        "cosine")
-    lrs: tuple[float, ...] = opt((train_ddpm.SMALL["lr"],), "peak learning rates to try")
-    ema_decays: tuple[float, ...] = opt((train_ddpm.SMALL["ema_decay"],), "EMA decays to try")
-    widths: tuple[int, ...] = opt((train_ddpm.SMALL["base_channels"],),
+    lrs: tuple[float, ...] = opt((ddpm_config.SMALL["lr"],), "peak learning rates to try")
+    ema_decays: tuple[float, ...] = opt((ddpm_config.SMALL["ema_decay"],), "EMA decays to try")
+    widths: tuple[int, ...] = opt((ddpm_config.SMALL["base_channels"],),
                                   "U-Net base channels to try (multiples of 8)")
     train_minutes: float | None = opt(None, "train every trial for this wall-clock (needs "
                                             "--scheduler none) instead of --epochs epochs")
@@ -127,7 +127,7 @@ def label(config: dict) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = cli.parse_config(DDPMSweepConfig, argv, SMOKE, __doc__)
     base = dataclasses.asdict(train_ddpm.DDPMJobConfig())
-    base.update(train_ddpm.SMOKE if cfg.smoke_test else train_ddpm.SMALL)
+    base.update(ddpm_config.SMOKE if cfg.smoke_test else ddpm_config.SMALL)
     base.update(epochs=cfg.epochs, train_minutes=cfg.train_minutes, train_subset=cfg.train_subset,
                 fid_every=1, fid_samples=cfg.fid_samples, sampler=cfg.sampler,
                 sample_steps=cfg.sample_steps, guidance=cfg.guidance,
