@@ -20,7 +20,6 @@ from serve.health import HEALTH_CHECK_PERIOD_S
 from serve.replica import (
     Reloadable,
     TooCostly,
-    guarded,
     in_thread,
     steps_in_thread,
 )
@@ -50,7 +49,6 @@ class DDPMModel(Reloadable):
         super().reconfigure(config)
         self.batching = bool(config.get("batching", True))
 
-    @guarded
     async def sample(self, req: dict) -> torch.Tensor:
         """req: n, sampler, steps, eta, seed, labels (n digits or None), guidance
         -> (n, 1, 28, 28) in [0, 1]."""
@@ -64,9 +62,8 @@ class DDPMModel(Reloadable):
             left.set()
             raise
 
-    @guarded
     async def check_stream(self, req: dict) -> None:
-        """``stream``'s refusals, as values, before the stream starts."""
+        """``stream``'s refusals (raised: the ingress answers them 4xx) before the stream starts."""
         self.check_request(req)
 
     async def stream(self, req: dict, every: int | None = None) -> AsyncIterator[dict]:

@@ -4,7 +4,6 @@ return as values rather than raise across a Ray handle, and the evaluation repor
 a served VAE."""
 
 import asyncio
-import functools
 import json
 import os
 import threading
@@ -259,14 +258,3 @@ async def steps_in_thread(chain: Iterator[Any]) -> AsyncIterator[Any]:
             yield item
     finally:
         chain.close()
-
-
-def guarded(method):
-    """Return ``HW4Error``s as values: exceptions crossing a Ray handle carry tracebacks."""
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        try:
-            return await method(self, *args, **kwargs)
-        except HW4Error as err:
-            return err
-    return wrapper

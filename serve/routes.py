@@ -79,22 +79,25 @@ def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def unwrap_reply(value: Any) -> Any:
-    if isinstance(value, Unavailable):
-        raise HTTPException(503, str(value), headers={"Retry-After": str(RETRY_AFTER_S)})
-    if isinstance(value, TooCostly):
-        raise HTTPException(422, str(value))
-    if isinstance(value, HW4Error):
-        raise HTTPException(400, str(value))
-    return value
-
-
 api = FastAPI(title="hw4", version="1.0",
               description="Samples, reconstructions, latent traversals and adversarial evaluation "
                           "from the best VAE and DDPM checkpoints.")
 
 
 api.add_middleware(Guard)  # host, token, body size, security headers (serve/guard.py)
+
+
+@api.exception_handler(HW4Error)
+async def refused(_request: Request, err: HW4Error) -> JSONResponse:
+    """A request the library or a model replica refused, as one status and its message: 503 (with
+    Retry-After) when no model is loaded, 422 over a cost budget, else 400. A replica's error
+    arrives as Ray re-raises it (an instance of both RayTaskError and the error's own class,
+    its message the remote traceback): its ``cause`` is the error itself."""
+    cause = getattr(err, "cause", None)
+    err = cause if isinstance(cause, HW4Error) else err
+    if isinstance(err, Unavailable):
+        return JSONResponse({"detail": str(err)}, 503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return JSONResponse({"detail": str(err)}, 422 if isinstance(err, TooCostly) else 400)
 
 
 @api.exception_handler(BackPressureError)
@@ -186,7 +189,7 @@ class Api:
         JSON adds the pinned MNIST classifier's verdict on each image."""
         t0 = time.perf_counter()
         req = {**body.model_dump(exclude={"format", "nrow", "labels"}), "labels": body.label_list()}
-        images = unwrap_reply(await self.ddpm.sample.remote(req))
+        images = await self.ddpm.sample.remote(req)
         meta = dict(seconds=round(time.perf_counter() - t0, 4), sampler=body.sampler,
                     steps=body.steps, seed=body.seed, guidance=body.guidance)
         if body.format == "json":
@@ -205,7 +208,7 @@ class Api:
         unbatched; a client that disconnects stops it within one network call."""
         req = {**body.model_dump(exclude={"format", "nrow", "labels", "preview_every"}),
                "labels": body.label_list()}
-        unwrap_reply(await self.ddpm.check_stream.remote(req))  # refusals as 4xx, before the stream
+        await self.ddpm.check_stream.remote(req)  # refusals as 4xx, before the stream
         chain = self.ddpm.options(stream=True).stream.remote(req, body.preview_every)
         return StreamingResponse(self._events(chain, req, body.nrow), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -232,13 +235,13 @@ class Api:
 
     @api.post("/vae/sample", responses={200: {"content": {"image/png": {}}}})
     async def vae_sample(self, body: VAESampleIn) -> Response:
-        images = unwrap_reply(await self.vae.sample.remote(body.n, body.seed))
+        images = await self.vae.sample.remote(body.n, body.seed)
         return image_reply(images, body.format, seed=body.seed)
 
     @api.post("/vae/reconstruct", responses={200: {"content": {"image/png": {}}}})
     async def vae_reconstruct(self, body: ImageRequest) -> Response:
         """The image and its reconstruction side by side (JSON adds the posterior mu, log_var)."""
-        out = unwrap_reply(await self.vae.reconstruct.remote(image_spec([body.image])))
+        out = await self.vae.reconstruct.remote(image_spec([body.image]))
         pair = torch.cat([out["input"], out["reconstruction"]])
         if body.format == "png":
             return image_reply(pair, "png", nrow=2)
@@ -250,25 +253,25 @@ class Api:
     @api.post("/vae/traverse", responses={200: {"content": {"image/png": {}}}})
     async def vae_traverse(self, body: TraverseIn) -> Response:
         """One row per latent dimension, moved from ``low`` to ``high`` around the image's code."""
-        images = unwrap_reply(await self.vae.traverse.remote(
-            image_spec([body.image]), body.dims, body.low, body.high, body.steps))
+        images = await self.vae.traverse.remote(
+            image_spec([body.image]), body.dims, body.low, body.high, body.steps)
         return image_reply(images, body.format, nrow=body.steps)
 
     @api.post("/vae/decode", responses={200: {"content": {"image/png": {}}}})
     async def vae_decode(self, body: DecodeIn) -> Response:
-        return image_reply(unwrap_reply(await self.vae.decode.remote(body.z)), body.format, nrow=1)
+        return image_reply(await self.vae.decode.remote(body.z), body.format, nrow=1)
 
     @api.post("/vae/classify")
     async def vae_classify(self, body: ClassifyIn) -> dict:
         """Predictions of the pixel CNN, the latent classifier and reconstruct-then-classify."""
-        return unwrap_reply(await self.vae.classify.remote(image_spec(body.images)))
+        return await self.vae.classify.remote(image_spec(body.images))
 
     @api.get("/vae/test-image/{index}", responses={200: {"content": {"image/png": {}}}})
     async def test_image(self, index: int) -> Response:
         """A Fashion-MNIST test image (its label in the x-hw4-label header)."""
         if not 0 <= index <= 9999:
             raise HTTPException(422, "index must be in 0..9999")
-        image, label = unwrap_reply(await self.vae.test_image.remote(index))
+        image, label = await self.vae.test_image.remote(index)
         return image_reply(image, "png", nrow=1, label=label)
 
     @api.post("/adversarial")
@@ -282,9 +285,9 @@ class Api:
             if body.start + body.n > 10000:
                 raise HTTPException(422, "start + n must be at most 10000 test images")
             spec = {"test_indices": list(range(body.start, body.start + body.n))}
-        out = unwrap_reply(await self.vae.attack.remote(
+        out = await self.vae.attack.remote(
             spec, body.attack, body.epsilons, body.models, body.targeted, body.options(),
-            body.seed, body.examples))
+            body.seed, body.examples)
         originals = out.pop("originals")  # a tensor: never into the JSON as it is
         out["originals_png_base64"] = b64png(originals) if body.examples else None
         out["examples"] = {name: {str(e): b64png(adv) for e, adv in per_eps.items()}

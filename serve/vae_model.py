@@ -14,7 +14,7 @@ from hw4.errors import HW4Error
 from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.trained import load_vae, reconstruction, stoppable
 from serve.health import HEALTH_CHECK_PERIOD_S
-from serve.replica import Reloadable, StopFlag, Unavailable, evaluation_summary, guarded, in_thread
+from serve.replica import Reloadable, StopFlag, Unavailable, evaluation_summary, in_thread
 from serve.schemas import b64decode
 
 PURIFIED = ATTACK_TARGETS[2]  # reconstruct-then-classify: its reconstruction error is reported too
@@ -61,7 +61,6 @@ class VAEModel(Reloadable):
         labels = spec.get("labels")
         return torch.cat(out), torch.tensor(labels) if labels is not None else None
 
-    @guarded
     async def test_image(self, index: int) -> tuple[torch.Tensor, int]:
         x, y = self.images({"test_indices": [index]})
         return x, int(y[0])
@@ -69,18 +68,15 @@ class VAEModel(Reloadable):
     def classifiers(self) -> dict[str, torch.nn.Module]:
         return attack_targets(self.require(), self.pixel_cnn)
 
-    @guarded
     async def sample(self, n: int, seed: int) -> torch.Tensor:
         return self.require().vae.sample(n, torch.Generator().manual_seed(seed))
 
-    @guarded
     async def decode(self, z: list[float]) -> torch.Tensor:
         vae = self.require().vae
         if len(z) != vae.config.latent_dim:
             raise HW4Error(f"z must have {vae.config.latent_dim} values (the latent size)")
         return vae.decode(torch.tensor([z]))
 
-    @guarded
     async def reconstruct(self, spec: dict) -> dict:
         trained = self.require()
         x, _ = self.images(spec)
@@ -89,7 +85,6 @@ class VAEModel(Reloadable):
         return {"input": x, "reconstruction": trained.vae.reconstruct(x), "mu": mu.tolist(),
                 "log_var": log_var.tolist() if log_var is not None else None}
 
-    @guarded
     async def traverse(self, spec: dict, dims: list[int], low: float, high: float,
                        steps: int) -> torch.Tensor:
         vae = self.require().vae
@@ -98,7 +93,6 @@ class VAEModel(Reloadable):
         x, _ = self.images(spec)
         return vae.traverse(x[:1], dims, torch.linspace(low, high, steps))
 
-    @guarded
     async def classify(self, spec: dict) -> dict:
         x, y = self.images(spec)
         out = {"labels": y.tolist() if y is not None else None, "models": {}}
@@ -110,7 +104,6 @@ class VAEModel(Reloadable):
                                        "probabilities": p.tolist()}
         return out
 
-    @guarded
     async def attack(self, spec: dict, attack: str, epsilons: list[float], models: list[str],
                      targeted: bool, options: AttackOptions, seed: int, examples: int) -> dict:
         x, y = self.images(spec)

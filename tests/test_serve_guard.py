@@ -232,9 +232,9 @@ def test_a_costly_sample_request_is_refused_before_work(tmp_path):
            "guidance": 1.0}
     assert asyncio.run(replica.sample(req)).shape == (64, 1, 28, 28)  # 64 x 20 = 1,280
     replica.model.schedule = type(replica.model.schedule).named("linear", 1000)  # as if T = 1000
-    err = asyncio.run(replica.sample({**req, "labels": [1] * 64}))
-    assert isinstance(err, TooCostly)
-    assert "128,000" in str(err) and f"{MAX_SAMPLE_COST:,}" in str(err)
+    with pytest.raises(TooCostly) as refused:
+        asyncio.run(replica.sample({**req, "labels": [1] * 64}))
+    assert "128,000" in str(refused.value) and f"{MAX_SAMPLE_COST:,}" in str(refused.value)
 
 
 @pytest.mark.parametrize("damage", ["no checkpoint key", "unreadable registry", "missing file"])

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from hw4.adversarial.registry import AttackOptions
 from serve.deployments import DDPMModel, VAEModel
 
 from .conftest import make_storage, pinned
@@ -122,7 +123,8 @@ def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
     replica.images = lambda spec: (torch.rand(4, 1, 28, 28), torch.arange(4))
 
     async def scenario():
-        task = asyncio.create_task(replica.attack({}, "pgd", [0.1], ["pixel_cnn"], False, 100, 0, 2))
+        task = asyncio.create_task(replica.attack({}, "pgd", [0.1], ["pixel_cnn"], False,
+                                                   AttackOptions(steps=100), 0, 2))
         await asyncio.sleep(0.5)
         task.cancel()
         cancelled = time.monotonic()
