@@ -180,9 +180,9 @@ def test_overload_gets_quick_503s_while_health_answers(app):
     # how many get in depends on arrival order against finishing batches; some must, some not
     assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 16, codes
     assert all(head == b"\x89PNG" for c, _, head in results if c == 200)
-    # refused without waiting for a slot; 6.7 s seen on a slow 2-core CPU with a sweep on the
-    # other pytest worker (the proxy itself was busy), so the bound leaves room for that
-    assert max(t for c, t, _ in results if c == 503) < 10.0
+    # refused without waiting for a slot: every refusal came back before the last admitted
+    # request, which waited for the model calls ahead of it
+    assert max(t for c, t, _ in results if c == 503) < max(t for c, t, _ in results if c == 200)
     assert all(code == 200 and dt < 1.0 for code, dt in health), health
 
 

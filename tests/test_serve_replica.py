@@ -48,7 +48,8 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
                 await replica._run([req])
 
         task = asyncio.create_task(client())
-        await asyncio.sleep(1.0)  # about five network calls in
+        while len(calls) < 5:  # five network calls started: the fifth is in flight
+            await asyncio.sleep(0.01)
         task.cancel()
         cancelled = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
@@ -61,8 +62,7 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
 
     net.forward = slow
     cancelled, released, next_wait = asyncio.run(scenario())
-    assert 2 <= len(calls) <= 8, calls
-    assert all(c < cancelled for c in calls)  # no network call started after the cancel
+    assert len(calls) >= 5 and all(c < cancelled for c in calls)  # none started after the cancel
     assert released - calls[-1] >= 0.15  # the lock waited for the call in flight to end
     assert next_wait < 2.0
 
