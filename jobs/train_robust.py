@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from hw4 import adversarial, adversarial_training, train, viz
-from hw4.checkpoint import load_state, save_checkpoint, unwrap
+from hw4.checkpoint import load_checkpoint, load_state, save_checkpoint, unwrap
 from hw4.models.classifier import ClassifierConfig, ConvClassifier
 from jobs import cli, driver, finish, worker
 from jobs.cli import opt
@@ -139,11 +139,27 @@ def train_func(config: dict) -> None:
     w.close()
 
 
+def plot_history(history: list[dict], eps: float, out: Path) -> None:
+    """training_curve.png: validation accuracy, clean and under PGD at eps, after every epoch."""
+    epochs = [h["epoch"] + 1 for h in history]
+    minutes = [sum(h["epoch_time_s"] for h in history[:i + 1]) / 60 for i in range(len(history))]
+    viz.line_plot({"clean": (epochs, [h["val_accuracy"] for h in history]),
+                   f"PGD-20 at eps {eps:g}": (epochs, [h[METRIC] for h in history])}, out,
+                  xlabel="epoch", ylabel="validation accuracy (1,000 test images)",
+                  title=f"adversarial training, {minutes[-1]:.0f} min of training in all",
+                  point_labels={"clean": [f"{m:.0f} min" for m in minutes]})
+
+
 def render(state: dict, out: Path) -> None:
-    """adversarial_examples.png: 8 test digits and their PGD-20 images at the trained eps."""
+    """adversarial_examples.png: 8 test digits and their PGD-20 images at the trained eps;
+    training_curve.png: the run's curve (from the final checkpoint's history)."""
     from hw4 import data
 
     cfg = cli.config_from_state(RobustJobConfig, state)
+    final = out / "final.pt"  # finalize copies it beside the selected one: its history is whole
+    history = (load_checkpoint(final) if final.is_file() else state)["extra"].get("history", [])
+    if history:
+        plot_history(history, cfg.eps, out / "training_curve.png")
     model = load_state(ConvClassifier(cfg.classifier()), state["model"]).eval()
     x, y = data.load_tensors("mnist", "test")
     adv = adversarial.pgd(model, x[:8], y[:8], cfg.eps, steps=cfg.eval_steps,
