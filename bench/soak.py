@@ -7,6 +7,7 @@ and any other 5xx, timeout or dropped connection is counted against the app.
     python -m bench.soak                         # 10 minutes, the registry's checkpoints in ./results
     python -m bench.soak --minutes 1 --clients 2 # a short run
     python -m bench.soak --tiny                  # tiny random models, 30 s (for tests)
+    python -m bench.soak --tiny --minutes 10     # tiny random models, the full ten minutes
 
 Writes bench/measurements/soak.json (or --out) and prints a Markdown table.
 """
@@ -180,8 +181,8 @@ def soak(url: str, minutes: float, clients: int, kill_at: float, kill: str) -> d
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--storage-path", default="results")
-    p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--minutes", type=float, default=None, help="default 10 (--tiny: 0.5)")
+    p.add_argument("--clients", type=int, default=None, help="default 4 (--tiny: 2)")
     p.add_argument("--kill-at", type=float, default=0.5, help="when to kill, as a share of the run")
     p.add_argument("--kill", default="DDPMModel", help="the deployment whose replica is killed")
     p.add_argument("--port", type=int, default=8317)
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         from tests.conftest import make_storage
 
         args.storage_path = str(make_storage(Path(tempfile.mkdtemp(prefix="hw4-soak-"))))
-        args.minutes, args.clients = 0.5, 2
+    args.minutes = args.minutes if args.minutes is not None else 0.5 if args.tiny else 10.0
+    args.clients = args.clients if args.clients is not None else 2 if args.tiny else 4
 
     import ray
     from ray import serve
