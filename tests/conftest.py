@@ -149,6 +149,23 @@ def make_storage(root: Path) -> Path:
 _HEAD_TEMP_DIRS: dict[int, str] = {}
 
 
+def poll_until(condition, timeout: float, every: float = 0.25):
+    """Poll ``condition()`` until it returns a truthy value (returned) or ``timeout`` passes
+    (None); a request that fails counts as not yet."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except requests.RequestException:
+            pass
+        time.sleep(every)
+    return None
+
+
 def pinned(storage, family: str = "ddpm", **extra) -> dict:
     """A model deployment's user_config as the app's builder makes it: the registry's best (or
     ``extra["checkpoint"]``) pinned with its SHA-256."""

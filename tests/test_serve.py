@@ -18,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from .conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data, pinned
+from .conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, SERVE_URL, needs_data, pinned, poll_until
 
 pytestmark = [pytest.mark.ray]
 
@@ -319,21 +319,6 @@ def ddpm_replica_actor(app_name: str = "open") -> tuple[str, str]:
     return running[0].actor_name, running[0].replica_id
 
 
-def poll_until(condition, timeout: float, every: float = 0.25):
-    """Poll ``condition()`` until it returns a truthy value (returned) or ``timeout`` passes
-    (None); a request that fails counts as not yet."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except requests.RequestException:
-            pass
-        time.sleep(every)
-    return None
-
-
 def test_a_killed_model_replica_is_503_on_healthz_at_once_and_comes_back(app):
     """Health from Serve's own state: within 5 s of ``ray.kill`` on the DDPM replica /healthz
     says 503 (it said 200 "busy" for 22 s before), and 200 again once Serve has replaced it."""
@@ -358,7 +343,7 @@ def test_a_killed_model_replica_is_503_on_healthz_at_once_and_comes_back(app):
                 f.result(timeout=150)
             except requests.RequestException:
                 pass
-    up = poll_until(lambda: requests.get(URL + "/healthz", timeout=10).status_code == 200, 120)
+    up = poll_until(lambda: requests.get(URL + "/healthz", timeout=10).status_code == 200, 120, every=1)
     assert up, "/healthz did not say 200 again within 120 s"
     assert post("/ddpm/sample", {"n": 1, "steps": 3}).status_code == 200
     info = requests.get(URL + "/info", timeout=30).json()["ddpm"]

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import yaml
 
 from hw4.registry import file_digest
 
-from .conftest import ROOT, make_storage, start_ray_head, stop_ray_head
+from .conftest import ROOT, make_storage, poll_until, start_ray_head, stop_ray_head
 
 pytestmark = [pytest.mark.ray]
 
@@ -34,16 +33,10 @@ def deploy(config: dict, path: Path, env: dict) -> None:
 
 
 def wait_for(predicate, timeout: float = 180.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"condition not met within {timeout}s")
+    value = poll_until(predicate, timeout, every=1.0)
+    if not value:
+        raise AssertionError(f"condition not met within {timeout}s")
+    return value
 
 
 def ddpm_info() -> dict:
