@@ -19,8 +19,8 @@ import torch
 from bench.common import RESULTS, summary, write_result
 from hw4 import adversarial, data
 from hw4.assets import load_classifier
-from hw4.evaluation import attack_targets
 from hw4.trained import TrainedDDPM, TrainedVAE, load_ddpm, load_vae
+from hw4.vae_attacks import attack_targets
 from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST
 
 

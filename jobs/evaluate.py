@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hw4 import adversarial, data, evaluation, viz
+from hw4 import adversarial, data, evaluation, vae_attacks, viz
 from hw4.assets import SECOND_JUDGE, load_classifier
 from hw4.atomic_files import write_bytes_atomic, write_json_atomic
 from hw4.evaluation import Sampler
@@ -194,16 +194,16 @@ def evaluate_vae(cfg: EvalConfig, out: Path, log) -> dict:
                              "data_floor_fid": evaluation.data_floor("fashion_mnist", n, ref)}
         viz.save_grid(samples[:64], out / "vae_samples.png")
     pixel = load_classifier("fashion_mnist")
-    models = evaluation.attack_targets(trained, pixel)
+    models = vae_attacks.attack_targets(trained, pixel)
     report["clean_accuracy"] = {name: adversarial.accuracy(m, x, y) for name, m in models.items()}
     if trained.probe is not None:
         report["clean_accuracy"]["latent_probe"] = adversarial.accuracy(trained.probe, x, y)
     eps = list(cfg.epsilons)
-    curves, examples = evaluation.robustness(models, x, y, eps, list(cfg.attacks),
+    curves, examples = vae_attacks.robustness(models, x, y, eps, list(cfg.attacks),
                                              pgd_steps=cfg.pgd_steps, seed=cfg.seed, progress=log)
     report["robustness"] = curves
-    report["most_robust"] = {a: evaluation.most_robust(curves, a) for a in cfg.attacks}
-    report["reconstruction_attack"] = evaluation.reconstruction_under_attack(
+    report["most_robust"] = {a: vae_attacks.most_robust(curves, a) for a in cfg.attacks}
+    report["reconstruction_attack"] = vae_attacks.reconstruction_under_attack(
         vae, x[:min(len(x), 250)], eps, list(cfg.attacks), pgd_steps=cfg.pgd_steps, seed=cfg.seed)
     plot_robustness(curves, report["reconstruction_attack"], out)
     rows = [x[:8]] + [examples[name] for name in models]

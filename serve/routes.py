@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from hw4 import viz
 from hw4.adversarial import ATTACKS
 from hw4.errors import HW4Error
-from hw4.evaluation import ATTACK_TARGET_LABELS
+from hw4.vae_attacks import ATTACK_TARGET_LABELS
 from serve import guard, health
 from serve.guard import LOOPBACK_HOSTS, MAX_BODY_BYTES, TOKEN_ENV, Guard
 from serve.replica import TooCostly, Unavailable

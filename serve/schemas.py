@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hw4.adversarial import ATTACKS
 from hw4.adversarial.registry import AttackOptions
 from hw4.errors import HW4Error
-from hw4.evaluation import ATTACK_TARGETS
+from hw4.vae_attacks import ATTACK_TARGETS
 
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
 # Cost budgets, checked before any work starts (BENCHMARKS.md, "Serve limits", has the timings):

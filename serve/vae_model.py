@@ -11,8 +11,8 @@ from hw4 import adversarial, data, viz
 from hw4.adversarial.registry import AttackOptions
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
-from hw4.evaluation import ATTACK_TARGETS, attack_targets
 from hw4.trained import load_vae, reconstruction, stoppable
+from hw4.vae_attacks import ATTACK_TARGETS, attack_targets
 from serve.health import HEALTH_CHECK_PERIOD_S
 from serve.replica import Reloadable, StopFlag, Unavailable, evaluation_summary, in_thread
 from serve.schemas import b64decode
