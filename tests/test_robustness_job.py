@@ -22,11 +22,21 @@ def test_the_robustness_report_covers_every_model_and_attack(tmp_path):
     assert point["accuracy"] == min(point["full_gradient"], point["bpda"])
     swept = [(r["t_star"], r["steps"]) for r in report["purification_sweep"]]
     assert swept == [(5, 1), (5, 2), (10, 1), (10, 2)]
-    chosen = max(report["purification_sweep"], key=lambda r: (r["accuracy"], r["clean"],
-                                                              -r["network_calls"]))
+    chosen = evaluate_robustness.chosen_setting(report["purification_sweep"])
     assert (purified["t_star"], purified["steps"]) == (chosen["t_star"], chosen["steps"])
     assert purified["network_calls_per_image"] == purified["steps"]  # one U-Net call a step
     out = storage / "eval" / "robustness"
     assert json.loads((out / "robustness.json").read_text())["models"].keys() == {"cnn", "purified"}
     assert (out / "robustness_mnist.png").stat().st_size > 1000
     assert "| cnn | 16 |" in (out / "robustness.md").read_text()
+
+
+def test_the_sweep_never_chooses_a_purifier_that_destroys_the_clean_images():
+    rows = [{"t_star": 100, "steps": 5, "clean": 1.0, "accuracy": 0.23, "network_calls": 5},
+            {"t_star": 300, "steps": 2, "clean": 0.98, "accuracy": 0.20, "network_calls": 2},
+            {"t_star": 500, "steps": 5, "clean": 0.52, "accuracy": 0.30, "network_calls": 5}]
+    assert evaluate_robustness.chosen_setting(rows)["t_star"] == 100
+    rows[1]["accuracy"] = 0.23  # a tie on robustness: the more accurate, then the cheaper
+    assert evaluate_robustness.chosen_setting(rows)["t_star"] == 100
+    rows[1]["clean"] = 1.0
+    assert evaluate_robustness.chosen_setting(rows)["steps"] == 2
