@@ -4,7 +4,8 @@ that matters: the same model, data, timesteps and noise trained in fp32 and in b
 one fixed validation batch in fp32 every ``--every`` steps.
 
     python -m bench.cpu_step                          # batch 128, the CPU's threads; ~15 minutes
-    python -m bench.cpu_step --curve-steps 0          # speed only
+    python -m bench.cpu_step --parts speed            # speed only (on a quiet machine)
+    python -m bench.cpu_step --parts curves --out bench/measurements/cpu_step_curves.json
     python -m bench.cpu_step --tiny                   # seconds; for tests
 
 The model is ``train_ddpm``'s demo U-Net (its SMALL preset: width 16, v target, Min-SNR-5),
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--curve-steps", type=int, default=600)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", nargs="+", choices=["speed", "curves"], default=["speed", "curves"],
+                   help="the curves need no quiet machine; the speed table does")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "cpu_step.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "images" / "cpu_step_curves.png"))
@@ -131,12 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
     y = torch.randint(0, 10, (args.batch,))
     flags = sorted(train.cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})
     result = {"batch": args.batch, "threads": args.threads, "cpu_flags": flags,
-              "auto_picks": str(train.autocast_dtype("auto", "cpu", args.batch)),
-              "speed": speed(cfg, x, y, schedule, args.repeats, args.compile), "machine": machine()}
-    print({k: round(v["images_per_s"], 1) for k, v in result["speed"].items()}, flush=True)
-    if args.curve_steps:
+              "auto_picks": str(train.autocast_dtype("auto", "cpu", args.batch)), "machine": machine()}
+    if "speed" in args.parts:
+        result["speed"] = speed(cfg, x, y, schedule, args.repeats, args.compile)
+        print({k: round(v["images_per_s"], 1) for k, v in result["speed"].items()}, flush=True)
+    if args.curve_steps and "curves" in args.parts:
         result["curves"] = curves(cfg, schedule, args.batch, args.curve_steps, args.every, args.seed)
-    if args.curve_steps and not args.tiny:
+    if "curves" in result and not args.tiny:
         viz.line_plot({f"{name} training": ([step for step, _ in c["points"]],
                                                 [loss for _, loss in c["points"]])
                        for name, c in result["curves"].items()}, args.plot,
@@ -152,7 +156,7 @@ def table(result: dict) -> str:
     lines = [f"CPU flags: {', '.join(result['cpu_flags']) or 'none read'}; --precision auto "
              f"picks {result['auto_picks']}", "",
              "| variant | s / step | images / s | vs fp32 | compile (s) |", "|---|---|---|---|---|"]
-    for name, v in result["speed"].items():
+    for name, v in result.get("speed", {}).items():
         lines.append(f"| {name} | {v['s_per_step']:.3f} | {v['images_per_s']:.1f} | "
                      f"{v['speedup']:.2f}x | {v.get('compile_s', '–')} |")
     if "curves" in result:
