@@ -63,6 +63,8 @@ class RobustnessConfig:
     sweep_t_star: tuple[int, ...] = opt((), "purification sweep: t* values")
     sweep_steps: tuple[int, ...] = opt((), "purification sweep: solver steps")
     ddpm_checkpoint: str | None = opt(None, "DDPM checkpoint (default: the registry's best)")
+    from_reports: tuple[str, ...] = opt((), "evaluate nothing: merge these robustness.json "
+                                             "files' models into one table and figure")
     smoke_test: bool = opt(False, "tiny sizes (for tests)")
 
     def validate(self) -> None:
@@ -149,13 +151,27 @@ def evaluate(cfg: RobustnessConfig, log) -> dict:
     return report
 
 
+def merged(paths: tuple[str, ...]) -> dict:
+    """One report of the models (and sweeps) of several, e.g. runs with different --models; the
+    epsilons must agree."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    eps = reports[0]["config"]["epsilons"]
+    check(all(r["config"]["epsilons"] == eps for r in reports), "the reports' epsilons differ")
+    out: dict = {"config": reports[0]["config"], "models": {}, "merged_from": list(paths)}
+    for r in reports:
+        out["models"].update(r["models"])
+        out.setdefault("purification_sweep", []).extend(r.get("purification_sweep", []))
+    return out
+
+
 def markdown(report: dict) -> str:
     eps = report["config"]["epsilons"]
     lines = ["| model | images | clean | attack | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
              "| --- | --- | --- | --- |" + " --- |" * len(eps)]
     for name, m in report["models"].items():
         for attack, by_eps in m["attacks"].items():
-            cells = " | ".join(f"{by_eps[e]['accuracy']:.3f}" for e in eps)
+            cells = " | ".join(f"{(by_eps[e] if e in by_eps else by_eps[str(e)])['accuracy']:.3f}"
+                               for e in eps)  # (a report read back from JSON has string keys)
             lines.append(f"| {name} | {m['images']} | {m['clean']:.3f} | {attack} | {cells} |")
     for row in report.get("purification_sweep", []):
         lines.append(f"| sweep t*={row['t_star']} steps={row['steps']} | – | {row['clean']:.3f} | "
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True)
 
-    report = evaluate(cfg, log)
+    report = merged(cfg.from_reports) if cfg.from_reports else evaluate(cfg, log)
     report["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out / "robustness.json", json.loads(json.dumps(report)))
     write_bytes_atomic(out / "robustness.md", markdown(report).encode())

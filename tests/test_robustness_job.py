@@ -40,3 +40,16 @@ def test_the_sweep_never_chooses_a_purifier_that_destroys_the_clean_images():
     assert evaluate_robustness.chosen_setting(rows)["t_star"] == 100
     rows[1]["clean"] = 1.0
     assert evaluate_robustness.chosen_setting(rows)["steps"] == 2
+
+
+@needs_data
+def test_reports_of_separate_runs_merge_into_one_table_and_figure(tmp_path):
+    storage = make_storage(tmp_path)
+    common = ["--smoke-test", "--storage-path", str(storage)]
+    evaluate_robustness.main([*common, "--models", "cnn", "--name", "a", "--attacks", "pgd"])
+    evaluate_robustness.main([*common, "--models", "purified", "--name", "b"])
+    reports = [str(storage / "eval" / n / "robustness.json") for n in ("a", "b")]
+    merged = evaluate_robustness.main([*common, "--name", "both", "--from-reports", *reports])
+    assert set(merged["models"]) == {"cnn", "purified"}
+    table = (storage / "eval" / "both" / "robustness.md").read_text()
+    assert "| cnn | 16 |" in table and "| purified | 4 |" in table
