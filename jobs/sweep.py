@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from jobs import cli, driver, finish
+from jobs import cli, driver, finish, runs
 from jobs.cli import check, opt
 from jobs.runs import PLACEMENT_GROUP_FILE
 
@@ -236,7 +236,7 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
                           "fault_epoch": spec.fault_epoch})
     job.validate()
     run = trial_dir(spec.storage_path, spec.sweep, trial_id)
-    run.mkdir(parents=True, exist_ok=True)
+    runs.claim_run_folder(run.resolve())  # created and marked by the first attempt, reused by a restart
     with open(run / ATTEMPTS_FILE, "a") as f:
         f.write(f"start {time.time():.3f}\n")
     # the final checkpoint is the one whose metrics Tune saw last
