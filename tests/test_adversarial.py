@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from hw4 import adversarial as A
+from hw4.adversarial.registry import AttackOptions
 from hw4.models.classifier import ClassifierConfig, ConvClassifier
 
 
@@ -21,19 +22,27 @@ def trained():
     return model.eval(), x, y
 
 
-@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+QUICK = AttackOptions(steps=3, targets=2, queries=30)  # every attack of the registry, briefly
+
+
+def run(attack, model, x, y, eps, targeted=False):
+    return A.ATTACKS[attack].run(model, x, y, eps, targeted, QUICK, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("attack", list(A.ATTACKS))
 def test_perturbation_within_eps_and_range(trained, attack):
     model, x, y = trained
     for eps in (0.01, 0.1, 0.3):
-        adv = A.ATTACKS[attack](model, x, y, eps)
+        adv = run(attack, model, x, y, eps)
         assert (adv - x).abs().max() <= eps + 1e-6
         assert adv.min() >= 0 and adv.max() <= 1
+    assert run(attack, model, x, (y + 1) % 10, 0.3, targeted=True).shape == x.shape
 
 
-@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+@pytest.mark.parametrize("attack", list(A.ATTACKS))
 def test_eps_zero_changes_nothing(trained, attack):
     model, x, y = trained
-    assert torch.equal(A.ATTACKS[attack](model, x, y, 0.0), x)
+    assert torch.equal(run(attack, model, x, y, 0.0), x)
 
 
 def test_fgsm_raises_the_loss(trained):
