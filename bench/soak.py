@@ -200,11 +200,15 @@ def main(argv: list[str] | None = None) -> None:
     args.minutes = args.minutes if args.minutes is not None else 0.5 if args.tiny else 10.0
     args.clients = args.clients if args.clients is not None else 2 if args.tiny else 4
 
+    import os
+
     import ray
     from ray import serve
 
+    from jobs.driver import PROXY_READY_ENV, PROXY_READY_S
     from serve.app import build_app
 
+    os.environ.setdefault(PROXY_READY_ENV, PROXY_READY_S)
     ray.init(address="local", include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port, "request_timeout_s": 300})

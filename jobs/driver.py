@@ -25,6 +25,9 @@ SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver o
 
 
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Serve kills an HTTP proxy not ready within this many seconds (Ray's default: 5), and
+# serve.start then fails; on 2 busy cores the proxy's start alone took longer
+PROXY_READY_ENV, PROXY_READY_S = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60"
 
 
 def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None = None) -> None:
@@ -58,6 +61,7 @@ def init_ray(quiet: bool = False, state_api: bool = False, num_cpus: int | None 
         env = {"env_vars": {"HW4_DATA_DIR": data_dir}} if data_dir and not submitted else None
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return
+    os.environ.setdefault(PROXY_READY_ENV, PROXY_READY_S)  # read by the local Ray's Serve controller
     gcs_port, dashboard_port = free_ports(2)
     users = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by Ray when it starts the GCS

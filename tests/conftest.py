@@ -30,6 +30,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # one torch thread per training worker the tests start (jobs.worker.set_worker_threads): with two
 # pytest workers on 2 cores, a 2-thread worker's ops waited on a descheduled sibling thread
 os.environ.setdefault("HW4_TORCH_THREADS", "1")
+# Serve kills an HTTP proxy that is not ready within 5 s (RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S),
+# and serve.start then fails: on 2 busy cores the proxy's imports alone took longer. The local
+# Rays the tests start inherit this (jobs.driver.init_ray sets the same for a local Ray)
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 # README's `HW4_DATA_DIR=../shared/data make test`: absolute for every process the tests start
 data.pin_data_dir()
 
