@@ -120,15 +120,14 @@ def test_a_symlink_to_a_run_of_ours_is_not_adopted(tmp_path, no_ray):
 
 # --- the property: generated names over generated storage layouts -------------------------------
 
-LAYOUT_ENTRIES = {  # what may already be at a name: how to make it, and whether a run of ours made it
-    "user folder": (lambda p: (p.mkdir(), (p / "f.txt").write_text("user")), False),
-    "empty folder": (lambda p: p.mkdir(), False),
-    "user file": (lambda p: p.write_text("user file"), False),
-    "ray-looking folder": (lambda p: (p.mkdir(), (p / runs.RAY_SNAPSHOT).write_text("{}"),
-                                      (p / "artifacts").mkdir(), (p / "artifacts" / "config.json")
-                                      .write_text("{}")), False),
-    "run of ours": (lambda p: (p.mkdir(), runs.mark_run_folder(p), (p / "old.pt").write_text("ours")),
-                    True),
+LAYOUT_ENTRIES = {  # what may already be at a name, and how to make it
+    "user folder": lambda p: (p.mkdir(), (p / "f.txt").write_text("user")),
+    "empty folder": lambda p: p.mkdir(),
+    "user file": lambda p: p.write_text("user file"),
+    "ray-looking folder": lambda p: (p.mkdir(), (p / runs.RAY_SNAPSHOT).write_text("{}"),
+                                     (p / "artifacts").mkdir(),
+                                     (p / "artifacts" / "config.json").write_text("{}")),
+    "run of ours": lambda p: (p.mkdir(), runs.mark_run_folder(p), (p / "old.pt").write_text("ours")),
 }
 NAMES = st.one_of(st.sampled_from(["registry", "eval", "notes", "run-a", "sweep", "a", "fresh"]),
                   st.from_regex(cli.NAME_PATTERN, fullmatch=True))
@@ -144,8 +143,9 @@ def test_no_run_deletes_a_file_it_did_not_create(tmp_path, name, layout, overwri
     demo_storage(storage)
     for entry, kind in layout.items():
         if not (storage / entry).exists():
-            LAYOUT_ENTRIES[kind][0](storage / entry)
+            LAYOUT_ENTRIES[kind](storage / entry)
     before = snapshot(storage)
+    existed, was_ours = (storage / name).exists(), runs.is_run_folder(storage / name)
     try:
         run_driver(storage, name, *(["--overwrite"] if overwrite else []))
     except (HW4Error, RayWouldStart):
@@ -156,5 +156,5 @@ def test_no_run_deletes_a_file_it_did_not_create(tmp_path, name, layout, overwri
         inside_ours = ours is not None and (path == ours or path.startswith(ours + "/"))
         if not inside_ours:
             assert after.get(path) == digest, f"{path} changed by --name {name!r} over {layout}"
-    if ours is not None and name in layout:  # the run adopted an existing folder: only one of ours
-        assert LAYOUT_ENTRIES[layout[name]][1], f"adopted a {layout[name]} at {name!r}"
+    if ours is not None and existed:  # the run used a folder that was there: only one of ours
+        assert was_ours, f"adopted {name!r}, which no run of ours had made, over {layout}"
