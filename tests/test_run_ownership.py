@@ -17,7 +17,7 @@ from hw4.errors import HW4Error
 from hw4.registry import record_best
 from jobs import cli, driver, runs, train_ddpm, train_vae
 
-from .conftest import cli_in_process, write_ddpm
+from .conftest import cli_in_process, needs_data, write_ddpm
 
 
 class RayWouldStart(Exception):
@@ -68,6 +68,7 @@ def run_driver(storage: Path, name: str, *extra: str) -> None:
     driver.fit(lambda c: None, cfg, metric="val_loss", mode="min")
 
 
+@needs_data  # the jobs load their test set (fail fast) before they claim the run's folder
 @pytest.mark.parametrize("name", ["registry", "eval", "notes", "sweep"])
 def test_a_folder_not_ours_is_refused_and_the_storage_is_byte_identical(tmp_path, capsys, name, no_ray):
     demo_storage(tmp_path)
