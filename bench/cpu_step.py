@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, interleaved, machine, write_result
-from hw4 import data, diffusion, train, viz
+from hw4 import data, diffusion, precision, train, viz
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
 
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     schedule = DiffusionSchedule.named("linear", 1000)
     x = torch.rand(args.batch, 1, 28, 28) * 2 - 1
     y = torch.randint(0, 10, (args.batch,))
-    flags = sorted(train.cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})
+    flags = sorted(precision.cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})
     result = {"batch": args.batch, "threads": args.threads, "cpu_flags": flags,
-              "auto_picks": str(train.autocast_dtype("auto", "cpu", args.batch)), "machine": machine()}
+              "auto_picks": str(precision.autocast_dtype("auto", "cpu", args.batch)), "machine": machine()}
     if "speed" in args.parts:
         result["speed"] = speed(cfg, x, y, schedule, args.repeats, args.compile)
         print({k: round(v["images_per_s"], 1) for k, v in result["speed"].items()}, flush=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from hw4 import data, evaluation, train, viz
+from hw4 import data, evaluation, precision, train, viz
 from hw4.assets import SECOND_JUDGE
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
@@ -95,7 +95,7 @@ def train_func(config: dict) -> None:
     ema = train.EMA(model, cfg.ema_decay, cfg.ema_warmup)
     optimizer = train.make_optimizer(model.parameters(), cfg.lr, w.device)
     schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(w.device)
-    autocast = train.autocast_dtype(cfg.precision, w.device, cfg.batch_size // w.world)
+    autocast = precision.autocast_dtype(cfg.precision, w.device, cfg.batch_size // w.world)
     gen = w.generator()
 
     def step_on(net: torch.nn.Module, opt: torch.optim.Optimizer, avg: train.EMA,

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from hw4 import data, diffusion, train
+from hw4 import data, diffusion, precision, train
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
 
@@ -79,14 +79,14 @@ def test_tensor_batches_shard_and_reshuffle():
 
 
 def test_autocast_choice_follows_the_measurement():
-    assert train.autocast_dtype("auto", "cpu", 128, flags={"avx2", "avx512f"}) is None  # no native bf16
-    assert train.autocast_dtype("auto", "cpu", 128, flags={"avx512f", "avx512_bf16"}) is torch.bfloat16
-    assert train.autocast_dtype("auto", "cpu", 128, flags={"amx_bf16"}) is torch.bfloat16
-    assert train.autocast_dtype("auto", "cpu", 128, flags=set()) is None  # not Linux: unknown, fp32
-    assert train.autocast_dtype("auto", "cuda", 128) is None
-    assert train.autocast_dtype("auto", "cuda", 512) is torch.bfloat16
-    assert train.autocast_dtype("bf16", "cpu", 1) is torch.bfloat16
-    assert train.autocast_dtype("fp32", "cuda", 4096) is None
+    assert precision.autocast_dtype("auto", "cpu", 128, flags={"avx2", "avx512f"}) is None  # no native bf16
+    assert precision.autocast_dtype("auto", "cpu", 128, flags={"avx512f", "avx512_bf16"}) is torch.bfloat16
+    assert precision.autocast_dtype("auto", "cpu", 128, flags={"amx_bf16"}) is torch.bfloat16
+    assert precision.autocast_dtype("auto", "cpu", 128, flags=set()) is None  # not Linux: unknown, fp32
+    assert precision.autocast_dtype("auto", "cuda", 128) is None
+    assert precision.autocast_dtype("auto", "cuda", 512) is torch.bfloat16
+    assert precision.autocast_dtype("bf16", "cpu", 1) is torch.bfloat16
+    assert precision.autocast_dtype("fp32", "cuda", 4096) is None
 
 
 def test_max_steps_cuts_an_epoch_short_and_means_cover_only_those_steps():
@@ -117,5 +117,5 @@ def test_a_wall_clock_budget_becomes_whole_steps_within_the_runs_epochs():
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16\n\nprocessor\t: 1\n")
-    assert {"avx2", "amx_bf16"} <= train.cpu_flags(str(info))
-    assert train.cpu_flags(str(tmp_path / "missing")) == set()
+    assert {"avx2", "amx_bf16"} <= precision.cpu_flags(str(info))
+    assert precision.cpu_flags(str(tmp_path / "missing")) == set()
