@@ -27,7 +27,7 @@ def peak_rss_mib() -> float:
 
 def child(mode: str, batch: int, tiny: bool, dev_name: str | None) -> dict:
     """Runs in the fresh process: build the model, note the peak so far, run the work."""
-    from hw4 import diffusion, train
+    from hw4 import samplers, train
     from hw4.diffusion import DiffusionSchedule
     from hw4.models.unet import UNet
 
@@ -42,7 +42,7 @@ def child(mode: str, batch: int, tiny: bool, dev_name: str | None) -> dict:
         for _ in range(2):  # the second step also holds AdamW's state
             train.ddpm_train_step(model, schedule.to(dev), x0, opt)
     else:
-        diffusion.sample(model.eval(), schedule, (batch, 1, 28, 28), method="ddim", steps=3,
+        samplers.sample(model.eval(), schedule, (batch, 1, 28, 28), method="ddim", steps=3,
                          generator=torch.Generator().manual_seed(0), device=dev)
     out = {"mode": mode, "batch": batch, "baseline_rss_mib": baseline,
            "peak_rss_mib": peak_rss_mib()}

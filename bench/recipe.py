@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hw4 import data, evaluation, train, viz
+from hw4 import data, evaluation, precision, samplers, train, viz
 from hw4.assets import SECOND_JUDGE
 from hw4.atomic_files import write_bytes_atomic
 from hw4.checkpoint import save_checkpoint
@@ -34,7 +34,7 @@ from jobs import ddpm_config, train_ddpm
 # the demo's recipe (jobs.demo.DDPM_ARGS: ddpm_config.SMALL, 50,000 images, 3 epochs of batch 128)
 BASE = dict(ddpm_config.SMALL, conditional=True, p_uncond=0.1, train_subset=50_000, epochs=3,
             batch_size=128, prediction="eps", loss_weight="uniform", lr_schedule="constant",
-            ema_warmup="ramp")
+            ema_warmup="ramp", precision="fp32")  # as it was measured
 CHANGES = {"v": dict(prediction="v"), "min-snr": dict(loss_weight="min-snr"),
            "cosine": dict(lr_schedule="cosine")}
 VARIANTS = {"base": {}, **CHANGES, "all": {k: v for c in CHANGES.values() for k, v in c.items()}}
@@ -49,43 +49,65 @@ def config(variant: str, steps: int, seed: int) -> train_ddpm.DDPMJobConfig:
 
 
 def run(variant: str, steps: int, seed: int, out: Path, threads: int) -> None:
+    train_in_process(config(variant, steps, seed), steps, seed, out, threads, variant,
+                     list(train.EMA_WARMUPS))
+
+
+def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int, out: Path,
+                     threads: int, label: str, ema_rules: list[str],
+                     budget_s: float | None = None) -> None:
+    """Train ``cfg``'s U-Net in this process with the Ray job's own step (its autocast rule
+    included) for ``steps`` optimiser steps, or, with ``budget_s``, for the steps that fit in it
+    at the time of the first ``train_ddpm.PROBE_STEPS`` (fixed then, so the cosine decay knows
+    its length and a paused process trains no less). One EMA per rule in ``ema_rules``; the
+    EMA weights are saved at each quarter, with the training seconds so far in ``log.json``."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    cfg = config(variant, steps, seed)
     ds = data.load_dataset("mnist", "train", normalization="symmetric", subset=cfg.train_subset,
                            seed=seed)
     loader = data.TensorBatches(*ds.tensors, cfg.batch_size, seed=seed)
     model = UNet(cfg.unet())
-    emas = {rule: train.EMA(model, cfg.ema_decay, rule) for rule in train.EMA_WARMUPS}
+    emas = {rule: train.EMA(model, cfg.ema_decay, rule) for rule in ema_rules}
     optimizer = train.make_optimizer(model.parameters(), cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, train.warmup_lambda(cfg.warmup_steps, cfg.lr_schedule, steps))
     schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps)
     gen = torch.Generator().manual_seed(seed)
+    dtype = precision.autocast_dtype(cfg.precision, "cpu", cfg.batch_size)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict:
+        return train.ddpm_train_step(model, schedule, x, optimizer, labels=y, p_uncond=cfg.p_uncond,
+                                     prediction=cfg.prediction, weighting=cfg.loss_weight,
+                                     snr_gamma=cfg.snr_gamma, ema=list(emas.values()),
+                                     grad_clip=cfg.grad_clip, autocast_dtype=dtype, generator=gen)
+
+    if budget_s is not None:  # the probe's steps train too, at the warm-up's learning rate
+        probe = iter(loader)
+        per_step = train.seconds_per_step(lambda: step(*next(probe)), steps=train_ddpm.PROBE_STEPS)
+        steps = train.steps_in_budget(budget_s, per_step, 10**6)
+        print(f"{label}: {per_step:.3f} s a step ({dtype or 'fp32'}): {steps} steps", flush=True)
+    cfg.epochs = -(-steps // len(loader))  # recorded as the job would
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, train.warmup_lambda(cfg.warmup_steps, cfg.lr_schedule, steps))
     saves = {round(steps * f) for f in (0.25, 0.5, 0.75, 1.0)}
-    log, step, seconds = [], 0, 0.0
+    log, done, seconds = [], 0, 0.0
     out.mkdir(parents=True, exist_ok=True)
     for epoch in range(cfg.epochs):
         loader.set_epoch(epoch)
         for x, y in loader:
             t0 = time.perf_counter()
-            m = train.ddpm_train_step(model, schedule, x, optimizer, labels=y, p_uncond=cfg.p_uncond,
-                                      prediction=cfg.prediction, weighting=cfg.loss_weight,
-                                      snr_gamma=cfg.snr_gamma, ema=list(emas.values()),
-                                      grad_clip=cfg.grad_clip, generator=gen)
+            m = step(x, y)
             sched.step()
             seconds += time.perf_counter() - t0
-            step += 1
-            if step % 50 == 0:
-                print(f"{variant} step {step}/{steps} loss {float(m['loss']):.4f} "
+            done += 1
+            if done % 50 == 0:
+                print(f"{label} step {done}/{steps} loss {float(m['loss']):.4f} "
                       f"{seconds:.0f} s", flush=True)
-            if step in saves:
+            if done in saves:
                 for rule, ema in emas.items():
-                    if rule == cfg.ema_warmup or step == steps:  # the others only at the end
-                        save(out / f"step{step}-{rule}.pt", model, ema, cfg, rule, step)
-                log.append({"step": step, "train_seconds": seconds, "loss": float(m["loss"])})
+                    if rule == cfg.ema_warmup or done == steps:  # the others only at the end
+                        save(out / f"step{done}-{rule}.pt", model, ema, cfg, rule, done)
+                log.append({"step": done, "train_seconds": seconds, "loss": float(m["loss"])})
                 write_bytes_atomic(out / "log.json", json.dumps(log, indent=1).encode())
-            if step == steps:
+            if done == steps:
                 return
 
 
@@ -101,7 +123,7 @@ def score(path: Path, spec: str, n: int, guidance: float, refs: dict) -> dict:
     the background share, of ``n`` class-balanced samples (seed 0)."""
     labels = evaluation.balanced_labels(0, n)
     t0 = time.perf_counter()
-    images = evaluation.Sampler.parse(spec).run(load_ddpm(path), n, 0, labels, guidance)
+    images = samplers.SamplerSpec.parse(spec).run(load_ddpm(path), n, 0, labels, guidance)
     out = {"checkpoint": str(path), "sampler": spec, "guidance": guidance, "n": n,
            "sample_seconds": time.perf_counter() - t0}
     q = evaluation.sample_quality(images, "mnist", refs["first"], labels=labels)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hw4.evaluation import Sampler
+from hw4.samplers import SamplerSpec
 from hw4.trained import load_ddpm, resolve_checkpoint
 
 
@@ -45,10 +45,10 @@ def main() -> None:
         storage = str(make_storage(Path(tempfile.mkdtemp(prefix="hw4-bench-"))))
         args.samplers, args.n, args.repeats = ["ddpm", "ddim:5"], 4, 1
     ddpm = load_ddpm(resolve_checkpoint(storage, "ddpm", args.checkpoint))
-    Sampler.parse("ddim:2").run(ddpm, args.n, 0)  # warm-up
+    SamplerSpec.parse("ddim:2").run(ddpm, args.n, 0)  # warm-up
     rows = []
     for spec in args.samplers:
-        sampler = Sampler.parse(spec)
+        sampler = SamplerSpec.parse(spec)
         times = []
         for k in range(args.repeats):
             t0 = time.perf_counter()

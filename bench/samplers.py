@@ -20,7 +20,7 @@ import torch
 
 from bench.common import RESULTS, device, fmt, interleaved, ratio, sync, write_result
 from bench.unet_speed import DEFAULT, TINY
-from hw4 import diffusion
+from hw4 import reverse, samplers
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet
 from hw4.trained import load_ddpm
@@ -68,7 +68,7 @@ def cross_check(model, schedule: DiffusionSchedule, steps: int, dev: torch.devic
             x_theirs = sched.step(model(x_theirs, tt), t, x_theirs, eta=0.0,
                                   use_clipped_model_output=True).prev_sample
             t_prev = max(t - stride, -1)
-            x_ours = diffusion.ddim_step(schedule, model(x_ours, tt), t, t_prev, x_ours).prev_sample
+            x_ours = reverse.ddim_step(schedule, model(x_ours, tt), t, t_prev, x_ours).prev_sample
     return float((x_ours - x_theirs).abs().max())
 
 
@@ -105,7 +105,7 @@ def main() -> None:
 
     def ours(method, steps, net=model):
         def run():
-            diffusion.sample(net, schedule, shape, method=method, steps=steps, eta=0.0,
+            samplers.sample(net, schedule, shape, method=method, steps=steps, eta=0.0,
                              generator=torch.Generator().manual_seed(0), device=dev)
             sync(dev)
         return run

@@ -1,4 +1,6 @@
-"""Gaussian diffusion math as pure functions of tensors, independent of the network.
+"""Gaussian diffusion math as pure functions of tensors, independent of the network: schedules,
+the forward process, the parameterisations, the training loss and guidance (the reverse steps
+are ``hw4.reverse``; the samplers that chain them, ``hw4.samplers``).
 
 References: DDPM (Ho et al. 2020), improved DDPM (Nichol & Dhariwal 2021), DDIM (Song et al.
 2021), v-prediction (Salimans & Ho 2022), sigmoid schedule (Chen 2023). A ``model`` is any
@@ -8,25 +10,23 @@ callable ``model(x_t (N,...), t (N,) long) -> model_output (N,...)``.
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from hw4.errors import HW4Error
 
-ScheduleName = Literal["linear", "cosine", "sigmoid"]
+ScheduleName = Literal["linear", "cosine", "sigmoid", "linear-zero-snr"]
 Prediction = Literal["eps", "x0", "v"]
 LossWeight = Literal["uniform", "min-snr"]
-SCHEDULES = ("linear", "cosine", "sigmoid")
+SCHEDULES = ("linear", "cosine", "sigmoid", "linear-zero-snr")
+# SNR 0 at t = T: x_T says nothing of the image, so eps cannot be the network's target there
+ZERO_TERMINAL_SNR = ("linear-zero-snr",)
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTS = ("uniform", "min-snr")
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# one generator, or (generator, rows) blocks: a batch made of several independently seeded requests
-Generators = torch.Generator | list[tuple[torch.Generator, int]] | None
 
 
 # --- 1. schedules: name -> betas, float64 ------------------------------------------------------
@@ -39,10 +39,24 @@ def betas_from_alpha_bar(alpha_bar: Callable[[torch.Tensor], torch.Tensor], T: i
     return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
 
 
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas whose last timestep has SNR exactly 0 (Lin et al. 2023, Alg. 1): shift and scale
+    sqrt(abar_t) so that it keeps its first value and ends at 0, then read the betas back. x_T
+    then carries no trace of the image; only the v (or x0) target can be trained at t = T."""
+    root = torch.cumprod(1 - betas.to(torch.float64), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    ab = root**2
+    return 1 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
+
+
 def get_named_beta_schedule(name: str, T: int) -> torch.Tensor:
-    """Betas (T,) float64 for ``linear`` (DDPM), ``cosine`` (improved DDPM), ``sigmoid`` (Chen)."""
+    """Betas (T,) float64 for ``linear`` (DDPM), ``cosine`` (improved DDPM), ``sigmoid`` (Chen),
+    and ``linear-zero-snr`` (linear rescaled to a zero terminal SNR)."""
     if T < 2:
         raise HW4Error(f"need at least 2 timesteps, got {T}")
+    if name == "linear-zero-snr":
+        return rescale_zero_terminal_snr(get_named_beta_schedule("linear", T))
     if name == "linear":
         scale = 1000 / T  # keeps the total noise when T != 1000 (improved-diffusion's rescaling)
         return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64).clamp(max=0.999)
@@ -271,212 +285,3 @@ def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None
         return cond.index_copy(0, g, guide(cond[g], uncond, weights[guided]))
 
     return call
-
-
-# --- 4. reverse steps -------------------------------------------------------------------------
-
-@dataclass
-class StepOutput:
-    prev_sample: torch.Tensor  # x_{t_prev}
-    pred_original_sample: torch.Tensor  # x0_hat used to build it
-
-
-def _noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
-    """N(0, I) noise shaped like x. ``generator`` may be a list of (generator, rows) blocks that
-    cover x's rows: each block draws its own rows, so several requests sampled as one batch get
-    exactly the noise each would get alone."""
-    if isinstance(generator, list):
-        if sum(rows for _, rows in generator) != x.shape[0]:
-            raise HW4Error(f"generator blocks cover {sum(r for _, r in generator)} rows, "
-                           f"the batch has {x.shape[0]}")
-        return torch.cat([_noise_like(torch.empty((rows, *x.shape[1:]), device=x.device,
-                                                  dtype=x.dtype), g) for g, rows in generator])
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-
-
-def _x0_eps(s: DiffusionSchedule, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor | int,
-            prediction: Prediction, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x0, eps = predict_x0_eps(s, model_output, xt, t, prediction)
-    if clip:  # keep x0 in the data range and keep eps consistent with the clipped x0
-        x0 = x0.clamp(-1, 1)
-        eps = (xt - extract(s.sqrt_alphas_cumprod, t, xt.shape) * x0) / extract(
-            s.sqrt_one_minus_alphas_cumprod, t, xt.shape)
-    return x0, eps
-
-
-def ddpm_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, xt: torch.Tensor, *,
-              prediction: Prediction = "eps", clip: bool = True,
-              generator: Generators = None) -> StepOutput:
-    """One ancestral step x_t -> x_{t-1} ~ N(mu~(x_t, x0_hat), beta~_t I) (DDPM Alg. 2)."""
-    x0, _ = _x0_eps(s, model_output, xt, t, prediction, clip)
-    mean, _, log_var = q_posterior(s, x0, xt, t)
-    if t == 0:
-        return StepOutput(mean, x0)
-    return StepOutput(mean + math.exp(0.5 * log_var) * _noise_like(xt, generator), x0)
-
-
-def ddim_sigma(s: DiffusionSchedule, t: int, t_prev: int, eta: float) -> float:
-    """sigma_t(eta) of DDIM eq. 16; eta = 1 gives DDPM's posterior std when t_prev = t - 1."""
-    ab = s.alphas_cumprod[t].double()
-    ab_prev = s.alphas_cumprod[t_prev].double() if t_prev >= 0 else torch.ones((), dtype=ab.dtype)
-    return float(eta * torch.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)))
-
-
-def ddim_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: int,
-              xt: torch.Tensor, *, eta: float = 0.0, prediction: Prediction = "eps",
-              clip: bool = True, generator: Generators = None) -> StepOutput:
-    """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12); ``t_prev = -1`` means the clean image."""
-    # 1. predicted x_0 and the noise direction it implies
-    x0, eps = _x0_eps(s, model_output, xt, t, prediction, clip)
-    # 2. abar at the previous step (abar_{-1} = 1: the last step lands on x_0 itself)
-    ab_prev = float(s.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
-    sigma = ddim_sigma(s, t, t_prev, eta)
-    # 3. x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z   (eq. 12)
-    prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
-    if sigma > 0:
-        prev = prev + sigma * _noise_like(xt, generator)
-    return StepOutput(prev, x0)
-
-
-# --- 4b. DPM-Solver++(2M): a multistep solver of the probability-flow ODE in x0 space ----------
-
-def half_log_snr(s: DiffusionSchedule, t: int) -> float:
-    """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2 (Lu et al. 2022);
-    +inf at the clean end (t = -1)."""
-    if t < 0:
-        return math.inf
-    ab = float(s.alphas_cumprod[t].double())
-    return 0.5 * math.log(ab / (1 - ab))
-
-
-def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` timesteps of 0..T-1, descending, "trailing" spacing: T-1, T-1-T/steps, ...
-    (the first step starts from the noisiest timestep; Lin et al. 2023, Table 2)."""
-    if not 1 <= steps <= T:
-        raise HW4Error(f"steps must be in 1..{T} for a {T}-step model, got {steps}")
-    grid = torch.arange(T, 0, -T / steps, dtype=torch.float64).round().long() - 1
-    return sorted(set(grid.clamp(min=0).tolist()), reverse=True)
-
-
-def dpmpp_2m_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: int,
-                  xt: torch.Tensor, *, history: list[tuple[int, torch.Tensor]],
-                  prediction: Prediction = "eps", clip: bool = True) -> StepOutput:
-    """One DPM-Solver++(2M) step x_t -> x_{t_prev} (Lu et al. 2022, "DPM-Solver++", Alg. 2;
-    ``t_prev = -1`` is the clean image). ``history`` holds (timestep, x0_hat) of the steps
-    before, oldest first; this step appends its own. The first step, and the last (onto the
-    clean image), are first order (DDIM's eta = 0 update written in lambda); the others add the
-    multistep correction from the previous x0_hat:
-
-        h = lambda_prev - lambda_t,  r = (lambda_t - lambda_last) / h
-        D = x0_hat + (x0_hat - x0_last) / (2 r)
-        x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (exp(-h) - 1) D
-    """
-    # 1. the model's output as x0_hat (data prediction), clipped to the data range if asked
-    x0, _ = _x0_eps(s, model_output, xt, t, prediction, clip)
-    history.append((t, x0))
-    if t_prev < 0:  # onto the clean image: lambda = inf, the first-order step lands on x0_hat
-        return StepOutput(x0, x0)
-    # 2. the step's size in half-log-SNR, and the noise and signal scales at both ends
-    lam_t, lam_prev = half_log_snr(s, t), half_log_snr(s, t_prev)
-    h = lam_prev - lam_t
-    ab_t, ab_prev = float(s.alphas_cumprod[t].double()), float(s.alphas_cumprod[t_prev].double())
-    sigma_ratio = math.sqrt((1 - ab_prev) / (1 - ab_t))
-    alpha_prev = math.sqrt(ab_prev)
-    # 3. first order at the start, second order (the 2M multistep) once a previous x0 exists
-    d = x0
-    if len(history) >= 2:
-        t_last, x0_last = history[-2]
-        r = (lam_t - half_log_snr(s, t_last)) / h
-        d = x0 + (x0 - x0_last) / (2 * r)
-    return StepOutput(sigma_ratio * xt - alpha_prev * math.expm1(-h) * d, x0)
-
-
-# --- 5. sampling loops ------------------------------------------------------------------------
-
-def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced timesteps of 0..T-1, descending, always ending at 0."""
-    if not 1 <= steps <= T:
-        raise HW4Error(f"steps must be in 1..{T} for a {T}-step model, got {steps}")
-    grid = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
-    return sorted(set(grid), reverse=True)
-
-
-Method = Literal["ddpm", "ddim", "dpm++2m"]
-METHODS = ("ddpm", "ddim", "dpm++2m")
-
-
-def sampler_timesteps(method: Method, T: int, steps: int | None) -> list[int]:
-    """The descending timesteps a sampler visits: all T (DDPM), ``steps`` evenly spaced ending
-    at 0 (DDIM), or ``steps`` trailing ones starting at T-1 (DPM-Solver++)."""
-    if method == "ddpm":
-        return list(range(T - 1, -1, -1))
-    if method == "ddim":
-        return ddim_timesteps(T, steps or 50)
-    if method == "dpm++2m":
-        return dpm_solver_timesteps(T, steps or 20)
-    raise HW4Error(f"unknown sampler {method!r}; use one of {', '.join(METHODS)}")
-
-
-def sample_progressive(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], *,
-                       method: Method = "ddpm", steps: int | None = None,
-                       eta: float = 0.0, prediction: Prediction = "eps", clip: bool = True,
-                       generator: Generators = None, device: str | torch.device = "cpu",
-                       x_T: torch.Tensor | None = None,
-                       progress: bool = False) -> Iterator[StepOutput]:
-    """Yield every reverse step from x_T ~ N(0, I). DDPM uses all T steps; DDIM and
-    DPM-Solver++(2M) ``steps`` network calls (``sampler_timesteps``).
-
-    The schedule stays on the CPU: every step reads its coefficients as Python floats, so the
-    loop never waits on the accelerator between steps.
-    """
-    ts = sampler_timesteps(method, s.num_timesteps, steps)
-    s = s.to("cpu")
-    x = x_T.to(device) if x_T is not None else _noise_like(torch.empty(shape, device=device),
-                                                           generator)
-    history: list[tuple[int, torch.Tensor]] = []  # DPM-Solver++'s previous x0_hat
-    for i, t in enumerate(tqdm(ts, desc=f"{method} sampling", disable=not progress)):
-        out = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        if method == "ddpm":
-            step = ddpm_step(s, out, t, x, prediction=prediction, clip=clip, generator=generator)
-        elif method == "ddim":
-            step = ddim_step(s, out, t, t_prev, x, eta=eta, prediction=prediction, clip=clip,
-                             generator=generator)
-        else:
-            step = dpmpp_2m_step(s, out, t, t_prev, x, history=history, prediction=prediction,
-                                 clip=clip)
-            del history[:-1]  # the 2M update needs only the last x0_hat
-        x = step.prev_sample
-        yield step
-
-
-@torch.inference_mode()
-def sample(model: Model, s: DiffusionSchedule, shape: tuple[int, ...], **kwargs) -> torch.Tensor:
-    """Run ``sample_progressive`` to the end and return x_0 in the model's data range."""
-    last = deque(sample_progressive(model, s, shape, **kwargs), maxlen=1)  # keeps one step only
-    return last[0].prev_sample
-
-
-# --- 6. DDIM inversion: the deterministic (eta = 0) map run from image to noise ----------------
-
-@torch.inference_mode()
-def ddim_invert(model: Model, s: DiffusionSchedule, x0: torch.Tensor, *, steps: int = 50,
-                prediction: Prediction = "eps", device: str | torch.device = "cpu",
-                progress: bool = False) -> torch.Tensor:
-    """Encode x0 into the x_T from which DDIM (eta = 0, same ``steps``) decodes back to ~x0.
-
-    Runs DDIM's update (eq. 12, sigma = 0) upwards through the same timesteps, predicting eps
-    at the current, lower step: x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next) eps_hat
-    (Song et al. 2021 sec. 4.3). The clean image stands in for x at t = 0 (abar_0 ~ 1).
-    """
-    s = s.to("cpu")  # coefficients as Python floats, as in sampling
-    ts = ddim_timesteps(s.num_timesteps, steps)[::-1]  # ascending: 0, ..., T-1
-    x = x0.to(device)
-    for t_cur, t_next in tqdm(list(zip(ts[:-1], ts[1:], strict=True)), desc="ddim inversion",
-                              disable=not progress):
-        tt = torch.full((x.shape[0],), t_cur, device=device, dtype=torch.long)
-        x0_hat, eps = predict_x0_eps(s, model(x, tt), x, t_cur, prediction)
-        ab_next = float(s.alphas_cumprod[t_next])
-        x = math.sqrt(ab_next) * x0_hat + math.sqrt(1 - ab_next) * eps
-    return x

@@ -9,12 +9,11 @@ import io
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hw4 import data, metrics, objectives
+from hw4 import data, metrics, objectives, samplers
 from hw4.assets import SECOND_JUDGE, classifier_path, load_classifier, sha256
 from hw4.atomic_files import write_bytes_atomic
 from hw4.errors import HW4Error
@@ -103,45 +102,6 @@ def data_floor(dataset: str, n: int, reference: metrics.FeatureStats) -> float:
     return sample_quality(x, dataset, reference)["fid"]
 
 
-@dataclass(frozen=True)
-class Sampler:
-    """One setting of the sampler grid: ``ddpm`` (all T steps), ``ddim`` with steps and eta, or
-    ``dpm++2m`` (DPM-Solver++(2M)) with steps."""
-
-    method: str
-    steps: int | None = None
-    eta: float = 0.0
-
-    @classmethod
-    def parse(cls, spec: str) -> Sampler:
-        """``ddpm`` | ``ddim:STEPS`` | ``ddim:STEPS:ETA`` | ``dpm++2m:STEPS``."""
-        parts = spec.split(":")
-        try:
-            if parts[0] == "ddpm" and len(parts) == 1:
-                return cls("ddpm")
-            if parts[0] == "dpm++2m" and len(parts) == 2 and int(parts[1]) >= 1:
-                return cls("dpm++2m", int(parts[1]))
-            if parts[0] == "ddim" and len(parts) in (2, 3):
-                steps, eta = int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
-                if steps >= 1 and 0 <= eta <= 1:
-                    return cls("ddim", steps, eta)
-        except ValueError:
-            pass
-        raise HW4Error(f"bad sampler {spec!r}: use ddpm, ddim:STEPS, ddim:STEPS:ETA or "
-                       "dpm++2m:STEPS (STEPS >= 1, 0 <= ETA <= 1)")
-
-    @property
-    def label(self) -> str:
-        if self.method == "dpm++2m":
-            return f"DPM-Solver++(2M)-{self.steps}"
-        return "DDPM-T" if self.method == "ddpm" else f"DDIM-{self.steps} eta={self.eta:g}"
-
-    def run(self, ddpm: TrainedDDPM, n: int, seed: int, labels: torch.Tensor | None = None,
-            guidance: float = 0.0) -> torch.Tensor:
-        return ddpm.sample(n, method=self.method, steps=self.steps, eta=self.eta, seed=seed,
-                           labels=labels, guidance=guidance)
-
-
 def balanced_labels(first: int, count: int, num_classes: int = 10) -> torch.Tensor:
     """Labels first, first+1, ... mod ``num_classes``: chunks of a class-balanced sample."""
     return (first + torch.arange(count)) % num_classes
@@ -163,7 +123,7 @@ def sample_chunk(path: str, spec: str, count: int, seed: int, threads: int | Non
     labels = None
     if first_label is not None:
         labels = balanced_labels(first_label, count, ddpm.num_classes)
-    return Sampler.parse(spec).run(ddpm, count, seed, labels, guidance)
+    return samplers.SamplerSpec.parse(spec).run(ddpm, count, seed, labels, guidance)
 
 
 def chunks(n: int, size: int, seed: int) -> list[tuple[int, int]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hw4 import adversarial, data, diffusion, viz
+from hw4 import adversarial, data, diffusion, samplers, viz
 from hw4.atomic_files import write_json_atomic
 from hw4.diffusion import SCHEDULES, DiffusionSchedule
 from hw4.models.autoencoder import Autoencoder, AutoencoderConfig
@@ -202,7 +202,7 @@ def reverse_process(ddpm: TrainedDDPM, path: Path, label: int | None = 7, guidan
     for method, steps, eta in (("ddpm", None, 1.0), ("ddim", ddim, 1.0), ("ddim", ddim, 0.0)):
         g = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
-            chain = list(diffusion.sample_progressive(
+            chain = list(samplers.sample_progressive(
                 model, ddpm.schedule, (1, 1, 28, 28), method=method, steps=steps, eta=eta,
                 prediction=ddpm.prediction, generator=g))
         keep = torch.linspace(0, len(chain) - 1, columns).round().long().tolist()

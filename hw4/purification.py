@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hw4 import diffusion
+from hw4 import diffusion, samplers
 from hw4.errors import HW4Error
 from hw4.trained import TrainedDDPM
 
@@ -52,16 +52,12 @@ def purify(ddpm: TrainedDDPM, x: torch.Tensor, *, t_star: int, steps: int,
     net = diffusion.guided_model(ddpm.model.eval(), None, 0.0, ddpm.model.null_label)
     noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)
     xt = diffusion.add_noise(s, x * 2 - 1, noise, torch.full((x.shape[0],), t_star, dtype=torch.long))
-    history: list[tuple[int, torch.Tensor]] = []
+    solver_kind, args, state = samplers.kind(solver), samplers.StepArgs(
+        0.0, ddpm.prediction, True, None), None  # deterministic from x_t*: eta = 0
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         out = net(xt, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        if solver == "ddim":
-            step = diffusion.ddim_step(s, out, t, t_prev, xt, eta=0.0, prediction=ddpm.prediction)
-        else:
-            step = diffusion.dpmpp_2m_step(s, out, t, t_prev, xt, history=history,
-                                           prediction=ddpm.prediction)
-            del history[:-1]
+        step, state = solver_kind.step(s, out, t, t_prev, xt, state, args)
         xt = step.prev_sample
     return ((xt + 1) / 2).clamp(0, 1)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from hw4 import diffusion
+from hw4 import diffusion, reverse, samplers
 from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
 from hw4.diffusion import DiffusionSchedule
 from hw4.errors import HW4Error
@@ -164,10 +164,10 @@ class TrainedDDPM:
     def num_classes(self) -> int | None:
         return self.model.config.num_classes
 
-    def sample(self, n: int, *, method: diffusion.Method = "ddim", steps: int | None = 50,
+    def sample(self, n: int, *, method: str = samplers.DEFAULT_SAMPLER, steps: int | None = None,
                eta: float = 0.0, labels: torch.Tensor | None = None,
                guidance: float | torch.Tensor = 0.0,
-               seed: int = 0, generator: diffusion.Generators = None,
+               seed: int = 0, generator: reverse.Generators = None,
                device: str | torch.device = "cpu", progress: bool = False,
                stop: StopSignal | None = None) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
@@ -179,13 +179,13 @@ class TrainedDDPM:
         network call."""
         model = self._guided(n, labels, guidance, device, stop)
         gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
-        x = diffusion.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
+        x = samplers.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
                              eta=eta, prediction=self.prediction, generator=gen, device=device,
                              progress=progress)
         return ((x + 1) / 2).clamp(0, 1).cpu()
 
-    def sample_chain(self, n: int, *, every: int = 1, method: diffusion.Method = "ddim",
-                     steps: int | None = 50, eta: float = 0.0,
+    def sample_chain(self, n: int, *, every: int = 1, method: str = samplers.DEFAULT_SAMPLER,
+                     steps: int | None = None, eta: float = 0.0,
                      labels: torch.Tensor | None = None, guidance: float | torch.Tensor = 0.0,
                      seed: int = 0, device: str | torch.device = "cpu") -> Iterator[ChainStep]:
         """``sample`` one network call at a time: a ``ChainStep`` after every step, with the
@@ -195,8 +195,8 @@ class TrainedDDPM:
         no network call runs after the step in progress."""
         model = self._guided(n, labels, guidance, device)
         gen = torch.Generator(device=device).manual_seed(seed)
-        total = len(diffusion.sampler_timesteps(method, self.timesteps, steps))
-        chain = diffusion.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
+        total = len(samplers.timesteps(method, self.timesteps, steps))
+        chain = samplers.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
                                              steps=steps, eta=eta, prediction=self.prediction,
                                              generator=gen, device=device)
         for i in range(total):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from hw4 import samplers
+from hw4.diffusion import ZERO_TERMINAL_SNR
 from hw4.models.unet import UNetConfig
 from jobs import cli
 from jobs.cli import opt
@@ -61,9 +63,10 @@ class DDPMJobConfig(cli.RunOptions):
     compile: bool = opt(False, "torch.compile the U-Net (pays off on GPUs; minutes to compile)")
     sample_every: int = opt(5, "epochs between TensorBoard sample grids")
     num_samples: int = opt(64, "images in samples.png")
-    sampler: Literal["ddim", "dpm++2m"] = opt("ddim", "sampler of sample grids and FID")
-    sample_steps: int = opt(50, "sampler steps (network calls) for sample grids and FID")
-    sample_eta: float = opt(0.0, "DDIM eta of sample grids and FID (1: DDPM-like noise)")
+    sampler: Literal[samplers.NAMES] = opt(  # type: ignore[valid-type]
+        samplers.DEFAULT_SAMPLER, "sampler of sample grids and FIDs (hw4.samplers)")
+    sample_steps: int | None = opt(None, "its network calls (default: the sampler's own)")
+    sample_eta: float = opt(0.0, "DDIM's eta for sample grids and FIDs (1: DDPM-like noise)")
     fid_every: int = opt(0, "epochs between FIDs of DDIM samples (0: none; sweeps use it)")
     fid_samples: int = opt(500, "samples (and real images) per FID")
 
@@ -78,9 +81,12 @@ class DDPMJobConfig(cli.RunOptions):
         c(self.lr > 0, f"--lr must be positive, got {self.lr}")
         c(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         c(self.snr_gamma > 0, f"--snr-gamma must be positive, got {self.snr_gamma}")
+        c(self.schedule not in ZERO_TERMINAL_SNR or self.prediction != "eps",
+          f"--schedule {self.schedule} needs --prediction v or x0: at SNR 0 eps says nothing of x0")
         c(0 <= self.p_uncond <= 1, f"--p-uncond must be in [0, 1], got {self.p_uncond}")
         c(self.guidance >= 0, f"--guidance must be >= 0, got {self.guidance}")
-        c(1 <= self.sample_steps <= self.timesteps, "--sample-steps must be in 1..--timesteps")
+        c(self.sample_steps is None or 1 <= self.sample_steps <= self.timesteps,
+          "--sample-steps must be in 1..--timesteps")
         c(0 <= self.sample_eta <= 1, f"--sample-eta must be in [0, 1], got {self.sample_eta}")
         c(len(self.channel_mults) >= 1, "--channel-mults needs at least one level")
         c(self.fid_every >= 0 and self.fid_samples >= 2, "--fid-every >= 0, --fid-samples >= 2")

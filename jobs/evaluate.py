@@ -24,7 +24,7 @@ import torch
 from hw4 import adversarial, data, evaluation, vae_attacks, viz
 from hw4.assets import SECOND_JUDGE, load_classifier
 from hw4.atomic_files import write_bytes_atomic, write_json_atomic
-from hw4.evaluation import Sampler
+from hw4.samplers import SamplerSpec
 from hw4.trained import load_ddpm, load_vae, resolve_checkpoint
 from jobs import cli, driver
 from jobs.cli import check, opt
@@ -72,7 +72,7 @@ class EvalConfig:
         check(len(self.guidance) > 0 and all(w >= 0 for w in self.guidance),
               f"--guidance values must be >= 0, got {list(self.guidance)}")
         for spec in self.samplers:
-            Sampler.parse(spec)
+            SamplerSpec.parse(spec)
 
 
 SMOKE = dict(fid_samples=24, samplers=("ddim:4", "ddim:4:1"), guidance=(0.0, 2.0), chunk_size=8,
@@ -117,14 +117,14 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
     log(f"DDPM {path}: data floor FID {floor:.2f} (second judge {floors['second_fid']:.2f}), "
         f"MNIST's background share {floors['background_share']:.1%}, at n={cfg.fid_samples}")
     for spec in cfg.samplers:  # all of them before the first, slow one runs
-        steps = Sampler.parse(spec).steps
+        steps = SamplerSpec.parse(spec).steps
         check(steps is None or steps <= ddpm.timesteps,
               f"sampler {spec}: the model has only {ddpm.timesteps} steps")
     rows = []
     weights = cfg.guidance if ddpm.conditional else (0.0,)
     labels = evaluation.balanced_labels(0, cfg.fid_samples) if ddpm.conditional else None
     for spec in cfg.samplers:
-        sampler = Sampler.parse(spec)
+        sampler = SamplerSpec.parse(spec)
         for w in weights:
             t0 = time.time()
             images = draw_samples(cfg, path, spec, ddpm.conditional, w)
@@ -132,8 +132,8 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
             q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
             q.update(evaluation.second_opinion(images, ref2, labels))
             rows.append({"sampler": spec, "label": sampler.label, "guidance": w,
-                         "steps": sampler.steps or ddpm.timesteps,
-                         "eta": sampler.eta if sampler.method == "ddim" else 1.0, "wall_s": wall, **q})
+                         "steps": len(sampler.kind.visits(ddpm.timesteps, sampler.steps)),
+                         "eta": sampler.reported_eta, "wall_s": wall, **q})
             name = spec.replace(":", "_") + (f"_w{w:g}" if ddpm.conditional else "")
             save_sample_grid(images, labels, out / f"samples_{name}.png")
             log(f"  {sampler.label:>18}" + (f" w={w:<4g}" if ddpm.conditional else "")

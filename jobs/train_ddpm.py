@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from hw4 import data, evaluation, precision, train, viz
+from hw4 import data, evaluation, precision, samplers, train, viz
 from hw4.assets import SECOND_JUDGE
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
@@ -29,14 +29,28 @@ from jobs import cli, driver, finish, worker
 from jobs.ddpm_config import NUM_CLASSES, PRESET_HELP, PRESETS, SMOKE, DDPMJobConfig
 
 
+def sample_request(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
+                   labels: torch.Tensor | None) -> samplers.SampleRequest:
+    """What the job's grids and FIDs ask for: the configured sampler; a conditional model's
+    ``labels`` guided with ``--guidance`` (an unconditional model gets no labels)."""
+    rows = tuple(labels.tolist()) if labels is not None and trained.conditional else None
+    return samplers.SampleRequest(n, cfg.sampler, cfg.sample_steps, cfg.sample_eta, seed, rows,
+                                  cfg.guidance)
+
+
+def draw(trained: TrainedDDPM, req: samplers.SampleRequest,
+         device: torch.device | str = "cpu") -> torch.Tensor:
+    """``req``'s samples in [0, 1], (n, 1, 28, 28), its rows labelled by ``samplers.batch_rows``."""
+    labels, guidance = samplers.batch_rows([req], trained.model.null_label)
+    return trained.sample(req.n, method=req.sampler, steps=req.steps, eta=req.eta, labels=labels,
+                          guidance=guidance, seed=req.seed, device=device)
+
+
 def render_samples(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """``n`` DDIM samples in [0, 1] (n, 1, 28, 28); a conditional model draws the digits in
-    order, each ``n // 10`` times (one grid row per digit with ``nrow = n // 10``)."""
-    labels = digit_rows(n) if trained.conditional else None
-    return trained.sample(n, method=cfg.sampler, steps=cfg.sample_steps, eta=cfg.sample_eta,
-                          labels=labels, guidance=cfg.guidance if trained.conditional else 0.0,
-                          seed=seed, device=device)
+    """``n`` samples of the configured sampler; a conditional model draws the digits in order,
+    each ``n // 10`` times (one grid row per digit with ``nrow = n // 10``)."""
+    return draw(trained, sample_request(trained, cfg, n, seed, digit_rows(n)), device)
 
 
 def digit_rows(n: int) -> torch.Tensor:
@@ -50,10 +64,7 @@ def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -
     """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features);
     a conditional model's samples are class-balanced and scored for class accuracy too."""
     labels = evaluation.balanced_labels(0, cfg.fid_samples, NUM_CLASSES) if trained.conditional else None
-    images = trained.sample(cfg.fid_samples, method=cfg.sampler, steps=cfg.sample_steps,
-                            eta=cfg.sample_eta, labels=labels,
-                            guidance=cfg.guidance if trained.conditional else 0.0,
-                            seed=cfg.seed, device=device)
+    images = draw(trained, sample_request(trained, cfg, cfg.fid_samples, cfg.seed, labels), device)
     ref = evaluation.reference_stats("mnist", cfg.fid_samples,
                                      Path(cfg.storage_path) / "eval" / "fid_stats")
     q = evaluation.sample_quality(images, "mnist", ref, labels=labels)

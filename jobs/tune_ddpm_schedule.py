@@ -25,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from hw4.diffusion import PREDICTIONS, SCHEDULES
+from hw4 import samplers
+from hw4.diffusion import PREDICTIONS, SCHEDULES, ZERO_TERMINAL_SNR
 from jobs import cli, ddpm_config, sweep, sweep_results, train_ddpm
 from jobs.cli import check, opt
 
@@ -40,7 +42,9 @@ RANKINGS = ("second_fid", "fid")
 @dataclass
 class DDPMSweepConfig(sweep.SweepOptions):
     name: str = opt("ddpm-schedule-sweep", "sweep name; rerunning the same name resumes it")
-    schedules: tuple[str, ...] = opt(SCHEDULES, "noise schedules to try")
+    schedules: tuple[str, ...] = opt(tuple(s for s in SCHEDULES if s not in ZERO_TERMINAL_SNR),
+                                     "noise schedules to try (a zero-terminal-SNR one needs the "
+                                     "v or x0 target)")
     timesteps: tuple[int, ...] = opt((1000,), "numbers of diffusion steps T to try")
     predictions: tuple[str, ...] = opt(("eps",), "network targets to try: eps, x0, v")
     loss_weights: tuple[str, ...] = opt(("uniform",), "loss weightings to try: uniform, min-snr")
@@ -63,8 +67,9 @@ class DDPMSweepConfig(sweep.SweepOptions):
     epochs: int = opt(4, "epochs per trial")
     train_subset: int | None = opt(20000, "train on this many MNIST images")
     fid_samples: int = opt(500, "samples per FID")
-    sampler: str = opt("ddim", "sampler of the FID samples: ddim (eta 0) or dpm++2m")
-    sample_steps: int = opt(50, "sampler steps (network calls) of the FID samples")
+    sampler: Literal[samplers.NAMES] = opt(  # type: ignore[valid-type]
+        samplers.DEFAULT_SAMPLER, "sampler of the FID samples (hw4.samplers; DDIM with eta 0)")
+    sample_steps: int | None = opt(None, "its network calls (default: the sampler's own)")
 
     def validate(self) -> None:
         super().validate()
@@ -74,8 +79,11 @@ class DDPMSweepConfig(sweep.SweepOptions):
         bad = sorted(set(self.predictions) - set(PREDICTIONS))
         check(len(self.predictions) > 0 and not bad,
               f"--predictions must be among {list(PREDICTIONS)}, got {bad or 'none'}")
-        check(len(self.timesteps) > 0 and all(t >= self.sample_steps for t in self.timesteps),
-              f"--timesteps must be >= --sample-steps ({self.sample_steps}), got {list(self.timesteps)}")
+        check("eps" not in self.predictions or not set(self.schedules) & set(ZERO_TERMINAL_SNR),
+              "a zero-terminal-SNR schedule needs --predictions v or x0, not eps")
+        calls = self.sample_steps or samplers.kind(self.sampler).default_steps or 1
+        check(len(self.timesteps) > 0 and all(t >= calls for t in self.timesteps),
+              f"--timesteps must be >= the sampler's steps ({calls}), got {list(self.timesteps)}")
         check(len(self.p_unconds) > 0 and all(0 <= p <= 1 for p in self.p_unconds),
               f"--p-unconds must be in [0, 1], got {list(self.p_unconds)}")
         check(len(self.p_uncond_range) in (0, 2), "--p-uncond-range takes two numbers: LOW HIGH")
@@ -95,7 +103,6 @@ class DDPMSweepConfig(sweep.SweepOptions):
               "--ema-decays must be in [0, 1)")
         check(len(self.widths) > 0 and all(w > 0 and w % 8 == 0 for w in self.widths),
               f"--widths must be positive multiples of 8, got {list(self.widths)}")
-        check(self.sampler in ("ddim", "dpm++2m"), "--sampler must be ddim or dpm++2m")
         if self.train_minutes is not None:
             check(self.train_minutes > 0, "--train-minutes must be positive")
             check(self.scheduler == "none", "--train-minutes needs --scheduler none: ASHA's "

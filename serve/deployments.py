@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from ray import serve
 
-from hw4 import viz
+from hw4 import samplers, viz
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
+from hw4.samplers import SampleRequest
 from hw4.trained import SamplingStopped, load_ddpm
 from serve.batcher import Batcher
 from serve.health import HEALTH_CHECK_PERIOD_S
@@ -23,7 +24,7 @@ from serve.replica import (
     in_thread,
     steps_in_thread,
 )
-from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES, batch_key, sample_cost
+from serve.schemas import MAX_SAMPLE_COST, MAX_SAMPLE_IMAGES
 from serve.vae_model import VAEModel  # the other model deployment, importable from here too
 
 
@@ -37,7 +38,7 @@ class DDPMModel(Reloadable):
         self._setup()
         self.batching = True
         # requests that arrive while a model call runs share the next one (serve/batcher.py)
-        self.batcher = Batcher(self._run, max_rows=MAX_SAMPLE_IMAGES, rows=lambda r: r["n"])
+        self.batcher = Batcher(self._run, max_rows=MAX_SAMPLE_IMAGES, rows=lambda item: item[0].n)
         self.lock = asyncio.Lock()  # one model call at a time, batched or not
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.mnist_cnn = load_classifier("mnist")
@@ -49,24 +50,23 @@ class DDPMModel(Reloadable):
         super().reconfigure(config)
         self.batching = bool(config.get("batching", True))
 
-    async def sample(self, req: dict) -> torch.Tensor:
-        """req: n, sampler, steps, eta, seed, labels (n digits or None), guidance
-        -> (n, 1, 28, 28) in [0, 1]."""
+    async def sample(self, req: SampleRequest) -> torch.Tensor:
+        """``req``'s samples, (n, 1, 28, 28) in [0, 1]."""
         self.check_request(req)
         if not self.batching:  # cancelling this task stops the sampler (serve.replica.in_thread)
-            return (await self._run([req]))[0]
+            return (await self._run([(req, None)]))[0]
         left = threading.Event()  # the batch's task outlives a caller: this tells it they left
         try:
-            return await self.batcher.submit({**req, "left": left})
+            return await self.batcher.submit((req, left))
         except asyncio.CancelledError:
             left.set()
             raise
 
-    async def check_stream(self, req: dict) -> None:
+    async def check_stream(self, req: SampleRequest) -> None:
         """``stream``'s refusals (raised: the ingress answers them 4xx) before the stream starts."""
         self.check_request(req)
 
-    async def stream(self, req: dict, every: int | None = None) -> AsyncIterator[dict]:
+    async def stream(self, req: SampleRequest, every: int | None = None) -> AsyncIterator[dict]:
         """``sample`` one step at a time, unbatched (a chain is one request's): after every step
         ``{"step", "total"}``, with ``"preview"`` (x-hat-0 as PNG bytes) after the first step and
         every ``every`` steps (by default about 20 previews per chain), and ``"final"`` (the
@@ -74,69 +74,60 @@ class DDPMModel(Reloadable):
         finished, also when the caller goes away: cancelling the stream stops the sampler within
         one step, and the next request never runs beside it."""
         ddpm = self.require()
-        labels, guidance = None, 0.0
-        if req.get("labels") is not None:
-            labels, guidance = torch.tensor(req["labels"]), float(req.get("guidance", 0.0))
-        total = ddpm.timesteps if req["sampler"] == "ddpm" else req["steps"]
-        chain = ddpm.sample_chain(req["n"], every=every or max(1, total // 20), method=req["sampler"],
-                                  steps=req["steps"], eta=req.get("eta") or 0.0, labels=labels,
-                                  guidance=guidance, seed=req["seed"], device=self.device)
+        labels, guidance = samplers.batch_rows([req], ddpm.model.null_label)
+        total = len(req.kind.visits(ddpm.timesteps, req.steps))
+        chain = ddpm.sample_chain(req.n, every=every or max(1, total // 20), method=req.sampler,
+                                  steps=req.steps, eta=req.eta, labels=labels,
+                                  guidance=guidance, seed=req.seed, device=self.device)
         async with self.lock:
             async for item in steps_in_thread(chain):
                 out: dict = {"step": item.step, "total": item.total}
                 if item.preview is not None:
-                    out["preview"] = viz.png_bytes(item.preview, min(8, req["n"]))
+                    out["preview"] = viz.png_bytes(item.preview, min(8, req.n))
                 if item.final is not None:
                     out["final"] = item.final
                 yield out
 
-    def check_request(self, req: dict) -> None:
+    def check_request(self, req: SampleRequest) -> None:
         ddpm = self.require()
-        if req["sampler"] != "ddpm" and req["steps"] > ddpm.timesteps:
+        if req.kind.default_steps and req.steps is not None and req.steps > ddpm.timesteps:
             raise HW4Error(f"steps must be at most {ddpm.timesteps} for this model")
-        if req.get("labels") is not None and not ddpm.conditional:
+        if req.labels is not None and not ddpm.conditional:
             raise HW4Error("the served DDPM is unconditional: send no labels")
-        cost = sample_cost(req, ddpm.timesteps)
+        cost = req.cost(ddpm.timesteps)
         if cost > MAX_SAMPLE_COST:
             raise TooCostly(f"this request costs {cost:,} image-network calls (n x steps, x2 with "
                             f"guidance; DDPM takes all {ddpm.timesteps} steps); the limit is "
                             f"{MAX_SAMPLE_COST:,}: ask for fewer images or steps")
 
-    async def _run(self, requests: list[dict]) -> list[torch.Tensor]:
+    async def _run(self, items: list[tuple[SampleRequest, threading.Event | None]]
+                   ) -> list[torch.Tensor | None]:
         """Requests with the same sampler settings share one call; each keeps its own seed and
-        labels (rows without labels take the null label: unconditional, unguided). A caller that
-        left (its ``left`` event) before its group's call starts is dropped from the call; a call
-        whose callers have all left stops at its next network call. Results of those who left
-        are None."""
+        labels (``samplers.batch_rows``). A caller that left (its event) before its group's call
+        starts is dropped from the call; a call whose callers have all left stops at its next
+        network call. Results of those who left are None."""
         ddpm = self.require()
-        out: list[torch.Tensor | None] = [None] * len(requests)
+        out: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(batch_key(r), []).append(i)
+        for i, (req, _) in enumerate(items):
+            groups.setdefault(req.batch_key(), []).append(i)
         async with self.lock:  # a stream may hold it for long: callers may leave meanwhile
-            for (sampler, steps, eta), idx in groups.items():
-                idx = [i for i in idx if not ("left" in requests[i] and requests[i]["left"].is_set())]
+            for idx in groups.values():
+                idx = [i for i in idx if not (items[i][1] is not None and items[i][1].is_set())]
                 if not idx:  # every caller of this group left before its call started
                     continue
-                blocks = [(torch.Generator().manual_seed(requests[i]["seed"]), requests[i]["n"])
-                          for i in idx]
-                labels, guidance = None, 0.0
-                if ddpm.conditional:  # rows without labels: the null label, w = 0 (one row, not
-                    # two: guiding the null label by itself doubles the batch for the same images)
-                    labels = torch.tensor([c for i in idx for c in requests[i].get("labels")
-                                           or [ddpm.num_classes] * requests[i]["n"]])
-                    guidance = torch.tensor([float(requests[i].get("guidance", 0.0))
-                                             if requests[i].get("labels") else 0.0
-                                             for i in idx for _ in range(requests[i]["n"])])
-                callers = [requests[i]["left"] for i in idx if "left" in requests[i]]
+                reqs = [items[i][0] for i in idx]
+                blocks = [(torch.Generator().manual_seed(r.seed), r.n) for r in reqs]
+                labels, guidance = samplers.batch_rows(reqs, ddpm.model.null_label)
+                callers = [items[i][1] for i in idx if items[i][1] is not None]
                 try:
                     images = await in_thread(
-                        ddpm.sample, sum(n for _, n in blocks), method=sampler, steps=steps,
-                        eta=eta or 0.0, labels=labels, guidance=guidance, generator=blocks,
-                        device=self.device, callers=callers)
+                        ddpm.sample, sum(r.n for r in reqs), method=reqs[0].sampler,
+                        steps=reqs[0].steps, eta=reqs[0].eta, labels=labels, guidance=guidance,
+                        generator=blocks, device=self.device, callers=callers)
                 except SamplingStopped:  # every caller of this call left: nobody to answer
                     continue
-                for i, part in zip(idx, images.split([n for _, n in blocks]), strict=True):
+                for i, part in zip(idx, images.split([r.n for r in reqs]), strict=True):
                     out[i] = part
         return out
 

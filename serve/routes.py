@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from hw4 import viz
 from hw4.adversarial import ATTACKS
 from hw4.errors import HW4Error
+from hw4.samplers import DEFAULT_SAMPLER, SAMPLERS, SampleRequest
 from hw4.vae_attacks import ATTACK_TARGET_LABELS
 from serve import guard, health
 from serve.guard import LOOPBACK_HOSTS, MAX_BODY_BYTES, TOKEN_ENV, Guard
@@ -178,23 +179,27 @@ class Api:
         return {"ddpm": ddpm, "vae": vae, "attack_targets": ATTACK_TARGET_LABELS,
                 "attacks": [{"name": a.name, "label": a.label, "default_steps": a.default_steps}
                             for a in ATTACKS.values()],
+                "samplers": [{"name": k.name, "label": k.label, "default_steps": k.default_steps,
+                              "uses_eta": k.uses_eta} for k in SAMPLERS.values()],
+                "default_sampler": DEFAULT_SAMPLER,
                 "limits": {"max_sample_images": MAX_SAMPLE_IMAGES, "max_body_bytes": MAX_BODY_BYTES,
                            "max_test_images": MAX_TEST_IMAGES, "max_guidance": MAX_GUIDANCE,
                            "max_sample_cost": MAX_SAMPLE_COST, "max_attack_cost": MAX_ATTACK_COST}}
 
     @api.post("/ddpm/sample", responses={200: {"content": {"image/png": {}}}})
     async def ddpm_sample(self, body: DDPMSampleIn) -> Response:
-        """Draw n digits with DDPM (all T steps) or DDIM (``steps``, ``eta``); seeded. A
-        class-conditional model draws the ``labels`` asked for, guided with weight ``guidance``.
-        JSON adds the pinned MNIST classifier's verdict on each image."""
+        """Draw n digits with any registered sampler (``hw4.samplers``; ``steps`` network calls,
+        ``eta`` for DDIM); seeded. A class-conditional model draws the ``labels`` asked for,
+        guided with weight ``guidance``. JSON adds the pinned MNIST classifier's verdict on each
+        image."""
         t0 = time.perf_counter()
-        req = {**body.model_dump(exclude={"format", "nrow", "labels"}), "labels": body.label_list()}
+        req = body.request()
         images = await self.ddpm.sample.remote(req)
-        meta = dict(seconds=round(time.perf_counter() - t0, 4), sampler=body.sampler,
-                    steps=body.steps, seed=body.seed, guidance=body.guidance)
+        meta = dict(seconds=round(time.perf_counter() - t0, 4), sampler=req.sampler,
+                    steps=req.steps, seed=req.seed, guidance=req.guidance)
         if body.format == "json":
             meta["verdict"] = await self.ddpm.verdict.remote(images)
-            meta["labels"] = req["labels"]
+            meta["labels"] = list(req.labels) if req.labels is not None else None
         return image_reply(images, body.format, nrow=body.nrow, **meta)
 
     @api.post("/ddpm/sample/stream", response_class=StreamingResponse, responses={200: {
@@ -206,14 +211,13 @@ class Api:
     async def ddpm_sample_stream(self, body: DDPMStreamIn) -> StreamingResponse:
         """The sampler's chain as it runs: watch noise become digits. One request's chain runs
         unbatched; a client that disconnects stops it within one network call."""
-        req = {**body.model_dump(exclude={"format", "nrow", "labels", "preview_every"}),
-               "labels": body.label_list()}
+        req = body.request()
         await self.ddpm.check_stream.remote(req)  # refusals as 4xx, before the stream
         chain = self.ddpm.options(stream=True).stream.remote(req, body.preview_every)
         return StreamingResponse(self._events(chain, req, body.nrow), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    async def _events(self, chain: Any, req: dict, nrow: int) -> AsyncIterator[str]:
+    async def _events(self, chain: Any, req: SampleRequest, nrow: int) -> AsyncIterator[str]:
         t0 = time.perf_counter()
         try:
             async for item in chain:
@@ -221,8 +225,9 @@ class Api:
                     images = item["final"]
                     yield sse("done", image_json(
                         images, nrow, seconds=round(time.perf_counter() - t0, 4),
-                        sampler=req["sampler"], steps=req["steps"], seed=req["seed"],
-                        guidance=req["guidance"], labels=req["labels"],
+                        sampler=req.sampler, steps=req.steps, seed=req.seed,
+                        guidance=req.guidance,
+                        labels=list(req.labels) if req.labels is not None else None,
                         verdict=await self.ddpm.verdict.remote(images)))
                 else:
                     progress = {"step": item["step"], "total": item["total"]}

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hw4 import samplers
 from hw4.adversarial import ATTACKS
 from hw4.adversarial.registry import AttackOptions
 from hw4.errors import HW4Error
@@ -52,21 +53,21 @@ def image_spec(images: list[ImageIn], labels: list[int] | None = None) -> dict:
 
 
 Digit = Annotated[int, Field(ge=0, le=9)]
-# network calls per image when a request names none (DDPM's is the model's T, decided there):
-# DPM-Solver++(2M) at 10 matched DDIM-50's FID (BENCHMARKS.md, "Samplers")
-DEFAULT_STEPS = {"dpm++2m": 10, "ddim": 50, "ddpm": 1000}
+SAMPLER_HELP = "; ".join(f"{k.name}: {k.label}" + (f" (default {k.default_steps} network calls)"
+                                                    if k.default_steps else " (all T steps)")
+                         for k in samplers.SAMPLERS.values())
 
 
 class DDPMSampleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: int = Field(16, ge=1, le=MAX_SAMPLE_IMAGES, description="images to draw")
-    sampler: Literal["dpm++2m", "ddim", "ddpm"] = Field(
-        "dpm++2m", description="dpm++2m: DPM-Solver++(2M), the fewest network calls per good "
-                               "image; ddim; ddpm: all T ancestral steps")
+    sampler: Literal[samplers.NAMES] = Field(  # type: ignore[valid-type]
+        samplers.DEFAULT_SAMPLER, description=f"the sampler: {SAMPLER_HELP}")
     steps: int | None = Field(None, ge=1, le=1000,
-                              description="network calls of dpm++2m (default 10) or ddim (default "
-                                          "50); DDPM always uses all T")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 DDPM-like")
+                              description="network calls (default: the sampler's own); DDPM "
+                                          "always takes all T")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM's noise: 0 deterministic, 1 "
+                                                         "DDPM-like; the other samplers ignore it")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     labels: Digit | list[Digit] | None = Field(
         None, description="class-conditional model: one digit for every image, one digit per "
@@ -81,12 +82,13 @@ class DDPMSampleIn(BaseModel):
     def one_label_per_image(self) -> "DDPMSampleIn":
         if isinstance(self.labels, list) and len(self.labels) != self.n:
             raise ValueError(f"labels: one digit per image ({self.n}), got {len(self.labels)}")
-        if self.steps is None:
-            self.steps = DEFAULT_STEPS[self.sampler]
         return self
 
-    def label_list(self) -> list[int] | None:
-        return [self.labels] * self.n if isinstance(self.labels, int) else self.labels
+    def request(self) -> samplers.SampleRequest:
+        labels = [self.labels] * self.n if isinstance(self.labels, int) else self.labels
+        steps = self.steps if self.steps is not None else samplers.kind(self.sampler).default_steps
+        return samplers.SampleRequest(self.n, self.sampler, steps, self.eta, self.seed,
+                                      tuple(labels) if labels is not None else None, self.guidance)
 
 
 class DDPMStreamIn(DDPMSampleIn):
@@ -188,22 +190,6 @@ class AttackIn(BaseModel):
         """Images x epsilons x models x model calls per image (EOT samples included)."""
         images = len(self.images) if self.images is not None else self.n
         return images * len(self.epsilons) * len(self.models) * ATTACKS[self.attack].calls(self.options())
-
-
-def batch_key(req: dict) -> tuple:
-    """Requests that can share one model call: the same sampler settings. Settings a sampler
-    ignores are left out (DDPM has no steps or eta), so they do not split a batch; labels and
-    guidance are per row, so they never do."""
-    steps = None if req["sampler"] == "ddpm" else req["steps"]
-    eta = req["eta"] if req["sampler"] == "ddim" else None
-    return req["sampler"], steps, eta
-
-
-def sample_cost(req: dict, timesteps: int) -> int:
-    """Images x network calls of a sample request (a guided call runs twice the rows)."""
-    calls = timesteps if req["sampler"] == "ddpm" else req["steps"]
-    guided = req.get("labels") is not None and req.get("guidance", 0) > 0
-    return req["n"] * calls * (2 if guided else 1)
 
 
 def b64decode(text: str) -> bytes:

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from hw4 import diffusion as D
+from hw4 import reverse as R
+from hw4 import samplers as S
 from hw4.errors import HW4Error
 
 
@@ -28,9 +30,21 @@ def test_cosine_schedule_matches_improved_ddpm_formula():
 def test_schedules_are_valid(name, T):
     betas = D.get_named_beta_schedule(name, T)
     assert betas.shape == (T,) and betas.dtype == torch.float64
-    assert (betas > 0).all() and (betas < 1).all()
+    assert (betas > 0).all() and (betas[:-1] < 1).all() and betas[-1] <= 1
     ab = torch.cumprod(1 - betas, 0)
     assert (ab[1:] < ab[:-1]).all() and ab[-1] < 0.05
+
+
+def test_the_zero_terminal_snr_schedule_ends_at_pure_noise_and_keeps_its_start():
+    linear = torch.cumprod(1 - D.get_named_beta_schedule("linear", 1000), 0)
+    ab = torch.cumprod(1 - D.get_named_beta_schedule("linear-zero-snr", 1000), 0)
+    assert ab[-1] == 0 and ab[-2] > 0  # SNR 0 at t = T only
+    assert torch.isclose(ab[0], linear[0], rtol=1e-12)
+    s = D.DiffusionSchedule.named("linear-zero-snr", 1000)
+    # the v target stays finite at SNR 0 (x0 = -v there), and sampling starts from it
+    x0, eps = D.predict_x0_eps(s, torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 999, "v")
+    assert torch.equal(x0, -torch.ones(1, 1, 2, 2)) and torch.isfinite(eps).all()
+    assert R.half_log_snr(s, 999) == -math.inf
 
 
 def test_unknown_schedule_is_a_user_error():
@@ -93,17 +107,17 @@ def test_training_loss_is_zero_for_the_oracle_and_per_sample():
 def test_ddim_eta1_on_all_steps_is_ddpm_posterior_variance(name):
     s = D.DiffusionSchedule.named(name, 200)
     for t in (1, 5, 100, 199):
-        sigma = D.ddim_sigma(s, t, t - 1, eta=1.0)
+        sigma = R.ddim_sigma(s, t, t - 1, eta=1.0)
         assert sigma**2 == pytest.approx(float(s.posterior_variance[t]), rel=1e-4)
-    assert D.ddim_sigma(s, 100, 99, eta=0.0) == 0.0
+    assert R.ddim_sigma(s, 100, 99, eta=0.0) == 0.0
 
 
 def test_ddim_eta1_step_mean_equals_ddpm_posterior_mean():
     s = D.DiffusionSchedule.named("linear", 100)
     xt, out = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
-    ddim = D.ddim_step(s, out, 40, 39, xt, eta=1.0, clip=False,
+    ddim = R.ddim_step(s, out, 40, 39, xt, eta=1.0, clip=False,
                        generator=torch.Generator().manual_seed(1))
-    ddpm = D.ddpm_step(s, out, 40, xt, clip=False, generator=torch.Generator().manual_seed(1))
+    ddpm = R.ddpm_step(s, out, 40, xt, clip=False, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(ddim.prev_sample, ddpm.prev_sample, atol=1e-4, rtol=1e-4)
 
 
@@ -114,7 +128,7 @@ def toy_model(x, t):
 def test_ddim_eta0_is_deterministic_and_eta1_is_not():
     s = D.DiffusionSchedule.named("cosine", 100)
     xT = torch.randn(2, 1, 6, 6)
-    run = lambda eta, seed: D.sample(toy_model, s, xT.shape, method="ddim", steps=10,  # noqa: E731
+    run = lambda eta, seed: S.sample(toy_model, s, xT.shape, method="ddim", steps=10,  # noqa: E731
                                      eta=eta, x_T=xT, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(run(0.0, 1), run(0.0, 2), atol=0, rtol=0)
     assert (run(1.0, 1) - run(1.0, 2)).abs().max() > 1e-3
@@ -122,26 +136,26 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_not():
 
 def test_ddpm_sampling_is_seeded_and_in_range():
     s = D.DiffusionSchedule.named("linear", 20)
-    a = D.sample(toy_model, s, (2, 1, 4, 4), generator=torch.Generator().manual_seed(3))
-    b = D.sample(toy_model, s, (2, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    a = S.sample(toy_model, s, (2, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    b = S.sample(toy_model, s, (2, 1, 4, 4), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert a.abs().max() <= 1.0 + 1e-6
 
 
 def test_ddim_timesteps():
-    assert D.ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
-    ts = D.ddim_timesteps(1000, 50)
+    assert R.ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    ts = R.ddim_timesteps(1000, 50)
     assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
     with pytest.raises(HW4Error, match="steps must be"):
-        D.ddim_timesteps(100, 101)
+        R.ddim_timesteps(100, 101)
 
 
 def test_sampler_progress_yields_every_step():
     s = D.DiffusionSchedule.named("linear", 30)
-    steps = list(D.sample_progressive(toy_model, s, (1, 1, 2, 2), method="ddim", steps=7))
+    steps = list(S.sample_progressive(toy_model, s, (1, 1, 2, 2), method="ddim", steps=7))
     assert len(steps) == 7
     with pytest.raises(HW4Error, match="unknown sampler"):
-        list(D.sample_progressive(toy_model, s, (1, 1, 2, 2), method="euler"))
+        list(S.sample_progressive(toy_model, s, (1, 1, 2, 2), method="euler"))
 
 
 @pytest.mark.parametrize("method, eta", [("ddpm", 0.0), ("ddim", 1.0)])
@@ -150,13 +164,13 @@ def test_generator_blocks_give_each_request_its_own_noise(method, eta):
     model = lambda x, t: 0.1 * x  # noqa: E731  (deterministic, row-independent)
     s = D.DiffusionSchedule.named("linear", 20)
     kw = dict(method=method, steps=5, eta=eta)
-    alone = [D.sample(model, s, (n, 1, 4, 4), generator=torch.Generator().manual_seed(seed), **kw)
+    alone = [S.sample(model, s, (n, 1, 4, 4), generator=torch.Generator().manual_seed(seed), **kw)
              for n, seed in ((2, 7), (3, 11))]
     blocks = [(torch.Generator().manual_seed(7), 2), (torch.Generator().manual_seed(11), 3)]
-    batched = D.sample(model, s, (5, 1, 4, 4), generator=blocks, **kw)
+    batched = S.sample(model, s, (5, 1, 4, 4), generator=blocks, **kw)
     assert torch.allclose(batched, torch.cat(alone), atol=1e-6)
     with pytest.raises(Exception, match="cover 5 rows"):
-        D.sample(model, s, (4, 1, 4, 4), generator=blocks, **kw)
+        S.sample(model, s, (4, 1, 4, 4), generator=blocks, **kw)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

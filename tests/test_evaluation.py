@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hw4 import evaluation, vae_attacks
+from hw4 import evaluation, samplers, vae_attacks
 from hw4.checkpoint import CheckpointError
 from hw4.models.autoencoder import (
     Autoencoder,
@@ -63,11 +63,11 @@ def test_iwae_is_non_decreasing_in_k_and_starts_at_the_elbo():
 
 
 def test_sampler_specs_parse_and_bad_ones_are_refused():
-    assert evaluation.Sampler.parse("ddpm") == evaluation.Sampler("ddpm")
-    assert evaluation.Sampler.parse("ddim:20:1") == evaluation.Sampler("ddim", 20, 1.0)
+    assert samplers.SamplerSpec.parse("ddpm") == samplers.SamplerSpec("ddpm")
+    assert samplers.SamplerSpec.parse("ddim:20:1") == samplers.SamplerSpec("ddim", 20, 1.0)
     for bad in ("ddim", "ddim:0", "ddim:x", "ddim:10:2", "ddpm:5", "euler:10"):
         with pytest.raises(Exception, match="bad sampler"):
-            evaluation.Sampler.parse(bad)
+            samplers.SamplerSpec.parse(bad)
 
 
 def test_chunks_cover_n_with_distinct_seeds():

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from hw4 import diffusion as D
+from hw4 import reverse as R
+from hw4 import samplers as S
 from hw4 import train
 from hw4.errors import HW4Error
 
@@ -104,7 +106,7 @@ def test_dpm_solver_pp_2m_equals_diffusers_on_a_fixed_network(prediction, steps)
         algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
         prediction_type="epsilon" if prediction == "eps" else "v_prediction")
     ref.set_timesteps(steps)
-    ts = D.dpm_solver_timesteps(1000, steps)
+    ts = R.dpm_solver_timesteps(1000, steps)
     assert ref.timesteps.tolist() == ts
 
     def network(x, t):  # fixed and smooth: the optimum for data at 0, plus a nonlinear term
@@ -113,12 +115,13 @@ def test_dpm_solver_pp_2m_equals_diffusers_on_a_fixed_network(prediction, steps)
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
-    history = []
+    previous = None
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         out = network(x, t)  # one network output, given to both: the updates are compared
-        ours = D.dpmpp_2m_step(sched, out, t, t_prev, x, history=history, prediction=prediction,
-                               clip=False).prev_sample
+        step = R.dpmpp_2m_step(sched, out, t, t_prev, x, previous=previous,
+                               prediction=prediction, clip=False)
+        ours, previous = step.prev_sample, (t, step.pred_original_sample)
         theirs = ref.step(out.clone(), t, x.clone()).prev_sample
         assert torch.allclose(ours, theirs.to(ours.dtype), atol=1e-5, rtol=1e-5), (i, t)
         x = ours
@@ -133,9 +136,9 @@ def test_dpm_solver_samples_through_the_shared_loop_with_guidance():
         return 0.1 * x
 
     guided = D.guided_model(model, torch.tensor([1, 2]), 1.0, null_label=10)
-    x = D.sample(guided, SCHED, (2, 1, 4, 4), method="dpm++2m", steps=10,
+    x = S.sample(guided, SCHED, (2, 1, 4, 4), method="dpm++2m", steps=10,
                  generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 4, 4) and torch.isfinite(x).all()
     assert calls == [4] * 10  # 10 network calls of the 2N guided batch
     with pytest.raises(HW4Error, match="unknown sampler"):
-        D.sampler_timesteps("euler", 1000, 10)
+        S.timesteps("euler", 1000, 10)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -127,17 +128,14 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
 
     import torch
 
+    from hw4.samplers import SampleRequest
     from serve.deployments import DDPMModel
-    from serve.schemas import batch_key
 
     replica = DDPMModel.func_or_class()
     replica.reconfigure(pinned(str(app["storage"])))
-    reqs = [{"n": 2, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 1, "labels": [3, 10],
-             "guidance": 1.5},
-            {"n": 1, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 2, "labels": None,
-             "guidance": 1.5},
-            {"n": 1, "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 3, "labels": [8],
-             "guidance": 1.5}]
+    reqs = [(SampleRequest(2, "ddim", 4, 0.5, 1, (3, 10), 1.5), None),
+            (SampleRequest(1, "ddim", 4, 0.5, 2, None, 1.5), None),
+            (SampleRequest(1, "ddim", 4, 0.5, 3, (8,), 1.5), None)]
     trained = replica.require()
     sample, calls = trained.sample, []
     trained.sample = lambda n, **kw: calls.append(n) or sample(n, **kw)
@@ -146,8 +144,9 @@ def test_replica_batch_equals_unbatched_with_mixed_labels(app):
     for req, got in zip(reqs, batched, strict=True):
         # equal up to float rounding (a batch's convolutions may sum in another order)
         torch.testing.assert_close(got, asyncio.run(replica._run([req]))[0], rtol=0, atol=1e-4)
-    ddpm = {"n": 1, "sampler": "ddpm", "seed": 0, "labels": None, "guidance": 1.0}
-    assert batch_key({**ddpm, "steps": 5, "eta": 0.0}) == batch_key({**ddpm, "steps": 50, "eta": 1.0})
+    ddpm = SampleRequest(1, "ddpm", guidance=1.0)
+    assert replace(ddpm, steps=5).batch_key() == replace(ddpm, steps=50, eta=1.0).batch_key()
+    assert SampleRequest(1, "dpm++2m", 10).batch_key() == SampleRequest(1, "dpm++2m", 10, eta=1).batch_key()
 
 
 def test_overload_gets_quick_503s_while_health_answers(app):
@@ -393,6 +392,7 @@ def test_an_unconditional_served_model_refuses_labels(tmp_path):
     import asyncio
 
     from hw4.errors import HW4Error
+    from hw4.samplers import SampleRequest
     from serve.deployments import DDPMModel
 
     from .conftest import write_ddpm
@@ -400,10 +400,10 @@ def test_an_unconditional_served_model_refuses_labels(tmp_path):
     replica = DDPMModel.func_or_class()
     replica.reconfigure(pinned(tmp_path, checkpoint=str(write_ddpm(tmp_path / "u.pt", num_classes=None)),
                                batching=False))
-    req = {"n": 1, "sampler": "ddim", "steps": 3, "eta": 0.0, "seed": 0, "guidance": 1.0}
-    assert asyncio.run(replica.sample({**req, "labels": None})).shape == (1, 1, 28, 28)
+    req = SampleRequest(1, "ddim", 3, guidance=1.0)
+    assert asyncio.run(replica.sample(req)).shape == (1, 1, 28, 28)
     with pytest.raises(HW4Error, match="unconditional"):
-        asyncio.run(replica.sample({**req, "labels": [3]}))
+        asyncio.run(replica.sample(replace(req, labels=(3,))))
     assert asyncio.run(replica.info())["conditional"] is False
 
 

@@ -10,6 +10,7 @@ import re
 import struct
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,11 @@ from pydantic import ValidationError
 
 from hw4 import viz
 from hw4.errors import HW4Error
+from hw4.samplers import SampleRequest
 from serve import guard
 from serve.deployments import DDPMModel
 from serve.replica import TooCostly
-from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn, sample_cost
+from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn
 
 from .conftest import make_storage, pinned
 
@@ -206,10 +208,10 @@ def test_a_decompression_bomb_png_is_a_clear_error():
 
 
 def test_sample_and_attack_cost_budgets():
-    base = {"n": 16, "sampler": "ddpm", "steps": 50, "labels": None, "guidance": 1.0}
-    assert sample_cost(base, 1000) == 16_000 <= MAX_SAMPLE_COST
-    assert sample_cost({**base, "labels": [1] * 16}, 1000) == 32_000 > MAX_SAMPLE_COST
-    assert sample_cost({**base, "sampler": "ddim", "n": 64, "labels": [0] * 64}, 1000) == 6_400
+    base = SampleRequest(16, "ddpm", 50, guidance=1.0)
+    assert base.cost(1000) == 16_000 <= MAX_SAMPLE_COST  # DDPM: all T steps, whatever is asked
+    assert replace(base, labels=(1,) * 16).cost(1000) == 32_000 > MAX_SAMPLE_COST
+    assert replace(base, sampler="ddim", n=64, labels=(0,) * 64).cost(1000) == 6_400
     AttackIn(attack="fgsm", n=256, epsilons=[0, .1, .2, .3])
     assert AttackIn(attack="pgd", n=10, pgd_steps=10).cost() == 10 * 4 * 3 * 10 <= MAX_ATTACK_COST
     # AutoAttack, standard: APGD-CE 101 + APGD-T 9 x 101 + Square 5,000 calls an image
@@ -228,12 +230,11 @@ def test_sample_and_attack_cost_budgets():
 def test_a_costly_sample_request_is_refused_before_work(tmp_path):
     replica = DDPMModel.func_or_class()
     replica.reconfigure(pinned(str(make_storage(tmp_path)), batching=False))  # T = 20
-    req = {"n": 64, "sampler": "ddpm", "steps": 50, "eta": 0.0, "seed": 0, "labels": None,
-           "guidance": 1.0}
+    req = SampleRequest(64, "ddpm", 50, guidance=1.0)
     assert asyncio.run(replica.sample(req)).shape == (64, 1, 28, 28)  # 64 x 20 = 1,280
     replica.model.schedule = type(replica.model.schedule).named("linear", 1000)  # as if T = 1000
     with pytest.raises(TooCostly) as refused:
-        asyncio.run(replica.sample({**req, "labels": [1] * 64}))
+        asyncio.run(replica.sample(replace(req, labels=(1,) * 64)))
     assert "128,000" in str(refused.value) and f"{MAX_SAMPLE_COST:,}" in str(refused.value)
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from hw4 import diffusion as D
+from hw4 import reverse as R
+from hw4 import samplers as S
 from hw4.objectives import iwae_bound
 from hw4.theory import ddim, elbo, fdiv, hvae, score
 
@@ -205,7 +207,7 @@ def test_tweedie_and_eps_equals_minus_sigma_times_score():
 def test_ddim_forward_process_keeps_ddpm_marginals(eta):
     s = D.DiffusionSchedule.named("cosine", 1000)
     x0 = torch.full((100_000, 1), 0.8, dtype=torch.float64)
-    ts = D.ddim_timesteps(1000, 20)
+    ts = R.ddim_timesteps(1000, 20)
     chain = ddim.ddim_forward_chain(s, x0, ts, eta=eta, generator=torch.Generator().manual_seed(0))
     for t in (ts[0], ts[5], ts[12], ts[-1]):
         ab = float(s.alphas_cumprod[t])
@@ -253,12 +255,12 @@ def test_ddim_eta0_inverts_and_reconstructs():
     x0 = mean + math.sqrt(var) * torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     errors = {}
     for steps in (100, 200, 1000):
-        xT = D.ddim_invert(model, s, x0, steps=steps)
-        back = D.sample(model, s, x0.shape, method="ddim", steps=steps, x_T=xT, clip=False)
+        xT = R.ddim_invert(model, s, x0, steps=steps)
+        back = S.sample(model, s, x0.shape, method="ddim", steps=steps, x_T=xT, clip=False)
         errors[steps] = float((back - x0).abs().mean())
     assert errors[200] < 0.6 * errors[100] and errors[1000] < 0.002
     assert float(xT.std()) == pytest.approx(1.0, abs=0.03)  # the code looks like N(0, I)
     # the decoder is deterministic: another generator gives the same image
-    again = D.sample(model, s, x0.shape, method="ddim", steps=1000, x_T=xT, clip=False,
+    again = S.sample(model, s, x0.shape, method="ddim", steps=1000, x_T=xT, clip=False,
                      generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(back, again, rtol=0, atol=0)

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from hw4.diffusion import DiffusionSchedule, ddim_sigma
+from hw4.diffusion import DiffusionSchedule
+from hw4.reverse import ddim_sigma
 
 
 def ddim_forward_step(s: DiffusionSchedule, x0: torch.Tensor, xt: torch.Tensor, t: int,

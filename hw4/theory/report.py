@@ -20,6 +20,8 @@ import torch  # noqa: E402
 
 from hw4 import data  # noqa: E402
 from hw4 import diffusion as D  # noqa: E402
+from hw4 import reverse as R  # noqa: E402
+from hw4 import samplers as S  # noqa: E402
 from hw4.theory import ddim, elbo, fdiv, hvae, score  # noqa: E402
 
 
@@ -188,7 +190,7 @@ def score_section() -> str:
 def ddim_section(out: Path, ddpm_registry: Path | None) -> str:
     s = D.DiffusionSchedule.named("cosine", 1000)
     x0 = torch.full((100_000, 1), 0.8, dtype=torch.float64)
-    ts = D.ddim_timesteps(1000, 20)
+    ts = R.ddim_timesteps(1000, 20)
     rows = []
     for eta in (0.0, 0.5, 1.0):
         chain = ddim.ddim_forward_chain(s, x0, ts, eta=eta, generator=torch.Generator().manual_seed(0))
@@ -201,8 +203,8 @@ def ddim_section(out: Path, ddpm_registry: Path | None) -> str:
     xg = 0.3 + 0.2 * torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     inv_rows = []
     for steps in (20, 50, 100, 250, 1000):
-        xT = D.ddim_invert(model, s, xg, steps=steps)
-        back = D.sample(model, s, xg.shape, method="ddim", steps=steps, x_T=xT, clip=False)
+        xT = R.ddim_invert(model, s, xg, steps=steps)
+        back = S.sample(model, s, xg.shape, method="ddim", steps=steps, x_T=xT, clip=False)
         inv_rows.append(["Gaussian data, exact ε", steps, float((back - xg).abs().mean()),
                          float(xT.std())])
     if ddpm_registry is not None and ddpm_registry.is_file():
@@ -222,8 +224,8 @@ def ddpm_inversion(record: dict, out: Path) -> list[list]:
     x = data.load_dataset("mnist", "test", normalization="symmetric", subset=16, seed=0).tensors[0]
     rows = []
     for steps in (20, 50, 100):
-        xT = D.ddim_invert(model, s, x, steps=steps, prediction=cfg["prediction"])
-        back = D.sample(model, s, x.shape, method="ddim", steps=steps, x_T=xT,
+        xT = R.ddim_invert(model, s, x, steps=steps, prediction=cfg["prediction"])
+        back = S.sample(model, s, x.shape, method="ddim", steps=steps, x_T=xT,
                         prediction=cfg["prediction"])
         rows.append([f"trained DDPM ({record['checkpoint'].split('/')[-3]}), MNIST in [-1,1]",
                      steps, float((back - x).abs().mean()), float(xT.std())])

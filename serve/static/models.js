@@ -56,5 +56,6 @@ async function loadInfo() {
   $("s-cond-hint").hidden = !unconditional;
   $("s-digit").disabled = $("s-guidance").disabled = unconditional;
   $("i-out").replaceChildren(modelCard("ddpm", info.ddpm), modelCard("vae", info.vae));
+  fillSamplers();
   drawCurves();
 }

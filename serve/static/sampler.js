@@ -1,4 +1,4 @@
-// The DDPM sampler panel: DPM-Solver++(2M), DDIM or DDPM, digit and guidance, the chain streamed
+// The DDPM sampler panel: the server's samplers (/info), digit and guidance, the chain streamed
 // live, and the pinned classifier's verdicts.
 "use strict";
 
@@ -11,9 +11,7 @@ function servedConditional() { return Boolean(info && info.ddpm && info.ddpm.con
 // final images) every few network calls, shown in place with a progress bar, then the samples.
 async function sample(params, verdicts, out) {
   const t0 = performance.now();
-  const labels = {ddpm: `DDPM-${servedT()}`, ddim: `DDIM-${params.steps}, η=${params.eta}`,
-                  "dpm++2m": `DPM-Solver++(2M)-${params.steps}`};
-  let label = labels[params.sampler];
+  let label = samplerLabel(params);
   if (params.labels !== undefined) label += `, w=${params.guidance}`;
   const blank = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
   const live = figure(blank, `${label}: starting`, `${label}: the chain as it runs`);
@@ -53,6 +51,37 @@ function showVerdicts(r) {
   $("s-verdicts").replaceChildren(head, ...cells);
 }
 
+// the samplers the server offers (/info: hw4.samplers' registry), in its order
+function samplerInfo(name) {
+  return (info && info.samplers || []).find((k) => k.name === name) ||
+         {name, label: name, default_steps: null, uses_eta: false};
+}
+
+function samplerLabel(p) {
+  const k = samplerInfo(p.sampler);
+  if (k.default_steps === null) return `${k.label}-${servedT()}`;
+  return `${k.label}-${p.steps}` + (k.uses_eta ? `, η=${p.eta}` : "");
+}
+
+function fillSamplers() {
+  if (!info || !info.samplers) return;
+  const select = $("s-sampler");
+  select.replaceChildren(...info.samplers.map((k) => Object.assign(
+    document.createElement("option"),
+    {value: k.name, textContent: k.default_steps === null ? `${k.label} (all T steps)` : k.label})));
+  select.value = info.default_sampler;
+  showSamplerOptions(true);
+  $("s-compare").textContent = `DDPM (all T) vs DDIM-${samplerInfo("ddim").default_steps}, same seed`;
+}
+
+// steps and eta where the chosen sampler takes them; a new sampler starts at its default steps
+function showSamplerOptions(reset) {
+  const k = samplerInfo($("s-sampler").value);
+  $("s-steps").disabled = k.default_steps === null;
+  if (reset && k.default_steps !== null) $("s-steps").value = k.default_steps;
+  $("s-eta").disabled = !k.uses_eta;
+}
+
 function samplerParams() {
   const p = {sampler: $("s-sampler").value, steps: intIn("s-steps", 1, 1000, "Steps"),
              eta: Number($("s-eta").value), seed: intIn("s-seed", 0, 2 ** 31 - 1, "Seed"),
@@ -72,6 +101,7 @@ function samplerParams() {
 }
 
 $("s-eta").addEventListener("input", () => { $("s-eta-out").value = $("s-eta").value; });
+$("s-sampler").addEventListener("change", () => showSamplerOptions(true));
 $("s-guidance").addEventListener("input", () => { $("s-guidance-out").value = $("s-guidance").value; });
 $("sample-form").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -87,5 +117,7 @@ $("s-compare").addEventListener("click", () => run($("s-compare"), "sampler-erro
   $("s-verdicts").replaceChildren();
   $("s-out").replaceChildren();
   await sample({...p, sampler: "ddpm", steps: T, eta: 1}, false, $("s-out"));
-  await sample({...p, sampler: "ddim", steps: Math.min(50, T), eta: 0}, false, $("s-out"));
+  const ddim = samplerInfo("ddim");
+  await sample({...p, sampler: "ddim", steps: Math.min(ddim.default_steps, T), eta: 0}, false,
+               $("s-out"));
 }));
