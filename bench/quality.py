@@ -67,8 +67,12 @@ def evaluate(out: Path, n: int, threads: int) -> None:
             if any(r["variant"] == variant and r["sampler"] == spec and r["guidance"] == w
                    for r in scores):
                 continue
+            # the budget's minutes at the probe's pace (train_seconds also counts other work
+            # that shared the cores)
+            pace = last.get("probe_seconds_per_step")
             row = {"variant": variant, "steps": last["step"],
                    "train_minutes": last["train_seconds"] / 60,
+                   "budget_minutes": pace * last["step"] / 60 if pace else None,
                    **recipe.score(path, spec, n, w, refs)}
             scores.append(row)
             print(json.dumps(row), flush=True)
@@ -79,10 +83,10 @@ def evaluate(out: Path, n: int, threads: int) -> None:
 def table(out: Path) -> str:
     got = json.loads((out / "scores.json").read_text())
     f = got["floor"]
-    rows = ["| change | steps (min) | w | FID (x floor) | acc. | 2nd FID (x floor) | 2nd acc. "
+    rows = ["| change | steps | w | FID (x floor) | acc. | 2nd FID (x floor) | 2nd acc. "
             "| background |", "|" + " --- |" * 8]
     for r in got["scores"]:
-        rows.append(f"| {r['variant']} | {r['steps']} ({r['train_minutes']:.1f}) | {r['guidance']:g} "
+        rows.append(f"| {r['variant']} | {r['steps']} | {r['guidance']:g} "
                     f"| {r['fid'] / f['fid']:.2f}x | {r['class_accuracy']:.3f} | "
                     f"{r['second_fid'] / f['second_fid']:.2f}x | {r['second_class_accuracy']:.3f} "
                     f"| {r['background_share']:.0%} |")

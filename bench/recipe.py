@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hw4 import data, evaluation, precision, samplers, train, viz
+from hw4 import data, epochs, evaluation, precision, samplers, train, viz
 from hw4.assets import SECOND_JUDGE
 from hw4.atomic_files import write_bytes_atomic
 from hw4.checkpoint import save_checkpoint
@@ -81,9 +81,11 @@ def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int
 
     if budget_s is not None:  # the probe's steps train too, at the warm-up's learning rate
         probe = iter(loader)
-        per_step = train.seconds_per_step(lambda: step(*next(probe)), steps=train_ddpm.PROBE_STEPS)
-        steps = train.steps_in_budget(budget_s, per_step, 10**6)
+        per_step = epochs.seconds_per_step(lambda: step(*next(probe)), steps=train_ddpm.PROBE_STEPS)
+        steps = epochs.steps_in_budget(budget_s, per_step, 10**6)
         print(f"{label}: {per_step:.3f} s a step ({dtype or 'fp32'}): {steps} steps", flush=True)
+    else:
+        per_step = None
     cfg.epochs = -(-steps // len(loader))  # recorded as the job would
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, train.warmup_lambda(cfg.warmup_steps, cfg.lr_schedule, steps))
@@ -105,7 +107,8 @@ def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int
                 for rule, ema in emas.items():
                     if rule == cfg.ema_warmup or done == steps:  # the others only at the end
                         save(out / f"step{done}-{rule}.pt", model, ema, cfg, rule, done)
-                log.append({"step": done, "train_seconds": seconds, "loss": float(m["loss"])})
+                log.append({"step": done, "train_seconds": seconds, "loss": float(m["loss"]),
+                            "probe_seconds_per_step": per_step})
                 write_bytes_atomic(out / "log.json", json.dumps(log, indent=1).encode())
             if done == steps:
                 return

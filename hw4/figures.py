@@ -22,54 +22,15 @@ from pathlib import Path
 
 import torch
 
-from hw4 import adversarial, data, diffusion, samplers, viz
+from hw4 import adversarial, data, ddpm_figures, viz
 from hw4.atomic_files import write_json_atomic
-from hw4.diffusion import SCHEDULES, DiffusionSchedule
+from hw4.diffusion import DiffusionSchedule
 from hw4.models.autoencoder import Autoencoder, AutoencoderConfig
 from hw4.models.unet import UNet, UNetConfig
 from hw4.objectives import gaussian_kl_per_dim
 from hw4.trained import TrainedDDPM, load_ddpm, load_vae, training_history
 
 FASHION = data.FASHION_CLASSES
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    viz.save_figure(fig, path, dpi=110, bbox_inches="tight")
-
-
-def image_rows(rows: list[torch.Tensor], path: Path, *, row_labels: list[str],
-               col_labels: list[str] | None = None, title: str = "", cmap: str = "gray",
-               vmin: float = 0.0, vmax: float = 1.0) -> None:
-    """A grid of 28x28 images, one tensor (n, 1, 28, 28) per row, labelled rows and columns."""
-    plt = _pyplot()
-    n_cols = max(len(r) for r in rows)
-    height = 0.95 * len(rows) + 0.6
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.4, height), squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(n_cols):
-            ax = axes[i][j]
-            ax.set_xticks([]), ax.set_yticks([])
-            if j < len(row):
-                ax.imshow(row[j, 0].detach().cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
-            else:
-                ax.axis("off")
-            if j == 0:
-                ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
-            if col_labels and i == len(rows) - 1 and j < len(col_labels):
-                ax.set_xlabel(col_labels[j], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.05, hspace=0.08, top=1 - 0.5 / height)  # the title, no gap
-    save_figure(fig, path)
 
 
 # --- AE vs VAE ----------------------------------------------------------------------------------
@@ -87,7 +48,7 @@ def ae_vs_vae_reconstructions(ae: Autoencoder, vae: Autoencoder, x: torch.Tensor
     with torch.no_grad():
         r_ae, r_vae = ae.reconstruct(x), vae.reconstruct(x)
     show = slice(0, shown)
-    image_rows([x[show], r_ae[show], (r_ae - x)[show].abs(), r_vae[show], (r_vae - x)[show].abs()], path,
+    viz.image_rows([x[show], r_ae[show], (r_ae - x)[show].abs(), r_vae[show], (r_vae - x)[show].abs()], path,
                row_labels=["test image", "AE", "AE |error|", "VAE", "VAE |error|"],
                title="Reconstructions: the plain autoencoder against the VAE (same architecture)")
     return {"images": len(x), "ae_mse": float(((r_ae - x) ** 2).mean()),
@@ -105,13 +66,13 @@ def ae_vs_vae_samples(ae: Autoencoder, vae: Autoencoder, x_train: torch.Tensor, 
     fitted = mean + z @ torch.linalg.cholesky(cov).T
     with torch.no_grad():
         rows = [vae.decode(z), ae.decode(z), ae.decode(fitted)]
-    image_rows(rows, path, row_labels=["VAE, z ~ N(0, I)", "AE, z ~ N(0, I)", "AE, fitted N(m, S)"],
+    viz.image_rows(rows, path, row_labels=["VAE, z ~ N(0, I)", "AE, z ~ N(0, I)", "AE, fitted N(m, S)"],
                title="Samples: the VAE's prior is where its decoder was trained; the AE's is not")
 
 
 def latent_pca(ae: Autoencoder, vae: Autoencoder, x: torch.Tensor, y: torch.Tensor, path: Path) -> None:
     """Each model's codes projected on their first two principal components, coloured by class."""
-    plt = _pyplot()
+    plt = viz.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     for ax, (name, model) in zip(axes, (("autoencoder", ae), ("VAE (posterior means)", vae)), strict=True):
         c = codes(model, x)
@@ -122,7 +83,7 @@ def latent_pca(ae: Autoencoder, vae: Autoencoder, x: torch.Tensor, y: torch.Tens
         ax.set(title=f"{name}: codes by PCA", xlabel="PC 1", ylabel="PC 2")
     cbar = fig.colorbar(sc, ax=axes, ticks=range(10))
     cbar.ax.set_yticklabels(FASHION, fontsize=7)
-    save_figure(fig, path)
+    viz.save_figure(fig, path, **viz.TIGHT)
 
 
 def interpolations(ae: Autoencoder, vae: Autoencoder, a: torch.Tensor, b: torch.Tensor, path: Path,
@@ -134,7 +95,7 @@ def interpolations(ae: Autoencoder, vae: Autoencoder, a: torch.Tensor, b: torch.
         za, zb = codes(model, a), codes(model, b)
         with torch.no_grad():
             rows.append(model.decode((1 - s) * za + s * zb))
-    image_rows(rows, path, row_labels=["AE", "VAE"], col_labels=[f"{v:.2f}" for v in s[:, 0].tolist()],
+    viz.image_rows(rows, path, row_labels=["AE", "VAE"], col_labels=[f"{v:.2f}" for v in s[:, 0].tolist()],
                title="Interpolating between two test images in each latent space")
 
 
@@ -149,78 +110,17 @@ def traversal_by_kl(vae: Autoencoder, x: torch.Tensor, anchor: torch.Tensor, pat
     order = kl.argsort(descending=True).tolist()
     with torch.no_grad():
         grid = vae.traverse(anchor[:1], order, values).view(len(order), len(values), 1, 28, 28)
-    image_rows(list(grid), path, row_labels=[f"z{d}: {kl[d]:.2f} nats" for d in order],
+    viz.image_rows(list(grid), path, row_labels=[f"z{d}: {kl[d]:.2f} nats" for d in order],
                col_labels=[f"{v:g}" for v in values.tolist()],
                title="Latent traversal, every dimension, ordered by its KL")
     return [float(kl[d]) for d in order]
-
-
-# --- diffusion ------------------------------------------------------------------------------------
-
-def forward_process(x0: torch.Tensor, path: Path, T: int = 1000,
-                    ts: tuple[int, ...] = (0, 50, 100, 200, 300, 500, 700, 850, 999)) -> dict:
-    """One image at x_t for each schedule, the same noise, with SNR = abar / (1 - abar) per column."""
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(x0.shape, generator=g)
-    rows, snr = [], {}
-    for name in SCHEDULES:
-        s = DiffusionSchedule.named(name, T)
-        t = torch.tensor(ts)
-        x0s, noises = (x0 * 2 - 1).expand(len(ts), -1, -1, -1), noise.expand(len(ts), -1, -1, -1)
-        xt = diffusion.add_noise(s, x0s, noises, t)  # (len(ts), 1, 28, 28)
-        rows.append(((xt + 1) / 2).clamp(0, 1))
-        ab = s.alphas_cumprod[t]
-        snr[name] = (ab / (1 - ab)).tolist()
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), len(ts), figsize=(1.05 * len(ts) + 1.2, 1.3 * len(rows) + 0.5),
-                             squeeze=False)
-    for i, (name, row) in enumerate(zip(SCHEDULES, rows, strict=True)):
-        for j, t in enumerate(ts):
-            ax = axes[i][j]
-            ax.imshow(row[j, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_xlabel(f"SNR {snr[name][j]:.2g}", fontsize=7)
-            if i == 0:
-                ax.set_title(f"t = {t}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(f"Forward process q(x_t | x_0), T = {T}: the same image and noise under each schedule",
-                 fontsize=10)
-    save_figure(fig, path)
-    return {"timesteps": list(ts), "snr": snr}
-
-
-def reverse_process(ddpm: TrainedDDPM, path: Path, label: int | None = 7, guidance: float = 1.0,
-                    columns: int = 9, ddim_steps: int = 50, seed: int = 0) -> None:
-    """x_t and the predicted x_0 at evenly spaced steps of one DDPM chain and two DDIM chains
-    (eta = 1 and the deterministic eta = 0), all from the same x_T."""
-    labels = torch.tensor([label]) if label is not None and ddpm.conditional else None
-    model = diffusion.guided_model(ddpm.model.eval(), labels, guidance if labels is not None else 0.0,
-                                   ddpm.model.null_label)
-    rows, names = [], []
-    ddim = min(ddim_steps, ddpm.timesteps)
-    for method, steps, eta in (("ddpm", None, 1.0), ("ddim", ddim, 1.0), ("ddim", ddim, 0.0)):
-        g = torch.Generator().manual_seed(seed)
-        with torch.inference_mode():
-            chain = list(samplers.sample_progressive(
-                model, ddpm.schedule, (1, 1, 28, 28), method=method, steps=steps, eta=eta,
-                prediction=ddpm.prediction, generator=g))
-        keep = torch.linspace(0, len(chain) - 1, columns).round().long().tolist()
-        rows.append(torch.cat([(chain[i].prev_sample + 1) / 2 for i in keep]).clamp(0, 1))
-        rows.append(torch.cat([(chain[i].pred_original_sample + 1) / 2 for i in keep]).clamp(0, 1))
-        name = f"{method.upper()}-{len(chain)}" + (f", eta={eta:g}" if method == "ddim" else "")
-        names += [f"{name}: x_t", f"{name}: x0 pred."]
-    cond = f", digit {label}, w = {guidance:g}" if labels is not None else ""
-    done = [f"{100 * c // (columns - 1)}%" for c in range(columns)]
-    image_rows(rows, path, row_labels=names, col_labels=done,
-               title=f"Reverse process from the same x_T{cond} (columns: share of the chain done)")
 
 
 # --- curves and attacks -----------------------------------------------------------------------------
 
 def training_curves(vae_history: list[dict], ddpm_history: list[dict], path: Path) -> None:
     """VAE: reconstruction and KL (validation) and the train loss; DDPM: train and val loss."""
-    plt = _pyplot()
+    plt = viz.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     v = [h for h in vae_history if h.get("phase", "vae") == "vae"]
     ep = [h["epoch"] + 1 for h in v]
@@ -238,7 +138,7 @@ def training_curves(vae_history: list[dict], ddpm_history: list[dict], path: Pat
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    save_figure(fig, path)
+    viz.save_figure(fig, path, **viz.TIGHT)
 
 
 def small_eps_attacks(classifier: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -256,7 +156,7 @@ def small_eps_attacks(classifier: Callable[[torch.Tensor], torch.Tensor], x: tor
     small = min(epsilons)
     chosen = ((preds[small] != y) & (clean_pred == y)).nonzero().flatten().tolist()
     chosen = (chosen + [i for i in range(len(x)) if i not in chosen])[:n]
-    plt = _pyplot()
+    plt = viz.pyplot()
     rows = [("clean", x, clean_pred)] + [(f"FGSM eps={e:g}", advs[e], preds[e]) for e in epsilons]
     fig, axes = plt.subplots(len(rows), len(chosen), figsize=(1.15 * len(chosen) + 1.2, 1.35 * len(rows)),
                              squeeze=False)
@@ -270,7 +170,7 @@ def small_eps_attacks(classifier: Callable[[torch.Tensor], torch.Tensor], x: tor
             if j == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle("FGSM on the pixel CNN: the predicted class under each image (red: wrong)", fontsize=10)
-    save_figure(fig, path)
+    viz.save_figure(fig, path, **viz.TIGHT)
     return {"error_rate": flips, "shown": chosen}
 
 
@@ -315,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     a, b = x[y == 7][:1], x[y == 1][:1]  # a sneaker into a trouser
     interpolations(ae, vae, a, b, out / "ae_vae_interpolation.png")
     report["kl_per_dim"] = traversal_by_kl(vae, x, x[:1], out / "vae_traversal_by_kl.png")
-    report["forward"] = forward_process(digit, out / "forward_process.png")
-    reverse_process(ddpm, out / "reverse_process.png")
+    report["forward"] = ddpm_figures.forward_process(digit, out / "forward_process.png")
+    ddpm_figures.reverse_process(ddpm, out / "reverse_process.png")
     training_curves(vae_hist, ddpm_hist, out / "training_curves.png")
     from hw4.assets import load_classifier
 

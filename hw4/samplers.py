@@ -80,9 +80,9 @@ class SamplerKind:
         return len(self.visits(T, steps)) * (2 if guided else 1)
 
     def describe(self, steps: int | None, eta: float | None = None) -> str:
-        if self.default_steps is None:
-            return self.label
-        text = f"{self.label}-{steps if steps is not None else self.default_steps}"
+        """For people: "DPM-Solver++(2M)-10", "DDIM-50 eta=1", "DDPM-1000" (with its steps)."""
+        n = steps if steps is not None else self.default_steps
+        text = self.label if n is None else f"{self.label}-{n}"
         return text + (f" eta={eta:g}" if self.uses_eta and eta is not None else "")
 
 

@@ -97,13 +97,9 @@ def trial_curves(curves: list[tuple[str, list[float], list[float], str]],
                  path: str | os.PathLike, *, xlabel: str, ylabel: str, title: str = "") -> None:
     """A sweep at a glance: one line per trial ``(label, xs, ys, status)``. Finished trials are
     solid, trials a scheduler stopped are dashed and end in a cross, failed ones are grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(7.2, 4.4), dpi=110)
     for label, xs, ys, status in curves:
         style = {"done": dict(ls="-", marker="o"), "stopped": dict(ls="--", marker="."),
                  "error": dict(ls=":", marker=".", color="grey")}[status]
@@ -119,6 +115,19 @@ def trial_curves(curves: list[tuple[str, list[float], list[float], str]],
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib's pyplot, headless (the Agg backend): figures are only ever saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+TIGHT = {"dpi": 110, "bbox_inches": "tight"}  # the homework figures' ``save_figure`` arguments
 
 
 def save_figure(fig, path: str | os.PathLike, **savefig: object) -> None:
@@ -137,12 +146,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
               point_labels: dict[str, list[str]] | None = None, logy: bool = False) -> None:
     """One line per label (dashed when the label mentions PGD) saved as a PNG, atomically;
     ``point_labels[label]`` writes a text beside each point of that line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=110)
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", ms=3, ls="--" if "pgd" in label.lower() else "-", label=label)
         for x, y, text in zip(xs, ys, (point_labels or {}).get(label, []), strict=False):
@@ -154,3 +158,29 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def image_rows(rows: list[torch.Tensor], path: str | os.PathLike, *, row_labels: list[str],
+               col_labels: list[str] | None = None, title: str = "", cmap: str = "gray",
+               vmin: float = 0.0, vmax: float = 1.0) -> None:
+    """A grid of 28x28 images, one tensor (n, 1, 28, 28) per row, labelled rows and columns."""
+    plt = pyplot()
+    n_cols = max(len(r) for r in rows)
+    height = 0.95 * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.9 * n_cols + 1.4, height), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(row[j, 0].detach().cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+            else:
+                ax.axis("off")
+            if j == 0:
+                ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+            if col_labels and i == len(rows) - 1 and j < len(col_labels):
+                ax.set_xlabel(col_labels[j], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.08, top=1 - 0.5 / height)  # the title, no gap
+    save_figure(fig, path, **TIGHT)

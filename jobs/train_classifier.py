@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hw4 import assets, data, train
+from hw4 import assets, data, epochs, train
 from hw4.checkpoint import save_checkpoint
 from hw4.models.classifier import (
     ClassifierConfig,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
             sched.step()
             return m
 
-        tr = train.run_epoch(loader, step, desc=f"epoch {epoch}", progress=True)
+        tr = epochs.run_epoch(loader, step, desc=f"epoch {epoch}", progress=True)
         test = train.evaluate_classifier(model, test_loader)
         print(f"epoch {epoch}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f}; "
               f"test acc {test['accuracy']:.4f}", flush=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from hw4 import data, evaluation, precision, samplers, train, viz
+from hw4 import data, epochs, evaluation, precision, samplers, train, viz
 from hw4.assets import SECOND_JUDGE
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.diffusion import DiffusionSchedule
@@ -92,9 +92,9 @@ def budget_steps(cfg: DDPMJobConfig, model: torch.nn.Module, step_on: Callable[.
     avg = train.EMA(probe, cfg.ema_decay, cfg.ema_warmup)
     batches = itertools.cycle(list(itertools.islice(iter(w.loader), PROBE_STEPS)))
     g = torch.Generator(device=w.device).manual_seed(cfg.seed)
-    per_step = train.seconds_per_step(lambda: step_on(probe, opt, avg, *next(batches), g),
+    per_step = epochs.seconds_per_step(lambda: step_on(probe, opt, avg, *next(batches), g),
                                       steps=PROBE_STEPS, device=w.device)
-    steps = train.steps_in_budget(cfg.train_minutes * 60, per_step, len(w.loader) * cfg.epochs)
+    steps = epochs.steps_in_budget(cfg.train_minutes * 60, per_step, len(w.loader) * cfg.epochs)
     return worker.agree_min(steps, w.device)
 
 
@@ -145,7 +145,7 @@ def train_func(config: dict) -> None:
     train_time = history[-1].get("train_time_s", 0.0) if history else 0.0
     for epoch in w.epochs(start_epoch, n_epochs):
         t0 = time.time()
-        tr = train.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
+        tr = epochs.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
                              progress=worker.progress_bar(cfg.quiet), log_every=worker.LOG_EVERY,
                              on_log=w.progress("DDPM", epoch, start_epoch, n_epochs),
                              max_steps=planned - epoch * len(w.loader))

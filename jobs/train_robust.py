@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from hw4 import adversarial, adversarial_training, train, viz
+from hw4 import adversarial, adversarial_training, epochs, viz
 from hw4.checkpoint import load_checkpoint, load_state, save_checkpoint, unwrap
 from hw4.models.classifier import ClassifierConfig, ConvClassifier
 from jobs import cli, driver, finish, worker
@@ -115,7 +115,7 @@ def train_func(config: dict) -> None:
 
     for epoch in w.epochs(start_epoch, cfg.epochs):
         t0 = time.time()
-        tr = train.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
+        tr = epochs.run_epoch(w.loader, step, device=w.device, desc=f"epoch {epoch}",
                              progress=worker.progress_bar(cfg.quiet), log_every=worker.LOG_EVERY,
                              on_log=w.progress("adv-train", epoch, start_epoch, cfg.epochs))
         train_s = time.time() - t0
@@ -141,10 +141,10 @@ def train_func(config: dict) -> None:
 
 def plot_history(history: list[dict], eps: float, out: Path) -> None:
     """training_curve.png: validation accuracy, clean and under PGD at eps, after every epoch."""
-    epochs = [h["epoch"] + 1 for h in history]
+    epoch_numbers = [h["epoch"] + 1 for h in history]
     minutes = [sum(h["epoch_time_s"] for h in history[:i + 1]) / 60 for i in range(len(history))]
-    viz.line_plot({"clean": (epochs, [h["val_accuracy"] for h in history]),
-                   f"PGD-20 at eps {eps:g}": (epochs, [h[METRIC] for h in history])}, out,
+    viz.line_plot({"clean": (epoch_numbers, [h["val_accuracy"] for h in history]),
+                   f"PGD-20 at eps {eps:g}": (epoch_numbers, [h[METRIC] for h in history])}, out,
                   xlabel="epoch", ylabel="validation accuracy (1,000 test images)",
                   title=f"adversarial training, {minutes[-1]:.0f} min of training in all",
                   point_labels={"clean": [f"{m:.0f} min" for m in minutes]})

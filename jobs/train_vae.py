@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from hw4 import data, objectives, train, viz
+from hw4 import data, epochs, objectives, train, viz
 from hw4.checkpoint import load_state, save_checkpoint, unwrap
 from hw4.models.autoencoder import (
     Autoencoder,
@@ -159,7 +159,7 @@ def train_func(config: dict) -> None:
     for epoch in w.epochs(start_epoch, cfg.epochs + cfg.classifier_epochs):
         t0 = time.time()
         if epoch < cfg.epochs:  # phase 1: the autoencoder itself
-            tr = train.run_epoch(w.loader, vae_step, device=w.device, desc=f"epoch {epoch}",
+            tr = epochs.run_epoch(w.loader, vae_step, device=w.device, desc=f"epoch {epoch}",
                                  progress=worker.progress_bar(cfg.quiet), log_every=worker.LOG_EVERY,
                                  on_log=w.progress(cfg.model.upper(), epoch, start_epoch, cfg.epochs))
         else:  # phase 2: classifiers on the latent of the trained (now fixed) encoder
@@ -167,7 +167,7 @@ def train_func(config: dict) -> None:
                 classifiers = Classifiers(unwrap(model), cfg).to(w.device)
                 if clf_state is not None:
                     classifiers.load_state_dict(clf_state)
-            tr = train.run_epoch(w.loader, classifier_step, device=w.device,
+            tr = epochs.run_epoch(w.loader, classifier_step, device=w.device,
                                  desc=f"classifiers {epoch}", progress=worker.progress_bar(cfg.quiet),
                                  log_every=worker.LOG_EVERY,
                                  on_log=w.progress("classifiers", epoch, max(start_epoch, cfg.epochs),

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from hw4 import data, diffusion, precision, train
+from hw4 import data, diffusion, epochs, precision, train
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet, UNetConfig
 
@@ -42,7 +42,7 @@ def test_metrics_read_once_per_interval_equal_per_step_means():
     it = iter(values)
     batches = [(torch.zeros(b, 1), torch.zeros(b)) for b in (2, 2, 2, 2, 2, 2, 1)]
     logs = []
-    out = train.run_epoch(batches, lambda x, y: {"loss": next(it)}, log_every=3,
+    out = epochs.run_epoch(batches, lambda x, y: {"loss": next(it)}, log_every=3,
                           on_log=lambda i, m: logs.append((i, m["loss"])))
     assert logs == [(3, 2.0), (6, 3.5)]  # running means at steps 3 and 6
     assert abs(out["loss"] - (2 * sum(range(1, 7)) + 7) / 13) < 1e-9  # batch-size weighted
@@ -97,19 +97,19 @@ def test_max_steps_cuts_an_epoch_short_and_means_cover_only_those_steps():
         seen.append(float(x[0, 0]))
         return {"loss": x.mean()}
 
-    out = train.run_epoch(batches, step, max_steps=3)
+    out = epochs.run_epoch(batches, step, max_steps=3)
     assert seen == [0.0, 1.0, 2.0] and out["loss"] == 1.0
     seen.clear()
-    train.run_epoch(batches, step, max_steps=99)  # a cap beyond the epoch takes the whole epoch
+    epochs.run_epoch(batches, step, max_steps=99)  # a cap beyond the epoch takes the whole epoch
     assert len(seen) == 5
 
 
 def test_a_wall_clock_budget_becomes_whole_steps_within_the_runs_epochs():
-    assert train.steps_in_budget(60, 0.5, cap=1000) == 120
-    assert train.steps_in_budget(60, 0.5, cap=100) == 100  # --epochs bounds it
-    assert train.steps_in_budget(0.1, 0.5, cap=100) == 1  # a run takes at least one step
+    assert epochs.steps_in_budget(60, 0.5, cap=1000) == 120
+    assert epochs.steps_in_budget(60, 0.5, cap=100) == 100  # --epochs bounds it
+    assert epochs.steps_in_budget(0.1, 0.5, cap=100) == 1  # a run takes at least one step
     calls = []
-    per_step = train.seconds_per_step(lambda: (calls.append(1), time.sleep(0.01)), steps=3,
+    per_step = epochs.seconds_per_step(lambda: (calls.append(1), time.sleep(0.01)), steps=3,
                                       warmup=2)
     assert len(calls) == 5 and per_step >= 0.01  # warm-up calls run, untimed
 
