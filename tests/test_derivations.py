@@ -99,3 +99,32 @@ def test_ddim_elbo_term_is_a_weighted_eps_loss(eta):
             / (2 * sigma**2)
         assert float(kl) == pytest.approx(gamma * float(((eps - eps_hat) ** 2).sum()), rel=1e-9)
         assert gamma > 0
+
+
+def test_importance_sampling_variance_is_the_chi_square_formula():
+    """docs/theory.md §1: with z ~ q, Var[p(x, z)/q(z)] = p(x)^2 chi^2(p(z|x) || q), where
+    chi^2(P || Q) = E_Q[(P/Q)^2] - 1 is computed by quadrature over a 1-D latent; zero at q = p(z|x)."""
+    m = elbo.LinearGaussian(data_dim=2, latent_dim=1)
+    x = m.sample(1, torch.Generator().manual_seed(0))
+    mu_post, lv_post = (v.flatten()[0] for v in m.posterior(x))
+    px = math.exp(float(m.log_px(x)))
+    z = torch.linspace(-15, 15, 300_001, dtype=torch.float64)
+
+    def log_normal(u, mu, lv):
+        return -0.5 * ((u - mu) ** 2 / lv.exp() + lv + math.log(2 * math.pi))
+
+    g = torch.Generator().manual_seed(2)
+    for shift in (0.0, 0.5, 1.0):  # q's mean off by shift posterior deviations, q 1.2x as wide
+        mu_q = mu_post + shift * (0.5 * lv_post).exp()
+        lv_q = lv_post + (2 * math.log(1.2) if shift else 0.0)
+        ratio = (2 * log_normal(z, mu_post, lv_post) - log_normal(z, mu_q, lv_q)).exp()
+        chi2 = float(torch.trapezoid(ratio, z)) - 1
+        draws = mu_q + (0.5 * lv_q).exp() * torch.randn(400_000, generator=g, dtype=torch.float64)
+        log_joint = m.log_lik(x, draws[:, None, None])[:, 0] - 0.5 * draws**2 - 0.5 * math.log(2 * math.pi)
+        w = (log_joint - log_normal(draws, mu_q, lv_q)).exp()
+        assert float(w.mean()) == pytest.approx(px, rel=0.01)  # unbiased
+        if shift == 0.0:  # q is the posterior: every weight is p(x), chi^2 = 0
+            assert chi2 == pytest.approx(0.0, abs=1e-8) and float(w.std()) < 1e-9 * px
+        else:
+            assert chi2 > 0.1
+            assert float(w.var()) == pytest.approx(px**2 * chi2, rel=0.05)
