@@ -70,12 +70,17 @@ def sample_quality(images: torch.Tensor, dataset: str, reference: metrics.Featur
 BACKGROUND_ROWS, BACKGROUND_LEVEL = 3, 0.02
 
 
-def background_share(images: torch.Tensor) -> float:
-    """The share of images (N, 1, 28, 28) in [0, 1] whose top and bottom ``BACKGROUND_ROWS`` rows
-    average above ``BACKGROUND_LEVEL``: a grey or speckled background, which a person sees at
-    once and a tolerant classifier does not (MNIST's own share is the yardstick)."""
+def grey_backgrounds(images: torch.Tensor) -> torch.Tensor:
+    """Which images (N, 1, 28, 28) in [0, 1] have a grey or speckled background: their top and
+    bottom ``BACKGROUND_ROWS`` rows average above ``BACKGROUND_LEVEL``. A person sees it at once;
+    a tolerant classifier does not. (N,) bool."""
     edge = torch.cat([images[..., :BACKGROUND_ROWS, :], images[..., -BACKGROUND_ROWS:, :]], dim=-2)
-    return float((edge.flatten(1).mean(1) > BACKGROUND_LEVEL).float().mean())
+    return edge.flatten(1).mean(1) > BACKGROUND_LEVEL
+
+
+def background_share(images: torch.Tensor) -> float:
+    """The share of ``grey_backgrounds`` (MNIST's own share is the yardstick)."""
+    return float(grey_backgrounds(images).float().mean())
 
 
 def second_opinion(images: torch.Tensor, reference: metrics.FeatureStats,

@@ -14,6 +14,7 @@ from ray import serve
 from hw4 import samplers, viz
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
+from hw4.evaluation import grey_backgrounds
 from hw4.samplers import SampleRequest
 from hw4.trained import SamplingStopped, load_ddpm
 from serve.batcher import Batcher
@@ -132,10 +133,12 @@ class DDPMModel(Reloadable):
         return out
 
     async def verdict(self, images: torch.Tensor) -> dict:
-        """The pinned MNIST classifier's class and confidence for each image."""
+        """The pinned MNIST classifier's class and confidence for each image, and whether its
+        background is grey or speckled (``hw4.evaluation.grey_backgrounds``)."""
         with torch.no_grad():
             p = self.mnist_cnn(images).softmax(1)
-        return {"class": p.argmax(1).tolist(), "confidence": p.max(1).values.tolist()}
+        return {"class": p.argmax(1).tolist(), "confidence": p.max(1).values.tolist(),
+                "grey_background": grey_backgrounds(images).tolist()}
 
     async def info(self) -> dict:
         m = self.model
