@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo
 
 # Performance against plain PyTorch and diffusers (about 15 minutes on 2 CPU cores); the tables
-# in BENCHMARKS.md are regenerated from bench/measurements/*.json at the end.
+# in docs/performance.md are regenerated from bench/measurements/*.json at the end.
 bench: $(STAMP)
 	$(PY) -m bench.ray_overhead
 	$(PY) -m bench.unet_speed

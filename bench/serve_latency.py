@@ -20,10 +20,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import requests
 import torch
+
+from hw4.samplers import SampleRequest
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -62,10 +65,10 @@ def request_path(ddpm, url: str, body: dict, reps: int) -> dict:
     handle = serve.get_deployment_handle("DDPMModel", "bench")
     session = requests.Session()
     root = url.rsplit("/ddpm/", 1)[0]
-    req = {**body, "labels": None, "guidance": 1.0}
+    req = SampleRequest(body["n"], body["sampler"], body["steps"], body["eta"], guidance=1.0)
     ways = {"direct": lambda k: ddpm.sample(body["n"], steps=body["steps"], method=body["sampler"],
                                            seed=k),
-            "handle": lambda k: handle.sample.remote({**req, "seed": k}).result(),
+            "handle": lambda k: handle.sample.remote(replace(req, seed=k)).result(),
             "http": lambda k: session.post(url, json={**body, "seed": k}).raise_for_status(),
             "static": lambda k: session.get(root + "/static/common.js").raise_for_status()}
     times: dict[str, list[float]] = {w: [] for w in ways}

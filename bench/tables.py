@@ -1,4 +1,4 @@
-"""Regenerate BENCHMARKS.md's performance tables from bench/measurements/*.json.
+"""Regenerate docs/performance.md's tables from bench/measurements/*.json.
 
     python -m bench.tables              # rewrite the block between the bench markers in place
     python -m bench.tables --print      # print it instead
@@ -50,7 +50,7 @@ def block(results: Path = RESULTS) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true")
-    parser.add_argument("--file", default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"))
+    parser.add_argument("--file", default=str(Path(__file__).resolve().parents[1] / "docs" / "performance.md"))
     args = parser.parse_args()
     text = block()
     if args.print:
