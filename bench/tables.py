@@ -50,7 +50,8 @@ def block(results: Path = RESULTS) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true")
-    parser.add_argument("--file", default=str(Path(__file__).resolve().parents[1] / "docs" / "performance.md"))
+    parser.add_argument("--file",
+                        default=str(Path(__file__).resolve().parents[1] / "docs" / "performance.md"))
     args = parser.parse_args()
     text = block()
     if args.print:
