@@ -83,16 +83,14 @@ def evaluate(out: Path, n: int, threads: int) -> None:
 def table(out: Path) -> str:
     got = json.loads((out / "scores.json").read_text())
     f = got["floor"]
-    rows = ["| change | steps | w | FID (x floor) | acc. | 2nd FID (x floor) | 2nd acc. "
-            "| background |", "|" + " --- |" * 8]
-    for r in got["scores"]:
-        rows.append(f"| {r['variant']} | {r['steps']} | {r['guidance']:g} "
-                    f"| {r['fid'] / f['fid']:.2f}x | {r['class_accuracy']:.3f} | "
-                    f"{r['second_fid'] / f['second_fid']:.2f}x | {r['second_class_accuracy']:.3f} "
-                    f"| {r['background_share']:.0%} |")
-    rows.append(f"| MNIST test (the floor) | | | FID {f['fid']:.1f} | | {f['second_fid']:.2f} | | "
-                f"{f['background_share']:.0%} |")
-    return "\n".join(rows)
+    rows = [[r["variant"], str(r["steps"]), f"{r['guidance']:g}", f"{r['fid'] / f['fid']:.2f}x",
+             f"{r['class_accuracy']:.3f}", f"{r['second_fid'] / f['second_fid']:.2f}x",
+             f"{r['second_class_accuracy']:.3f}", f"{r['background_share']:.0%}"]
+            for r in got["scores"]]
+    rows.append(["MNIST test (the floor)", "", "", f"FID {f['fid']:.1f}", "", f"{f['second_fid']:.2f}",
+                 "", f"{f['background_share']:.0%}"])
+    return recipe.markdown_table(["change", "steps", "w", "FID (x floor)", "acc.", "2nd FID (x floor)",
+                                  "2nd acc.", "background"], rows)
 
 
 def main(argv: list[str] | None = None) -> None:

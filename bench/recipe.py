@@ -217,21 +217,26 @@ def curve(out: Path, n: int, threads: int, figure: Path) -> None:
               f"2nd acc {r['second_class_accuracy']:.3f}  bg {r['background_share']:.0%}")
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, its rule, one line per row of cells."""
+    return "\n".join(f"| {' | '.join(cells)} |"
+                     for cells in [header, ["---"] * len(header), *rows])
+
+
 def table(out: Path) -> str:
     """The scores as the Markdown table in BENCHMARKS.md."""
     got = json.loads((out / "scores.json").read_text())
     f = got["floor"]
-    rows = ["| run | checkpoint | sampler (w = 1) | FID (x floor) | class acc. | 2nd judge FID (x floor) "
-            "| 2nd judge acc. | agreement | background share |", "|" + " --- |" * 9]
-    for r in got["scores"]:
-        rows.append(f"| {r['variant']} | {Path(r['checkpoint']).stem} | {r['sampler']} | "
-                    f"{r['fid']:.1f} ({r['fid'] / f['fid']:.2f}x) | {r['class_accuracy']:.3f} | "
-                    f"{r['second_fid']:.1f} ({r['second_fid'] / f['second_fid']:.2f}x) | "
-                    f"{r['second_class_accuracy']:.3f} | {r['agreement']:.3f} | "
-                    f"{r['background_share']:.0%} |")
-    rows.append(f"| MNIST test (the floor) | | | {f['fid']:.1f} | | {f['second_fid']:.2f} | | | "
-                f"{f['background_share']:.0%} |")
-    return "\n".join(rows)
+    rows = [[r["variant"], Path(r["checkpoint"]).stem, r["sampler"],
+             f"{r['fid']:.1f} ({r['fid'] / f['fid']:.2f}x)", f"{r['class_accuracy']:.3f}",
+             f"{r['second_fid']:.1f} ({r['second_fid'] / f['second_fid']:.2f}x)",
+             f"{r['second_class_accuracy']:.3f}", f"{r['agreement']:.3f}",
+             f"{r['background_share']:.0%}"] for r in got["scores"]]
+    rows.append(["MNIST test (the floor)", "", "", f"{f['fid']:.1f}", "", f"{f['second_fid']:.2f}",
+                 "", "", f"{f['background_share']:.0%}"])
+    return markdown_table(["run", "checkpoint", "sampler (w = 1)", "FID (x floor)", "class acc.",
+                           "2nd judge FID (x floor)", "2nd judge acc.", "agreement",
+                           "background share"], rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,7 +51,8 @@ def run_epoch(loader: Iterable, step: Callable[..., dict[str, torch.Tensor | flo
 
 
 def seconds_per_step(step: Callable[[], object], *, steps: int = 8, warmup: int = 2,
-                     device: torch.device | str = "cpu") -> float:
+                     device: torch.device | str = "cpu",
+                     clock: Callable[[], float] = time.perf_counter) -> float:
     """Mean wall time of ``step()`` over ``steps`` calls, after ``warmup`` untimed ones (first
     calls pay for allocation and kernel selection); on CUDA the device is synchronised first."""
     def sync() -> None:
@@ -61,11 +62,11 @@ def seconds_per_step(step: Callable[[], object], *, steps: int = 8, warmup: int 
     for _ in range(warmup):
         step()
     sync()
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(steps):
         step()
     sync()
-    return (time.perf_counter() - t0) / steps
+    return (clock() - t0) / steps
 
 
 def steps_in_budget(seconds: float, seconds_per_step: float, cap: int) -> int:

@@ -128,8 +128,11 @@ def toy_model(x, t):
 def test_ddim_eta0_is_deterministic_and_eta1_is_not():
     s = D.DiffusionSchedule.named("cosine", 100)
     xT = torch.randn(2, 1, 6, 6)
-    run = lambda eta, seed: S.sample(toy_model, s, xT.shape, method="ddim", steps=10,  # noqa: E731
-                                     eta=eta, x_T=xT, generator=torch.Generator().manual_seed(seed))
+
+    def run(eta, seed):
+        return S.sample(toy_model, s, xT.shape, method="ddim", steps=10, eta=eta, x_T=xT,
+                        generator=torch.Generator().manual_seed(seed))
+
     torch.testing.assert_close(run(0.0, 1), run(0.0, 2), atol=0, rtol=0)
     assert (run(1.0, 1) - run(1.0, 2)).abs().max() > 1e-3
 

@@ -2,7 +2,6 @@
 textbook step, metrics accumulated on the device and read once per log interval."""
 
 import copy
-import time
 
 import torch
 
@@ -108,10 +107,14 @@ def test_a_wall_clock_budget_becomes_whole_steps_within_the_runs_epochs():
     assert epochs.steps_in_budget(60, 0.5, cap=1000) == 120
     assert epochs.steps_in_budget(60, 0.5, cap=100) == 100  # --epochs bounds it
     assert epochs.steps_in_budget(0.1, 0.5, cap=100) == 1  # a run takes at least one step
-    calls = []
-    per_step = epochs.seconds_per_step(lambda: (calls.append(1), time.sleep(0.01)), steps=3,
-                                      warmup=2)
-    assert len(calls) == 5 and per_step >= 0.01  # warm-up calls run, untimed
+    clock, calls = [0.0], []
+
+    def step():  # each call takes 0.25 s of a clock the test owns; the warm-up's 1.0 s more
+        calls.append(1)
+        clock[0] += 0.25 if len(calls) > 2 else 1.0
+
+    per_step = epochs.seconds_per_step(step, steps=3, warmup=2, clock=lambda: clock[0])
+    assert len(calls) == 5 and per_step == 0.25  # warm-up calls run, untimed
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
