@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +26,7 @@ from hw4.reverse import Generators, StepOutput
 class Sampleable(Protocol):  # hw4.trained.TrainedDDPM, which imports this module
     def sample(self, n: int, **kwargs: Any) -> torch.Tensor: ...
 
-Method = Literal["ddpm", "ddim", "dpm++2m"]
+
 State = Any  # what a step hands to the next: DPM-Solver++'s last (t, x0_hat), else None
 
 
@@ -92,7 +92,7 @@ SAMPLERS: dict[str, SamplerKind] = {k.name: k for k in (
     SamplerKind("ddpm", "DDPM", None, False, lambda T, steps: list(range(T - 1, -1, -1)), _ddpm),
 )}
 # the fewest network calls per good image (BENCHMARKS.md, "The demo's model"): Serve's default
-DEFAULT_SAMPLER: Method = "dpm++2m"
+DEFAULT_SAMPLER = "dpm++2m"
 NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
 
@@ -105,6 +105,15 @@ def kind(name: str) -> SamplerKind:
 def timesteps(method: str, T: int, steps: int | None) -> list[int]:
     """The descending timesteps ``method`` visits with ``steps`` network calls (None: its default)."""
     return kind(method).visits(T, steps)
+
+
+def spec_forms() -> list[str]:
+    """How each sampler is written as a spec: ``ddpm``, ``ddim:STEPS``, ``ddim:STEPS:ETA``, ..."""
+    forms = []
+    for k in SAMPLERS.values():
+        forms += [k.name] if k.default_steps is None else [f"{k.name}:STEPS"]
+        forms += [f"{k.name}:STEPS:ETA"] if k.uses_eta else []
+    return forms
 
 
 @dataclass(frozen=True)
@@ -128,8 +137,8 @@ class SamplerSpec:
                     return cls(name, steps, eta)
         except ValueError:
             pass
-        raise HW4Error(f"bad sampler {spec!r}: use ddpm, ddim:STEPS, ddim:STEPS:ETA or "
-                       "dpm++2m:STEPS (STEPS >= 1, 0 <= ETA <= 1)")
+        raise HW4Error(f"bad sampler {spec!r}: use {', '.join(spec_forms())} (STEPS >= 1, "
+                       "0 <= ETA <= 1)")
 
     @property
     def kind(self) -> SamplerKind:
