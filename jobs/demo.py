@@ -21,7 +21,7 @@ from jobs import cli, driver, train_ddpm, train_vae
 
 VAE_ARGS = ["--name", "demo-vae", "--epochs", "5", "--classifier-epochs", "2"]
 # the class-conditional U-Net of the homework, labels dropped 10% of the time, trained with the
-# small preset and the recipe (v target, Min-SNR-5, cosine LR) for 1,564 steps of 128 (about 9
+# small preset and the recipe (v target, Min-SNR-5, cosine LR) for 1,560 steps of 128 (about 9
 # minutes of bf16 steps on 2 cores: bench/quality.py's budget); samples and the served grid use
 # DPM-Solver++(2M) in 10 network calls with guidance w = 1
 DDPM_ARGS = ["--name", "demo-ddpm", "--epochs", "4", "--train-subset", "50000",
@@ -83,7 +83,7 @@ def summary(vae: dict, ddpm: dict, served: Path, verdict: dict, times: dict[str,
         f"       {Path(ddpm['checkpoint']).parent}/ (samples.png: one row per digit)",
         f"  served over HTTP: {served} ({verdict['recognised']} of {verdict['asked']} samples are "
         f"the digit asked for, by the pinned MNIST classifier; {verdict['grey']} have a grey or "
-        f"speckled background by hw4.evaluation.background_share; {verdict['seconds']:.1f} s)",
+        f"speckled background by hw4.evaluation.grey_backgrounds; {verdict['seconds']:.1f} s)",
         f"  curves: tensorboard --logdir {storage}",
         f"  the web page: serve run serve.app:build_app storage_path={storage}, "
         "then open http://127.0.0.1:8000/",
