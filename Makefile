@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# pytest workers for `make test`: two took 18 min on 2 cores (BENCHMARKS.md, "Test suite"); WORKERS=1: one process
+# pytest workers for `make test`: two took 13 min on 2 cores (BENCHMARKS.md, "Test suite"); WORKERS=1: one process
 WORKERS ?= 2
 
 .PHONY: demo test lint install clean bench browser
