@@ -46,10 +46,13 @@ class DDPMSweepConfig(sweep.SweepOptions):
                                      "noise schedules to try (a zero-terminal-SNR one needs the "
                                      "v or x0 target)")
     timesteps: tuple[int, ...] = opt((1000,), "numbers of diffusion steps T to try")
-    predictions: tuple[str, ...] = opt(("eps",), "network targets to try: eps, x0, v")
-    loss_weights: tuple[str, ...] = opt(("uniform",), "loss weightings to try: uniform, min-snr")
-    lr_schedules: tuple[str, ...] = opt(("constant",), "learning-rate schedules to try: constant, "
-                                                       "cosine")
+    # the defaults are the recipe every preset trains (jobs.ddpm_config.RECIPE)
+    predictions: tuple[str, ...] = opt((ddpm_config.RECIPE["prediction"],),
+                                       "network targets to try: eps, x0, v")
+    loss_weights: tuple[str, ...] = opt((ddpm_config.RECIPE["loss_weight"],),
+                                        "loss weightings to try: uniform, min-snr")
+    lr_schedules: tuple[str, ...] = opt((ddpm_config.RECIPE["lr_schedule"],),
+                                        "learning-rate schedules to try: constant, cosine")
     lrs: tuple[float, ...] = opt((ddpm_config.SMALL["lr"],), "peak learning rates to try")
     ema_decays: tuple[float, ...] = opt((ddpm_config.SMALL["ema_decay"],), "EMA decays to try")
     widths: tuple[int, ...] = opt((ddpm_config.SMALL["base_channels"],),

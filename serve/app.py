@@ -3,7 +3,8 @@ adversarial evaluation over HTTP, backed by the best checkpoints in the registry
 
     serve run serve.app:app                     # 127.0.0.1:8000, checkpoints from ./results
     serve run serve.app:build_app storage_path=/data/results ddpm_checkpoint=/x/checkpoint.pt
-    serve deploy serve/config.yaml              # replicas, autoscaling, CPUs/GPUs, checkpoints
+    serve deploy serve/local.yaml               # a local head (ray start --head in the repo root)
+    serve deploy serve/config.yaml              # a cluster: replicas, autoscaling, CPUs/GPUs, token
 
 Three deployments: ``Api`` (serve/routes.py, the FastAPI ingress: validation, limits, auth,
 PNG/JSON encoding) calls ``DDPMModel`` (requests that arrive while a model call runs share the

@@ -1,5 +1,6 @@
-"""The Serve app's HTTP side: the FastAPI routes of the ``Api`` ingress, the bearer-token and
-body-size guard, the web page, and PNG/JSON replies. Inference happens in serve.deployments."""
+"""The Serve app's HTTP side: the FastAPI routes of the ``Api`` ingress, with the guard (host,
+token, body size: serve/guard.py), the error handlers (serve/http_errors.py), the web page and
+the OpenAPI schema stating the served VAE's latent size. Inference happens in serve.deployments."""
 
 import asyncio
 import base64
@@ -10,26 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    RayServeException,
-    ReplicaUnavailableError,
-)
+from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from hw4 import viz
 from hw4.adversarial import ATTACKS
-from hw4.errors import HW4Error
 from hw4.samplers import DEFAULT_SAMPLER, SAMPLERS, SampleRequest
 from hw4.vae_attacks import ATTACK_TARGET_LABELS
-from serve import guard, health
+from serve import guard, health, http_errors, schemas
 from serve.guard import LOOPBACK_HOSTS, MAX_BODY_BYTES, TOKEN_ENV, Guard
-from serve.replica import TooCostly, Unavailable
+from serve.http_errors import DOWN, RETRY_AFTER_S
+from serve.replies import b64png, image_json, image_reply, sse
 from serve.schemas import (
     MAX_ATTACK_COST,
     MAX_GUIDANCE,
@@ -53,78 +48,17 @@ STATIC_TYPES = {"style.css": "text/css"} | {  # the page's scripts, in the order
     for name in ("common", "chart", "sampler", "latent", "attack", "models", "app")}
 
 
-def b64png(images: torch.Tensor, nrow: int = 8) -> str:
-    return base64.b64encode(viz.png_bytes(images, nrow)).decode()
-
-
-def image_reply(images: torch.Tensor, fmt: str, nrow: int = 8, **meta: Any) -> Response:
-    """A PNG grid, or JSON with the grid and each image as base64 PNG plus ``meta``."""
-    if fmt == "png":
-        return Response(viz.png_bytes(images, nrow), media_type="image/png",
-                        headers={f"x-hw4-{k.replace('_', '-')}": str(v) for k, v in meta.items()})
-    return JSONResponse(image_json(images, nrow, **meta))
-
-
-def image_json(images: torch.Tensor, nrow: int = 8, **meta: Any) -> dict:
-    """The grid and each image as base64 PNG, their shape, and ``meta``."""
-    return {"grid_png_base64": b64png(images, nrow),
-            "images_png_base64": [b64png(im[None], 1) for im in images],
-            "shape": list(images.shape), **meta}
-
-
-RETRY_AFTER_S = 5  # what a 503 asks a client to wait: a replica restarts in seconds
-
-
-def sse(event: str, data: dict) -> str:
-    """One server-sent event: its name and one line of JSON."""
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-api = FastAPI(title="hw4", version="1.0",
+# the schema and its page are the ingress's own routes (below): the schema states the latent
+# size of the VAE being served, which FastAPI's static one cannot know
+api = FastAPI(title="hw4", version="1.0", openapi_url=None, docs_url=None, redoc_url=None,
               description="Samples, reconstructions, latent traversals and adversarial evaluation "
                           "from the best VAE and DDPM checkpoints.")
-
-
 api.add_middleware(Guard)  # host, token, body size, security headers (serve/guard.py)
-
-
-@api.exception_handler(HW4Error)
-async def refused(_request: Request, err: HW4Error) -> JSONResponse:
-    """A request the library or a model replica refused, as one status and its message: 503 (with
-    Retry-After) when no model is loaded, 422 over a cost budget, else 400. A replica's error
-    arrives as Ray re-raises it (an instance of both RayTaskError and the error's own class,
-    its message the remote traceback): its ``cause`` is the error itself."""
-    cause = getattr(err, "cause", None)
-    err = cause if isinstance(cause, HW4Error) else err
-    if isinstance(err, Unavailable):
-        return JSONResponse({"detail": str(err)}, 503, headers={"Retry-After": str(RETRY_AFTER_S)})
-    return JSONResponse({"detail": str(err)}, 422 if isinstance(err, TooCostly) else 400)
-
-
-@api.exception_handler(BackPressureError)
-async def overloaded(_request: Request, err: BackPressureError) -> JSONResponse:
-    """A model replica's queue is full: say so at once instead of queueing without bound."""
-    return JSONResponse({"detail": f"the service is busy, try again shortly ({err})"}, 503,
-                        headers={"Retry-After": "1"})
+http_errors.install(api)
 
 
 # beyond 200 requests in flight and 100 waiting, the proxy answers 503 at once: slow or
 # abandoned uploads cannot pile up behind busy slots (http_options.request_timeout_s bounds each)
-# a model deployment that failed to deploy, or a replica that died under the request (killed,
-# its node lost): the service is down for the moment, not broken, so 503, never a 500
-DOWN = (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, ActorUnavailableError)
-
-
-@api.exception_handler(DeploymentUnavailableError)
-@api.exception_handler(ReplicaUnavailableError)
-@api.exception_handler(RayActorError)
-@api.exception_handler(ActorUnavailableError)
-async def model_down(_request: Request, err: Exception) -> JSONResponse:
-    return JSONResponse({"detail": f"a model is unavailable, try again shortly "
-                                   f"({type(err).__name__})"}, 503,
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=200,
                   max_queued_requests=100)
 @serve.ingress(api)
@@ -139,6 +73,20 @@ class Api:
         """The playground: sampler, latent explorer, adversarial demo and model info, all
         through this API (serve/static/)."""
         return HTMLResponse((STATIC / "index.html").read_text(), headers={"Cache-Control": "no-cache"})
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self) -> JSONResponse:
+        """The OpenAPI schema, with the served VAE's latent size as the length of ``z`` and the
+        bound of ``dims`` (the generic bounds while no VAE is loaded)."""
+        schema = api.openapi()
+        config = (await self.vae.info.remote()).get("config") or {}
+        if "latent_dim" in config:
+            schema = schemas.state_latent_size(schema, int(config["latent_dim"]))
+        return JSONResponse(schema)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="hw4 API")
 
     @api.get("/static/{name}", include_in_schema=False)
     async def static(self, name: str) -> Response:

@@ -1,9 +1,9 @@
 """The HTTP contract of the Serve app: request bodies with their bounds, and the limits."""
 
 import base64
+import copy
 from typing import Annotated, Literal
 
-from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hw4 import samplers
@@ -25,30 +25,44 @@ MAX_UPLOADS = 64
 Format = Literal["png", "json"]
 
 
-class ImageIn(BaseModel):
-    """One image: a base64 PNG (any size up to 1024 px a side, made grey 28x28), a 28x28 grid
-    of values in [0, 1], or the index of a Fashion-MNIST test image."""
+class PngImage(BaseModel):
+    """A base64 PNG of any size up to 1024 px a side, made grey 28x28."""
 
     model_config = ConfigDict(extra="forbid")
-    png_base64: str | None = Field(None, max_length=2_000_000)
-    pixels: list[Annotated[list[float], Field(min_length=28, max_length=28)]] | None = Field(
-        None, min_length=28, max_length=28, description="28 rows of 28 values in [0, 1]")
-    test_index: int | None = Field(None, ge=0, le=9999)
+    png_base64: str = Field(max_length=2_000_000, json_schema_extra={
+        "contentEncoding": "base64", "contentMediaType": "image/png"})
 
-    @model_validator(mode="after")
-    def one_source(self) -> "ImageIn":
-        if sum(v is not None for v in (self.png_base64, self.pixels, self.test_index)) != 1:
-            raise ValueError("give exactly one of png_base64, pixels, test_index")
-        return self
+
+class PixelImage(BaseModel):
+    """A 28x28 grid of values in [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid")
+    pixels: list[Annotated[list[Annotated[float, Field(ge=0, le=1)]],
+                           Field(min_length=28, max_length=28)]] = Field(
+        min_length=28, max_length=28, description="28 rows of 28 values in [0, 1]")
+
+
+class IndexImage(BaseModel):
+    """The index of a Fashion-MNIST test image."""
+
+    model_config = ConfigDict(extra="forbid")
+    test_index: int = Field(ge=0, le=9999)
+
+
+# One image has exactly one source; a request's images are all test images or all uploads. Both
+# rules are in the schema's types, so a generated body either follows them or is a 422.
+Upload = PngImage | PixelImage
+ImageIn = Upload | IndexImage
+Images = Annotated[list[IndexImage], Field(min_length=1, max_length=MAX_UPLOADS)] | Annotated[
+    list[Upload], Field(min_length=1, max_length=MAX_UPLOADS)]
 
 
 def image_spec(images: list[ImageIn], labels: list[int] | None = None) -> dict:
-    """What the VAE replica needs to rebuild the images (all test indices, or all uploads)."""
-    if all(i.test_index is not None for i in images):
+    """What the VAE replica needs to rebuild the images: all test indices, or all uploads (a
+    request's ``Images`` are one kind or the other)."""
+    if all(isinstance(i, IndexImage) for i in images):
         return {"test_indices": [i.test_index for i in images]}
-    if any(i.test_index is not None for i in images):
-        raise HTTPException(422, "mix of test_index and uploaded images: use one kind per request")
-    return {"uploads": [("png", i.png_base64) if i.png_base64 is not None else ("pixels", i.pixels)
+    return {"uploads": [("png", i.png_base64) if isinstance(i, PngImage) else ("pixels", i.pixels)
                         for i in images], "labels": labels}
 
 
@@ -115,7 +129,7 @@ class ImageRequest(BaseModel):
 
 class ClassifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    images: list[ImageIn] = Field(min_length=1, max_length=MAX_UPLOADS)
+    images: Images
 
 
 MAX_LATENT = 512  # the largest latent size the routes accept (the served VAE's own is in /info)
@@ -151,10 +165,13 @@ class AttackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attack: Literal[tuple(ATTACKS)] = Field("fgsm", description="; ".join(  # type: ignore[valid-type]
         f"{a.name}: {a.label}" for a in ATTACKS.values()))
-    epsilons: list[float] = Field([0.0, 0.05, 0.1, 0.2], min_length=1, max_length=11)
+    epsilons: list[Annotated[float, Field(ge=0, le=0.5)]] = Field(
+        [0.0, 0.05, 0.1, 0.2], min_length=1, max_length=11,
+        description="L-inf budgets in pixel units of [0, 1] images")
     models: list[Literal[ATTACK_TARGETS]] = Field(list(ATTACK_TARGETS), min_length=1)  # type: ignore[valid-type]
-    images: list[ImageIn] | None = Field(None, min_length=1, max_length=MAX_UPLOADS)
-    labels: list[int] | None = Field(None, description="true classes of uploaded images")
+    images: Images | None = None
+    labels: list[Digit] | None = Field(None, description="true classes of uploaded images, one "
+                                                          "per image")
     n: int = Field(32, ge=1, le=MAX_TEST_IMAGES, description="test images, when no images given")
     start: int = Field(0, ge=0, le=9999, description="first test image, when no images given")
     targeted: bool = Field(False, description="aim at class (label + 1) mod 10")
@@ -169,10 +186,7 @@ class AttackIn(BaseModel):
 
     @model_validator(mode="after")
     def valid(self) -> "AttackIn":
-        if any(not 0 <= e <= 0.5 for e in self.epsilons):
-            raise ValueError("epsilons must lie in [0, 0.5] (pixel units of [0, 1] images)")
-        if self.labels is not None and (self.images is None or len(self.labels) != len(self.images)
-                                        or any(not 0 <= c <= 9 for c in self.labels)):
+        if self.labels is not None and (self.images is None or len(self.labels) != len(self.images)):
             raise ValueError("labels: one class in 0..9 per uploaded image")
         if self.cost() > MAX_ATTACK_COST:  # refused before any work starts
             raise ValueError(f"this attack costs {self.cost():,} model calls (images x epsilons x "
@@ -197,3 +211,18 @@ def b64decode(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError as err:
         raise HW4Error(f"png_base64 is not valid base64: {err}") from err
+
+
+def state_latent_size(schema: dict, latent: int) -> dict:
+    """A copy of the OpenAPI ``schema`` that states the served VAE's latent size: ``z`` of
+    /vae/decode has exactly ``latent`` values and each of /vae/traverse's ``dims`` is below it,
+    as the replica checks."""
+    schema = copy.deepcopy(schema)  # FastAPI caches the one it built
+    models = schema["components"]["schemas"]
+    z = models["DecodeIn"]["properties"]["z"]
+    z["minItems"] = z["maxItems"] = latent
+    dims = models["TraverseIn"]["properties"]["dims"]
+    dims["items"]["exclusiveMaximum"] = latent
+    dims["maxItems"] = min(dims["maxItems"], latent)
+    dims["default"] = [d for d in dims["default"] if d < latent]
+    return schema

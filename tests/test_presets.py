@@ -56,3 +56,12 @@ def test_a_misspelt_preset_name_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         parse(["--preset", "smal"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_the_bare_sweep_trains_the_recipe_too():
+    from jobs import tune_ddpm_schedule
+    cfg = cli.parse_config(tune_ddpm_schedule.DDPMSweepConfig, [], tune_ddpm_schedule.SMOKE,
+                           tune_ddpm_schedule.__doc__)
+    space = {"prediction": cfg.predictions, "loss_weight": cfg.loss_weights,
+             "lr_schedule": cfg.lr_schedules}
+    assert space == {k: (v,) for k, v in ddpm_config.RECIPE.items()}

@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from hw4 import viz
 from hw4.errors import HW4Error
 from hw4.samplers import SampleRequest
-from serve import guard
+from serve import guard, schemas
 from serve.deployments import DDPMModel
 from serve.replica import TooCostly
-from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ImageIn
+from serve.schemas import MAX_ATTACK_COST, MAX_SAMPLE_COST, AttackIn, ClassifyIn, PixelImage
 
 from .conftest import make_storage, pinned
 
@@ -224,7 +224,7 @@ def test_sample_and_attack_cost_budgets():
     assert AttackIn(attack="apgd-t", n=32, epsilons=[0.1], models=["pixel_cnn"], eot=2).cost() == \
         32 * 9 * 101 * 2
     with pytest.raises(ValidationError, match="at most 28"):
-        ImageIn(pixels=[[0.5] * 10_000] * 28)  # a row's length is capped, not only the row count
+        PixelImage(pixels=[[0.5] * 10_000] * 28)  # a row's length is capped, not only the row count
 
 
 def test_a_costly_sample_request_is_refused_before_work(tmp_path):
@@ -400,3 +400,57 @@ def test_info_names_no_absolute_path_and_no_pid(tmp_path):
     text = json.dumps(info)
     assert str(tmp_path) not in text and "pid" not in info and str(os.getpid()) not in text
     assert info["checkpoint"] == f"ddpm-{info['sha256'][:12]}" and info["run"] == "ddpm"
+
+
+@pytest.mark.parametrize("images, why", [
+    ([{}], "no source"),
+    ([{"test_index": 3, "pixels": [[0.0] * 28] * 28}], "two sources"),
+    ([{"test_index": 3}, {"pixels": [[0.0] * 28] * 28}], "test images and uploads mixed"),
+    ([{"pixels": [[1.5] * 28] * 28}], "a pixel outside [0, 1]"),
+])
+def test_the_schema_types_hold_the_image_rules(images, why):
+    """One source per image, one kind per request, pixels in [0, 1]: each rule is a type of the
+    schema, so a body that breaks it is a validation error (422), not a refusal deeper in."""
+    with pytest.raises(ValidationError):
+        ClassifyIn(images=images)
+    ok = ClassifyIn(images=[{"test_index": 3}, {"test_index": 4}])
+    assert schemas.image_spec(ok.images) == {"test_indices": [3, 4]}
+
+
+def test_the_served_schema_states_the_vae_latent_size():
+    from serve.routes import api
+
+    schema = schemas.state_latent_size(api.openapi(), 16)
+    models = schema["components"]["schemas"]
+    z, dims = models["DecodeIn"]["properties"]["z"], models["TraverseIn"]["properties"]["dims"]
+    assert (z["minItems"], z["maxItems"]) == (16, 16)
+    assert dims["items"]["exclusiveMaximum"] == 16 and dims["maxItems"] == 16
+    images = models["ClassifyIn"]["properties"]["images"]["anyOf"]  # one kind per request
+    assert [i["items"].get("$ref", "uploads") for i in images] == [
+        "#/components/schemas/IndexImage", "uploads"]
+    assert api.openapi()["components"]["schemas"]["DecodeIn"]["properties"]["z"]["maxItems"] \
+        == schemas.MAX_LATENT  # FastAPI's cached schema is left as it was
+
+
+def test_the_local_deploy_config_is_valid_and_serves_this_folder_s_registry(tmp_path, monkeypatch):
+    """serve/local.yaml is a valid Serve config whose builder, run where `ray start` ran (the
+    repository root), pins the registry's best of that folder's own ``results``."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import build_app
+
+    from .conftest import ROOT
+
+    config = yaml.safe_load((ROOT / "serve" / "local.yaml").read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` checks first
+    (app,) = config["applications"]
+    assert app["import_path"] == "serve.app:build_app" and "token_env" not in app["args"]
+    storage = make_storage(tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    ingress = build_app(app["args"])._bound_deployment  # Serve's bound graph: Api(ddpm, vae)
+    models = {a._bound_deployment.name: a._bound_deployment.user_config
+              for a in ingress.init_args[:2]}
+    assert {name: c["registered_from"] for name, c in models.items()} == {
+        "DDPMModel": str(storage / "ddpm" / "checkpoint.pt"),
+        "VAEModel": str(storage / "vae" / "checkpoint.pt")}

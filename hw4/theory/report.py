@@ -25,8 +25,12 @@ from hw4 import samplers as S  # noqa: E402
 from hw4.theory import ddim, elbo, fdiv, hvae, score  # noqa: E402
 
 
+def fmt(v) -> str:
+    """A table cell: floats to four significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def table(header: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -103,8 +107,13 @@ def hvae_section(out: Path) -> str:
 def fdiv_section(out: Path) -> str:
     P, Q = (0.5, 1.0), (0.0, 1.3)
     g = torch.Generator().manual_seed(0)
-    sample_p = lambda n: P[0] + P[1] * torch.randn(n, 1, generator=g)  # noqa: E731
-    sample_q = lambda n: Q[0] + Q[1] * torch.randn(n, 1, generator=g)  # noqa: E731
+
+    def sample_p(n: int) -> torch.Tensor:
+        return P[0] + P[1] * torch.randn(n, 1, generator=g)
+
+    def sample_q(n: int) -> torch.Tensor:
+        return Q[0] + Q[1] * torch.randn(n, 1, generator=g)
+
     x = torch.linspace(-30, 30, 400_001, dtype=torch.float64)
     p, q = fdiv.gaussian_pdf(x, *P), fdiv.gaussian_pdf(x, *Q)
     rows = []
