@@ -209,6 +209,29 @@ class TrainedDDPM:
             final = ((out.prev_sample + 1) / 2).clamp(0, 1).cpu() if last else None
             yield ChainStep(i + 1, total, preview, final)
 
+    def draw(self, requests: list[samplers.SampleRequest], *, device: str | torch.device = "cpu",
+             stop: StopSignal | None = None) -> list[torch.Tensor]:
+        """The samples of ``requests`` (one ``batch_key``: the same sampler settings), drawn as
+        one batch: a tensor per request in [0, 1], each with its own seed, labels and guidance
+        (``samplers.batch_rows``), so that it gets the images it would get alone."""
+        if len({r.batch_key() for r in requests}) != 1:
+            raise HW4Error("requests drawn as one batch need the same sampler settings")
+        first = requests[0]
+        labels, guidance = samplers.batch_rows(requests, self.model.null_label)
+        blocks = [(torch.Generator().manual_seed(r.seed), r.n) for r in requests]
+        images = self.sample(sum(r.n for r in requests), method=first.sampler, steps=first.steps,
+                             eta=first.eta, labels=labels, guidance=guidance, generator=blocks,
+                             device=device, stop=stop)
+        return list(images.split([r.n for r in requests]))
+
+    def chain(self, req: samplers.SampleRequest, *, every: int = 1,
+              device: str | torch.device = "cpu") -> Iterator[ChainStep]:
+        """``sample_chain`` of one request, its rows labelled as ``draw`` labels them."""
+        labels, guidance = samplers.batch_rows([req], self.model.null_label)
+        return self.sample_chain(req.n, every=every, method=req.sampler, steps=req.steps,
+                                 eta=req.eta, labels=labels, guidance=guidance, seed=req.seed,
+                                 device=device)
+
     def _guided(self, n: int, labels: torch.Tensor | None, guidance: float | torch.Tensor,
                 device: str | torch.device, stop: StopSignal | None = None):
         """The network on ``device`` as the samplers call it: ``labels`` checked and guided with

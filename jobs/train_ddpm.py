@@ -40,10 +40,8 @@ def sample_request(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
 
 def draw(trained: TrainedDDPM, req: samplers.SampleRequest,
          device: torch.device | str = "cpu") -> torch.Tensor:
-    """``req``'s samples in [0, 1], (n, 1, 28, 28), its rows labelled by ``samplers.batch_rows``."""
-    labels, guidance = samplers.batch_rows([req], trained.model.null_label)
-    return trained.sample(req.n, method=req.sampler, steps=req.steps, eta=req.eta, labels=labels,
-                          guidance=guidance, seed=req.seed, device=device)
+    """``req``'s samples in [0, 1], (n, 1, 28, 28), as Serve draws them (``TrainedDDPM.draw``)."""
+    return trained.draw([req], device=device)[0]
 
 
 def render_samples(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from ray import serve
 
-from hw4 import samplers, viz
+from hw4 import viz
 from hw4.assets import load_classifier
 from hw4.errors import HW4Error
 from hw4.evaluation import grey_backgrounds
@@ -75,11 +75,8 @@ class DDPMModel(Reloadable):
         finished, also when the caller goes away: cancelling the stream stops the sampler within
         one step, and the next request never runs beside it."""
         ddpm = self.require()
-        labels, guidance = samplers.batch_rows([req], ddpm.model.null_label)
         total = len(req.kind.visits(ddpm.timesteps, req.steps))
-        chain = ddpm.sample_chain(req.n, every=every or max(1, total // 20), method=req.sampler,
-                                  steps=req.steps, eta=req.eta, labels=labels,
-                                  guidance=guidance, seed=req.seed, device=self.device)
+        chain = ddpm.chain(req, every=every or max(1, total // 20), device=self.device)
         async with self.lock:
             async for item in steps_in_thread(chain):
                 out: dict = {"step": item.step, "total": item.total}
@@ -104,7 +101,7 @@ class DDPMModel(Reloadable):
     async def _run(self, items: list[tuple[SampleRequest, threading.Event | None]]
                    ) -> list[torch.Tensor | None]:
         """Requests with the same sampler settings share one call; each keeps its own seed and
-        labels (``samplers.batch_rows``). A caller that left (its event) before its group's call
+        labels (``TrainedDDPM.draw``). A caller that left (its event) before its group's call
         starts is dropped from the call; a call whose callers have all left stops at its next
         network call. Results of those who left are None."""
         ddpm = self.require()
@@ -117,18 +114,13 @@ class DDPMModel(Reloadable):
                 idx = [i for i in idx if not (items[i][1] is not None and items[i][1].is_set())]
                 if not idx:  # every caller of this group left before its call started
                     continue
-                reqs = [items[i][0] for i in idx]
-                blocks = [(torch.Generator().manual_seed(r.seed), r.n) for r in reqs]
-                labels, guidance = samplers.batch_rows(reqs, ddpm.model.null_label)
                 callers = [items[i][1] for i in idx if items[i][1] is not None]
                 try:
-                    images = await in_thread(
-                        ddpm.sample, sum(r.n for r in reqs), method=reqs[0].sampler,
-                        steps=reqs[0].steps, eta=reqs[0].eta, labels=labels, guidance=guidance,
-                        generator=blocks, device=self.device, callers=callers)
+                    parts = await in_thread(ddpm.draw, [items[i][0] for i in idx],
+                                            device=self.device, callers=callers)
                 except SamplingStopped:  # every caller of this call left: nobody to answer
                     continue
-                for i, part in zip(idx, images.split([r.n for r in reqs]), strict=True):
+                for i, part in zip(idx, parts, strict=True):
                     out[i] = part
         return out
 

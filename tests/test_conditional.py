@@ -166,3 +166,26 @@ def test_the_sample_chain_ends_in_the_samples_and_stops_when_dropped(tmp_path, m
     next(stream), next(stream)
     stream.close()  # the client left after two steps
     assert len(calls) == 2
+
+
+def test_requests_drawn_as_one_batch_each_get_their_own_images(tmp_path):
+    """``TrainedDDPM.draw``: a conditional request, an unconditional one and a second seed share one
+    batch, and each gets exactly the images it gets alone; its chain ends in them too."""
+    from hw4.samplers import SampleRequest
+    from hw4.trained import load_ddpm
+
+    from .conftest import write_ddpm
+
+    ddpm = load_ddpm(write_ddpm(tmp_path / "ddpm.pt"))
+    reqs = [SampleRequest(2, "ddim", 4, seed=1, labels=(3, 7), guidance=1.5),
+            SampleRequest(1, "ddim", 4, seed=2),
+            SampleRequest(3, "ddim", 4, seed=3, labels=(0, 0, 9), guidance=0.5)]
+    together = ddpm.draw(reqs)
+    for req, got in zip(reqs, together, strict=True):  # the same noise and labels; a larger
+        # batch may round differently in the last bits, far below a grey level (1/255)
+        torch.testing.assert_close(got, ddpm.draw([req])[0], rtol=0, atol=1e-4)
+    other_seed = ddpm.draw([SampleRequest(2, "ddim", 4, seed=9, labels=(3, 7), guidance=1.5)])[0]
+    assert (other_seed - together[0]).abs().max() > 0.1  # the seed matters: not a vacuous match
+    torch.testing.assert_close(list(ddpm.chain(reqs[0]))[-1].final, together[0], rtol=0, atol=1e-6)
+    with pytest.raises(HW4Error, match="same sampler settings"):
+        ddpm.draw([reqs[0], SampleRequest(1, "ddim", 5)])
