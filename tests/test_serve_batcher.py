@@ -2,7 +2,6 @@
 goes into the next, row limits, cancelled waiters dropped, errors to every caller of a call."""
 
 import asyncio
-import time
 
 import pytest
 
@@ -23,24 +22,49 @@ class Model:
         return [2 * i for i in items]
 
 
+class GatedModel:
+    """A model call that waits for a permit (``allow``) before it answers each item doubled:
+    the test decides when each call ends, and ``running`` counts the calls that have started."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.permits: asyncio.Queue[None] = asyncio.Queue()
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        await self.permits.get()
+        if -1 in items:
+            raise ValueError("no negative items")
+        return [2 * i for i in items]
+
+    def allow(self, calls: int = 1) -> None:
+        for _ in range(calls):
+            self.permits.put_nowait(None)
+
+
+async def ticks(n: int = 3) -> None:
+    """Let the event loop run ``n`` rounds: no time passes, so no timer can fire."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def test_a_lone_request_runs_at_once_and_later_arrivals_share_the_next_call():
-    model = Model(seconds=0.1)
-    batcher = Batcher(model.run, max_rows=64)
-
     async def scenario():
-        t0 = time.perf_counter()
+        model = GatedModel()
+        batcher = Batcher(model.run, max_rows=64)
         first = asyncio.create_task(batcher.submit(1))
-        await asyncio.sleep(0.02)  # the first call is running: these four wait for the next
+        await ticks()  # no batching timer in front of a lone request: its call has started
+        assert model.calls == [[1]]
         rest = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4, 5)]
+        await ticks()  # these four wait while the first call runs
+        assert model.calls == [[1]] and not first.done()
+        model.allow()
         assert await first == 2
-        first_done = time.perf_counter() - t0
-        return first_done, await asyncio.gather(*rest)
+        model.allow()
+        assert await asyncio.gather(*rest) == [4, 6, 8, 10]
+        return model.calls, list(batcher.sizes)
 
-    first_done, rest = asyncio.run(scenario())
-    assert first_done < 0.1 + 0.05  # no batching timer in front of a lone request
-    assert rest == [4, 6, 8, 10]
-    assert model.calls == [[1], [2, 3, 4, 5]]
-    assert list(batcher.sizes) == [1, 4]
+    assert asyncio.run(scenario()) == ([[1], [2, 3, 4, 5]], [1, 4])
 
 
 def test_rows_cap_a_call_first_come_first_served():
@@ -56,24 +80,25 @@ def test_rows_cap_a_call_first_come_first_served():
 
 
 def test_a_caller_that_leaves_while_waiting_is_dropped_and_errors_reach_every_caller():
-    model = Model(seconds=0.1)
-    batcher = Batcher(model.run, max_rows=64)
-
     async def scenario():
+        model = GatedModel()
+        batcher = Batcher(model.run, max_rows=64)
         first = asyncio.create_task(batcher.submit(1))
-        await asyncio.sleep(0.02)
+        await ticks()
         leaving = asyncio.create_task(batcher.submit(2))
         staying = asyncio.create_task(batcher.submit(3))
-        await asyncio.sleep(0.01)
-        leaving.cancel()
+        await ticks()
+        leaving.cancel()  # while the first call runs: before its own call starts
+        model.allow(2)
         results = await asyncio.gather(first, staying)
         failing = [asyncio.create_task(batcher.submit(i)) for i in (-1, 7)]
+        model.allow()
         errors = await asyncio.gather(*failing, return_exceptions=True)
-        return results, errors, leaving.cancelled()
+        return results, errors, leaving.cancelled(), model.calls
 
-    results, errors, left = asyncio.run(scenario())
+    results, errors, left, calls = asyncio.run(scenario())
     assert results == [2, 6] and left
-    assert model.calls[:2] == [[1], [3]]  # the one who left never reached the model
+    assert calls == [[1], [3], [-1, 7]]  # the one who left never reached the model
     assert [type(e) for e in errors] == [ValueError, ValueError]
 
 

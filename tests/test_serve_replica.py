@@ -1,6 +1,7 @@
 """The DDPM replica in this process (no Ray started): what it does when a caller goes away."""
 
 import asyncio
+import threading
 import time
 from dataclasses import replace
 
@@ -14,21 +15,46 @@ from serve.deployments import DDPMModel, VAEModel
 from .conftest import make_storage, pinned
 
 
+class Slow:
+    """Wraps a forward pass: each call takes at least ``seconds``; counts the calls started and
+    those in flight, and lets a test wait (without polling a clock) for the n-th call to start."""
+
+    def __init__(self, inner, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+        self.started, self.in_flight = 0, 0
+        self.lock = threading.Lock()
+        self.waits: dict[int, threading.Event] = {}
+
+    def __call__(self, *a, **k):
+        with self.lock:
+            self.started += 1
+            self.in_flight += 1
+            self.waits.setdefault(self.started, threading.Event()).set()
+        try:
+            time.sleep(self.seconds)  # a slow network: the window in which a caller leaves
+            return self.inner(*a, **k)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    async def until_started(self, n: int) -> None:
+        """Return once the n-th call has started (a hang here fails the test by its timeout)."""
+        with self.lock:
+            event = self.waits.setdefault(n, threading.Event())
+        assert await asyncio.to_thread(event.wait, 60), f"call {n} never started"
+
+    def snapshot(self) -> tuple[int, int]:
+        with self.lock:
+            return self.started, self.in_flight
+
+
 def ddpm_replica(tmp_path, seconds: float):
-    """A DDPM replica in this process, its network, the network's own forward, a ``slow``
-    forward that sleeps ``seconds`` per call, and the start time of each slow call."""
+    """A DDPM replica in this process, its network, the network's own forward and a ``Slow``
+    forward around it."""
     replica = DDPMModel.func_or_class()
     replica.reconfigure(pinned(str(make_storage(tmp_path))))
     net = replica.require().model
-    inner, calls = net.forward, []
-
-    def slow(*a, **k):
-        calls.append(time.monotonic())
-        time.sleep(seconds)
-        return inner(*a, **k)
-
-    return replica, net, inner, slow, calls
-
+    return replica, net, net.forward, Slow(net.forward, seconds)
 
 
 @pytest.mark.parametrize("streamed", [True, False])
@@ -36,8 +62,7 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
     """Cancelling a request (what Serve does when the client leaves), streamed or not, stops
     the sampler after the network call in flight, and only then lets the next request have the
     model (it used to wait for the abandoned run to finish)."""
-    replica, net, inner, slow, calls = ddpm_replica(tmp_path, 0.2)
-
+    replica, net, inner, slow = ddpm_replica(tmp_path, 0.2)
     req = SampleRequest(2, "ddim", 20)
 
     async def scenario():
@@ -49,23 +74,22 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
                 await replica._run([(req, None)])
 
         task = asyncio.create_task(client())
-        while len(calls) < 5:  # five network calls started: the fifth is in flight
-            await asyncio.sleep(0.01)
+        await slow.until_started(5)  # the fifth network call is in flight
         task.cancel()
-        cancelled = time.monotonic()
+        at_cancel = slow.snapshot()
         with pytest.raises(asyncio.CancelledError):
             await task
-        released = time.monotonic()
+        at_return = slow.snapshot()  # the cancellation is through: the model's lock is free
         net.forward = inner
-        t0 = time.monotonic()
-        await replica._run([(replace(req, steps=2, seed=1), None)])
-        return cancelled, released, time.monotonic() - t0
+        images = await replica._run([(replace(req, steps=2, seed=1), None)])
+        return at_cancel, at_return, images
 
     net.forward = slow
-    cancelled, released, next_wait = asyncio.run(scenario())
-    assert len(calls) >= 5 and all(c < cancelled for c in calls)  # none started after the cancel
-    assert released - calls[-1] >= 0.15  # the lock waited for the call in flight to end
-    assert next_wait < 2.0
+    (started, in_flight), (started_after, in_flight_after), images = asyncio.run(scenario())
+    assert in_flight == 1 and started < 20  # cancelled with a call in flight, steps to go
+    assert started_after == started  # no network call started after the cancel
+    assert in_flight_after == 0  # the lock waited for the call in flight to end
+    assert images[0].shape == (2, 1, 28, 28)  # and the next request then had the model
 
 
 def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay(tmp_path):
@@ -73,25 +97,23 @@ def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay
     cancellation reaches). When both callers leave, the call stops at its next network call and
     the model is free at once; when one leaves, the other still gets its images, the same as
     unbatched."""
-    replica, net, inner, slow, calls = ddpm_replica(tmp_path, 0.1)
-
+    replica, net, inner, _ = ddpm_replica(tmp_path, 0.1)
     reqs = [SampleRequest(2, "ddim", 20, seed=s) for s in (0, 1)]
 
-    async def batch(leaving: tuple[int, ...]):
-        calls.clear()
+    async def batch(leaving: tuple[int, ...]) -> tuple[int, int, list]:
+        slow = Slow(inner, 0.1)
+        net.forward = slow
         tasks = [asyncio.create_task(replica.sample(r)) for r in reqs]
-        while len(calls) < 3:  # the batch has formed and made a few calls
-            await asyncio.sleep(0.01)
+        await slow.until_started(3)  # the batch has formed and made a few calls
         for i in leaving:
             tasks[i].cancel()
-        cancelled = time.monotonic()
+        at_cancel = slow.snapshot()[0]
         kept = [await t for i, t in enumerate(tasks) if i not in leaving]
         for i in leaving:
             with pytest.raises(asyncio.CancelledError):
                 await tasks[i]
         async with replica.lock:  # the model is free once the abandoned call has stopped
-            pass
-        return cancelled, list(calls), kept
+            return at_cancel, slow.snapshot()[0], kept
 
     async def scenario():
         both_left = await batch((0, 1))
@@ -99,12 +121,11 @@ def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay
         net.forward = inner
         return both_left, one_left, (await replica._run([(reqs[1], None)]))[0]
 
-    net.forward = slow
-    (cancelled, calls_both, _), (_, calls_one, kept), alone = asyncio.run(scenario())
+    (at_cancel, started, _), (_, started_one, kept), alone = asyncio.run(scenario())
     assert list(replica.batcher.sizes) == [2, 2]  # one model call for both requests, each time
     # no network call started after both left: the one in flight was the last
-    assert len(calls_both) < 20 and all(c < cancelled for c in calls_both)
-    assert len(calls_one) == 20  # the one who stayed got all 20 steps
+    assert started == at_cancel < 20
+    assert started_one == 20  # the one who stayed got all 20 steps
     torch.testing.assert_close(kept[0], alone, rtol=0, atol=1e-4)  # a batch sums in another order
 
 
@@ -113,30 +134,28 @@ def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
     model's next forward pass instead of running all its steps for nobody."""
     replica = VAEModel.func_or_class()
     replica.reconfigure(pinned(str(make_storage(tmp_path)), "vae"))
-    calls = []
 
-    def slow_classifier(x):
-        calls.append(time.monotonic())
-        time.sleep(0.05)
+    def classifier(x):
         return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() + x.mean()
 
-    replica.classifiers = lambda: {"pixel_cnn": slow_classifier}
+    slow = Slow(classifier, 0.05)
+    replica.classifiers = lambda: {"pixel_cnn": slow}
     replica.images = lambda spec: (torch.rand(4, 1, 28, 28), torch.arange(4))
 
     async def scenario():
         task = asyncio.create_task(replica.attack({}, "pgd", [0.1], ["pixel_cnn"], False,
                                                    AttackOptions(steps=100), 0, 2))
-        await asyncio.sleep(0.5)
+        await slow.until_started(3)
         task.cancel()
-        cancelled = time.monotonic()
+        at_cancel = slow.snapshot()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return cancelled, time.monotonic()
+        return at_cancel, slow.snapshot()
 
-    cancelled, returned = asyncio.run(scenario())
-    assert 3 <= len(calls) < 30, len(calls)  # of the 100 PGD steps' forward passes
-    assert all(c < cancelled for c in calls)  # none started after the cancel
-    assert returned >= calls[-1] + 0.04  # the request ended only after the pass in flight did
+    (started, in_flight), (started_after, in_flight_after) = asyncio.run(scenario())
+    assert in_flight == 1 and started < 100  # of the 100 PGD steps' forward passes
+    assert started_after == started  # none started after the cancel
+    assert in_flight_after == 0  # the request ended only after the pass in flight did
 
 
 def test_an_unlabeled_request_to_a_conditional_model_runs_one_batch_of_n(tmp_path):
