@@ -105,8 +105,8 @@ def main() -> None:
 
     def ours(method, steps, net=model):
         def run():
-            samplers.sample(net, schedule, shape, method=method, steps=steps, eta=0.0,
-                             generator=torch.Generator().manual_seed(0), device=dev)
+            samplers.sample(net, schedule, shape, method=method, steps=steps, eta=0.0, clip=True,
+                             generator=torch.Generator().manual_seed(0), device=dev)  # as theirs
             sync(dev)
         return run
 

@@ -239,7 +239,7 @@ def training_losses(model: Model, s: DiffusionSchedule, x0: torch.Tensor, t: tor
     return per_sample * loss_weights(s, t, prediction, weighting, snr_gamma)
 
 
-# --- 3b. classifier-free guidance (Ho & Salimans 2022) ------------------------------------------
+# --- 3b. classifier-free guidance's training half (Ho & Salimans 2022; sampling: hw4/guidance.py)
 
 def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -247,41 +247,3 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int,
     ``p_uncond``, independently per example, so one network learns eps(x_t, t, c) and eps(x_t, t)."""
     drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p_uncond  # (N,)
     return torch.where(drop, torch.full_like(labels, null_label), labels)
-
-
-def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
-    """eps~ = (1 + w) eps(x_t, c) - w eps(x_t, null): the homework's convention, w = 0 is the plain
-    conditional model; ``w`` a number or one weight per row (N,). The weights sum to one, so for
-    a fixed x_t the combination is the same in eps, x0 or v space (each is an affine map of the
-    other): any ``prediction`` may be guided."""
-    if torch.is_tensor(w):
-        w = w.to(cond.device, cond.dtype).view(-1, *([1] * (cond.dim() - 1)))  # (N, 1, ...)
-    return (1 + w) * cond - w * uncond
-
-
-def guided_model(model: Callable[..., torch.Tensor], labels: torch.Tensor | None,
-                 w: float | torch.Tensor, null_label: int | None) -> Model:
-    """A ``model(x_t, t)`` that samples class ``labels`` (N,) with guidance ``w`` (a number, or
-    one per row: requests with different weights can share a batch).
-
-    One network call per step on N + G rows: every row's conditional half, and the null half of
-    the G rows that are guided (w != 0 and a label other than ``null_label``). Unguided rows and
-    null-label rows (unconditional samples, which guidance would leave unchanged) cost one row
-    each. With no labels the model runs as it is (an unconditional model, or all-null labels)."""
-    if labels is None:
-        return model
-    if null_label is None:
-        raise HW4Error("labels need a class-conditional model; this one is unconditional")
-    weights = torch.as_tensor(w, dtype=torch.float32).flatten().cpu().expand(len(labels))
-    guided = ((weights != 0) & (labels.cpu() != null_label)).nonzero().flatten()  # (G,)
-    if len(guided) == 0:  # no guidance anywhere: the conditional model alone
-        return lambda x, t: model(x, t, labels.to(x.device))
-
-    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        y, g = labels.to(x.device), guided.to(x.device)
-        out = model(torch.cat([x, x[g]]), torch.cat([t, t[g]]),
-                    torch.cat([y, torch.full_like(y[g], null_label)]))
-        cond, uncond = out[:len(x)], out[len(x):]  # (N, ...), (G, ...)
-        return cond.index_copy(0, g, guide(cond[g], uncond, weights[guided]))
-
-    return call

@@ -25,6 +25,7 @@ from torch import nn
 
 from hw4 import diffusion, samplers
 from hw4.errors import HW4Error
+from hw4.guidance import guided_model
 from hw4.trained import TrainedDDPM
 
 Solver = Literal["ddim", "dpm++2m"]
@@ -49,7 +50,7 @@ def purify(ddpm: TrainedDDPM, x: torch.Tensor, *, t_star: int, steps: int,
         raise HW4Error(f"t* must be in 1..{T - 1} for this {T}-step model, got {t_star}")
     ts = purification_timesteps(t_star, steps)
     s = ddpm.schedule.to("cpu")
-    net = diffusion.guided_model(ddpm.model.eval(), None, 0.0, ddpm.model.null_label)
+    net = guided_model(ddpm.model.eval(), None, 0.0, ddpm.model.null_label)
     noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)
     xt = diffusion.add_noise(s, x * 2 - 1, noise, torch.full((x.shape[0],), t_star, dtype=torch.long))
     solver_kind, args, state = samplers.kind(solver), samplers.StepArgs(

@@ -14,10 +14,11 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from hw4 import diffusion, reverse, samplers
+from hw4 import reverse, samplers
 from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
 from hw4.diffusion import DiffusionSchedule
 from hw4.errors import HW4Error
+from hw4.guidance import GUIDANCE_INTERVAL, guided_model, interval_timesteps
 from hw4.models import config_from_dict
 from hw4.models.autoencoder import (
     Autoencoder,
@@ -167,17 +168,18 @@ class TrainedDDPM:
     def sample(self, n: int, *, method: str = samplers.DEFAULT_SAMPLER, steps: int | None = None,
                eta: float = 0.0, labels: torch.Tensor | None = None,
                guidance: float | torch.Tensor = 0.0,
+               interval: tuple[float, float] | None = GUIDANCE_INTERVAL,
                seed: int = 0, generator: reverse.Generators = None,
                device: str | torch.device = "cpu", progress: bool = False,
                stop: StopSignal | None = None) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, 28, 28); the same seed gives the same images.
         ``labels`` (n,): the class of each row (``num_classes``, the null label, for an
         unguided unconditional row) for a conditional model, guided with weight ``guidance`` (a
-        number, or one per row).
+        number, or one per row) at the noise levels of ``interval`` (fractions of T; None: all).
         ``generator`` (e.g. per-request blocks of a served batch) replaces the seed. Setting
         ``stop`` (from another thread) ends the run with ``SamplingStopped`` before its next
         network call."""
-        model = self._guided(n, labels, guidance, device, stop)
+        model = self._guided(n, labels, guidance, interval, device, stop)
         gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
         x = samplers.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
                              eta=eta, prediction=self.prediction, generator=gen, device=device,
@@ -187,13 +189,14 @@ class TrainedDDPM:
     def sample_chain(self, n: int, *, every: int = 1, method: str = samplers.DEFAULT_SAMPLER,
                      steps: int | None = None, eta: float = 0.0,
                      labels: torch.Tensor | None = None, guidance: float | torch.Tensor = 0.0,
+                     interval: tuple[float, float] | None = GUIDANCE_INTERVAL,
                      seed: int = 0, device: str | torch.device = "cpu") -> Iterator[ChainStep]:
         """``sample`` one network call at a time: a ``ChainStep`` after every step, with the
         x-hat-0 preview (in [0, 1]) after the first step (a watcher sees the chain after one
         network call), then every ``every`` steps, and the samples after the last, which equal
         ``sample``'s for the same arguments. Whoever stops iterating stops the sampler:
         no network call runs after the step in progress."""
-        model = self._guided(n, labels, guidance, device)
+        model = self._guided(n, labels, guidance, interval, device)
         gen = torch.Generator(device=device).manual_seed(seed)
         total = len(samplers.timesteps(method, self.timesteps, steps))
         chain = samplers.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
@@ -233,14 +236,15 @@ class TrainedDDPM:
                                  device=device)
 
     def _guided(self, n: int, labels: torch.Tensor | None, guidance: float | torch.Tensor,
-                device: str | torch.device, stop: StopSignal | None = None):
+                interval: tuple[float, float] | None, device: str | torch.device,
+                stop: StopSignal | None = None):
         """The network on ``device`` as the samplers call it: ``labels`` checked and guided with
-        weight ``guidance``, refusing to run once ``stop`` is set."""
+        weight ``guidance`` within ``interval``, refusing to run once ``stop`` is set."""
         if labels is not None:
             labels = self.check_labels(labels, n)
         net = self.model.to(device).eval()
-        return diffusion.guided_model(net if stop is None else stoppable(net, stop), labels,
-                                      guidance, self.model.null_label)
+        return guided_model(net if stop is None else stoppable(net, stop), labels, guidance,
+                            self.model.null_label, interval_timesteps(self.timesteps, interval))
 
     def check_labels(self, labels: torch.Tensor | list[int], n: int) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()

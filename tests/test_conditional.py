@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from hw4 import diffusion, train
+from hw4 import diffusion, guidance, train
 from hw4.checkpoint import save_checkpoint
 from hw4.diffusion import DiffusionSchedule
 from hw4.errors import HW4Error
@@ -22,6 +22,17 @@ def tiny_unet(num_classes=10, seed=0) -> UNet:
     if num_classes:  # a fresh embedding is small next to the time embedding: make labels matter
         torch.nn.init.normal_(model.label_emb.weight, std=1.0)
     return model
+
+
+def counting(model):
+    """The network rows of each call to ``model``, and the model that records them."""
+    calls = []
+
+    def counted(*a):
+        calls.append(a[0].shape[0])
+        return model(*a)
+
+    return calls, counted
 
 
 def test_null_label_dropped_with_the_right_frequency():
@@ -55,17 +66,16 @@ def test_guidance_zero_is_the_conditional_model():
     model = tiny_unet()
     x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([5, 10, 20, 40]), torch.tensor([1, 2, 3, 4])
     with torch.no_grad():
-        assert torch.equal(diffusion.guided_model(model, y, 0.0, 10)(x, t), model(x, t, y))
+        assert torch.equal(guidance.guided_model(model, y, 0.0, 10)(x, t), model(x, t, y))
 
 
 @pytest.mark.parametrize("w", [0.5, 1.0, 3.0])
 def test_guided_eps_is_the_homework_formula_from_two_calls(w):
     model = tiny_unet()
     x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([5, 10, 20, 40]), torch.tensor([7, 0, 9, 10])
-    calls = []
-    counted = lambda *a: calls.append(a[0].shape[0]) or model(*a)  # noqa: E731
+    calls, counted = counting(model)
     with torch.no_grad():
-        guided = diffusion.guided_model(counted, y, w, 10)(x, t)
+        guided = guidance.guided_model(counted, y, w, 10)(x, t)
         cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
     assert calls == [7]  # one network call: 4 conditional rows, the null halves of the 3 guided
     torch.testing.assert_close(guided, (1 + w) * cond - w * uncond, rtol=1e-5, atol=1e-5)
@@ -78,14 +88,36 @@ def test_a_mixed_batch_doubles_only_its_guided_rows():
     model = tiny_unet()
     x, t = torch.randn(5, 1, 28, 28), torch.tensor([5, 10, 20, 40, 80])
     y, w = torch.tensor([1, 2, 10, 4, 5]), torch.tensor([2.0, 0.0, 1.0, 0.0, 0.5])
-    calls = []
-    counted = lambda *a: calls.append(a[0].shape[0]) or model(*a)  # noqa: E731
+    calls, counted = counting(model)
     with torch.no_grad():
-        mixed = diffusion.guided_model(counted, y, w, 10)(x, t)
-        alone = torch.cat([diffusion.guided_model(model, y[i:i + 1], float(w[i]), 10)(x[i:i + 1], t[i:i + 1])
+        mixed = guidance.guided_model(counted, y, w, 10)(x, t)
+        alone = torch.cat([guidance.guided_model(model, y[i:i + 1], float(w[i]), 10)(x[i:i + 1], t[i:i + 1])
                            for i in range(5)])
     assert calls == [5 + 2]  # rows 0 and 4 are guided
     torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_guidance_applies_only_within_its_interval_and_costs_rows_only_there():
+    """Rows whose t lies within the interval (inclusive) are guided; the others are the plain
+    conditional model, and their null halves are not run."""
+    model = tiny_unet()
+    x, t = torch.randn(4, 1, 28, 28), torch.tensor([100, 200, 700, 900])
+    y = torch.tensor([1, 2, 3, 4])
+    calls, counted = counting(model)
+    with torch.no_grad():
+        out = guidance.guided_model(counted, y, 2.0, 10, interval=(200, 700))(x, t)
+        full = guidance.guided_model(model, y, 2.0, 10)(x, t)
+        plain = model(x, t, y)
+        outside = guidance.guided_model(counted, y[[0, 3]], 2.0, 10, interval=(200, 700))(
+            x[[0, 3]], t[[0, 3]])
+    assert calls == [4 + 2, 2]  # rows 1 and 2 guided; a batch wholly outside: one half only
+    torch.testing.assert_close(out[1:3], full[1:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[[0, 3]], plain[[0, 3]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outside, plain[[0, 3]], rtol=1e-5, atol=1e-5)
+    assert guidance.interval_timesteps(1000) == (200, 700)  # the default: 0.2 T .. 0.7 T
+    assert guidance.interval_timesteps(1000, None) is None
+    with pytest.raises(HW4Error, match="guidance interval"):
+        guidance.interval_timesteps(1000, (0.8, 0.2))
 
 
 def test_unconditional_samples_of_a_conditional_model_use_the_null_label():
@@ -101,7 +133,7 @@ def test_unconditional_model_refuses_labels():
     with pytest.raises(ValueError, match="unconditional"):
         model(torch.randn(1, 1, 28, 28), torch.tensor([1]), torch.tensor([3]))
     with pytest.raises(HW4Error, match="unconditional"):
-        diffusion.guided_model(model, torch.tensor([3]), 1.0, None)
+        guidance.guided_model(model, torch.tensor([3]), 1.0, None)
 
 
 def save_ddpm(path, model: UNet, *, with_model_config: bool = True) -> None:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hw4 import diffusion as D
+from hw4 import guidance, train
 from hw4 import reverse as R
 from hw4 import samplers as S
-from hw4 import train
 from hw4.errors import HW4Error
 
 SCHED = D.DiffusionSchedule.named("linear", 1000)
@@ -135,10 +135,29 @@ def test_dpm_solver_samples_through_the_shared_loop_with_guidance():
         calls.append(x.shape[0])
         return 0.1 * x
 
-    guided = D.guided_model(model, torch.tensor([1, 2]), 1.0, null_label=10)
+    guided = guidance.guided_model(model, torch.tensor([1, 2]), 1.0, null_label=10)
     x = S.sample(guided, SCHED, (2, 1, 4, 4), method="dpm++2m", steps=10,
                  generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 4, 4) and torch.isfinite(x).all()
     assert calls == [4] * 10  # 10 network calls of the 2N guided batch
     with pytest.raises(HW4Error, match="unknown sampler"):
         S.timesteps("euler", 1000, 10)
+
+
+@pytest.mark.parametrize("method", ["dpm++2m", "ddim"])
+def test_the_loop_leaves_x0_unclipped_unless_asked(method):
+    """MNIST's background sits on the data range's edge (-1): the loop does not clip x-hat-0 by
+    default (S.CLIP_X0), so a prediction past the edge is not pulled onto it (and an average of
+    predictions around -1 is not lifted to grey); clip=True still clips."""
+    s = D.DiffusionSchedule.named("linear", 100)
+
+    def model(x, t):  # an x0-predicting network that always says -1.2
+        return torch.full_like(x, -1.2)
+
+    assert S.CLIP_X0 is False
+    out = S.sample(model, s, (2, 1, 4, 4), method=method, steps=5, prediction="x0",
+                   generator=torch.Generator().manual_seed(0))
+    clipped = S.sample(model, s, (2, 1, 4, 4), method=method, steps=5, prediction="x0", clip=True,
+                       generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, -1.2))
+    torch.testing.assert_close(clipped, torch.full_like(out, -1.0))
