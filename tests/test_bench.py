@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, needs_data, write_ddpm
 
 
 @pytest.mark.ray
@@ -117,3 +117,16 @@ def test_cpu_step_bench_runs_tiny(tmp_path):
     result = run_tiny("cpu_step", tmp_path / "cpu.json")
     assert set(result["speed"]) == {"fp32", "bf16"} and result["speed"]["fp32"]["speedup"] == 1.0
     assert [len(c["points"]) for c in result["curves"].values()] == [2, 2]
+
+
+@needs_data
+def test_sampling_bench_scores_every_variant_tiny(tmp_path):
+    """bench/sampling.py on a tiny checkpoint: every variant scored by both judges, in a table."""
+    from bench import sampling
+
+    sampling.run(write_ddpm(tmp_path / "ddpm.pt"), tmp_path, n=20, threads=1)
+    scores = json.loads((tmp_path / "sampling.json").read_text())["scores"]
+    assert [s["variant"] for s in scores] == list(sampling.VARIANTS)
+    assert all(0 <= s["background_share"] <= 1 and s["fid"] > 0 for s in scores)
+    text = sampling.table(tmp_path)
+    assert all(name in text for name in sampling.VARIANTS) and "MNIST test (the floor)" in text
