@@ -18,7 +18,10 @@ def test_linear_schedule_matches_ddpm():
 def test_cosine_schedule_matches_improved_ddpm_formula():
     T, s = 1000, 0.008
     sched = D.DiffusionSchedule.from_betas(D.get_named_beta_schedule("cosine", T))
-    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+
+    def f(t):  # Nichol & Dhariwal's f(t)
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
     for t in (0, 10, 500, 900):
         # abar_t here is the product up to and including step t, i.e. f(t+1)/f(0)
         assert float(sched.alphas_cumprod[t]) == pytest.approx(f(t + 1) / f(0), rel=1e-4)
@@ -97,7 +100,10 @@ def test_training_loss_is_zero_for_the_oracle_and_per_sample():
     s = D.DiffusionSchedule.named("linear", 100)
     x0, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
     t = torch.tensor([1, 2, 3])
-    oracle = lambda xt, tt: eps  # noqa: E731
+
+    def oracle(xt, tt):  # predicts the true noise exactly
+        return eps
+
     assert D.training_losses(oracle, s, x0, t, eps).shape == (3,)
     assert float(D.training_losses(oracle, s, x0, t, eps).max()) == 0.0
     assert float(D.training_losses(lambda xt, tt: 0 * eps, s, x0, t, eps).min()) > 0
@@ -164,7 +170,10 @@ def test_sampler_progress_yields_every_step():
 @pytest.mark.parametrize("method, eta", [("ddpm", 0.0), ("ddim", 1.0)])
 def test_generator_blocks_give_each_request_its_own_noise(method, eta):
     """Two requests sampled as one batch get exactly the images each gets alone."""
-    model = lambda x, t: 0.1 * x  # noqa: E731  (deterministic, row-independent)
+
+    def model(x, t):  # deterministic, row-independent
+        return 0.1 * x
+
     s = D.DiffusionSchedule.named("linear", 20)
     kw = dict(method=method, steps=5, eta=eta)
     alone = [S.sample(model, s, (n, 1, 4, 4), generator=torch.Generator().manual_seed(seed), **kw)

@@ -41,7 +41,10 @@ def test_min_snr_weighted_losses_agree_across_targets():
     outputs = {"x0": x0_hat, "eps": (xt - a * x0_hat) / b, "v": (a * xt - x0_hat) / b}
     losses = {}
     for prediction, out in outputs.items():
-        model = lambda x, tt, out=out: out  # noqa: E731
+
+        def model(x, tt, out=out):  # a network that outputs ``out``
+            return out
+
         losses[prediction] = D.training_losses(model, SCHED, x0, t, noise, prediction,
                                                weighting="min-snr", snr_gamma=5.0)
     assert torch.allclose(losses["eps"], losses["x0"], rtol=1e-3)

@@ -139,8 +139,13 @@ def test_bound_is_tight_at_the_optimal_critic_and_holds_for_others(name):
 def test_trained_critic_reaches_the_true_divergence(name):
     div = fdiv.DIVERGENCES[name]
     g = torch.Generator().manual_seed(0)
-    sample_p = lambda n: P[0] + P[1] * torch.randn(n, 1, generator=g)  # noqa: E731
-    sample_q = lambda n: Q[0] + Q[1] * torch.randn(n, 1, generator=g)  # noqa: E731
+
+    def sample_p(n):
+        return P[0] + P[1] * torch.randn(n, 1, generator=g)
+
+    def sample_q(n):
+        return Q[0] + Q[1] * torch.randn(n, 1, generator=g)
+
     _, est = fdiv.train_critic(div, sample_p, sample_q, steps=600, batch=1024)
     true = fdiv.divergence_by_quadrature(div, P, Q)
     assert est == pytest.approx(true, rel=0.05)

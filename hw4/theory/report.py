@@ -143,9 +143,12 @@ def gan_fig(out: Path) -> None:
     axes[0].set_title("data")
     for ax, name in zip(axes[1:], ("gan", "kl"), strict=True):
         torch.manual_seed(0)
-        mlp = lambda i, o: torch.nn.Sequential(  # noqa: E731
-            torch.nn.Linear(i, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128), torch.nn.SiLU(),
-            torch.nn.Linear(128, o))
+
+        def mlp(i: int, o: int) -> torch.nn.Module:
+            return torch.nn.Sequential(
+                torch.nn.Linear(i, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128),
+                torch.nn.SiLU(), torch.nn.Linear(128, o))
+
         G, V = mlp(4, 2), mlp(2, 1)
         og = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
         ov = torch.optim.Adam(V.parameters(), lr=1e-3, betas=(0.5, 0.999))
