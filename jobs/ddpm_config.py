@@ -14,7 +14,7 @@ from jobs.cli import opt
 
 _UNET = UNetConfig()
 # The recipe every preset trains, chosen by bench/recipe.py's ablation at the demo's budget, judged
-# by both classifiers and the background share (BENCHMARKS.md, "DDPM recipe"): the v target,
+# by both classifiers and the background share (docs/sweeps.md, "The recipe"): the v target,
 # Min-SNR-5 loss weights and a cosine LR decay. The job's defaults are read from here.
 RECIPE = dict(prediction="v", loss_weight="min-snr", lr_schedule="cosine")
 

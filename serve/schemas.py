@@ -10,6 +10,7 @@ from hw4 import samplers
 from hw4.adversarial import ATTACKS
 from hw4.adversarial.registry import AttackOptions
 from hw4.errors import HW4Error
+from hw4.guidance import GUIDANCE_INTERVAL
 from hw4.vae_attacks import ATTACK_TARGETS
 
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
@@ -88,7 +89,9 @@ class DDPMSampleIn(BaseModel):
                           "image (n of them), or none for unconditional samples")
     guidance: float = Field(1.0, ge=0.0, le=MAX_GUIDANCE,
                             description="classifier-free guidance weight w, used with labels: "
-                                        "(1 + w) eps(x, c) - w eps(x, null); 0 = no guidance")
+                                        "(1 + w) eps(x, c) - w eps(x, null), at the noise levels "
+                                        f"{GUIDANCE_INTERVAL[0]:g} T <= t <= "
+                                        f"{GUIDANCE_INTERVAL[1]:g} T; 0 = no guidance")
     nrow: int = Field(8, ge=1, le=MAX_SAMPLE_IMAGES, description="images per row of the PNG grid")
     format: Format = "png"
 

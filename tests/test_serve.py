@@ -71,6 +71,9 @@ def test_every_endpoint_returns_png_or_json(app):
     assert [h["epoch"] for h in info["ddpm"]["history"]] == [0, 1, 2, 3]  # the run's metrics.json
     assert requests.get(URL + "/healthz", timeout=30).json()["models"] == {"ddpm": True, "vae": True}
     assert requests.get(URL + "/docs", timeout=30).status_code == 200
+    schema = requests.get(URL + "/openapi.json", timeout=30).json()["components"]["schemas"]
+    z = schema["DecodeIn"]["properties"]["z"]  # the served VAE's latent size (4), not a bound
+    assert (z["minItems"], z["maxItems"]) == (info["vae"]["config"]["latent_dim"],) * 2 == (4, 4)
 
 
 def test_same_seed_gives_the_same_image(app):
