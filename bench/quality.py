@@ -22,7 +22,7 @@ import torch
 
 from bench import recipe
 from hw4.atomic_files import write_bytes_atomic
-from jobs import ddpm_config, train_ddpm
+from jobs import cli, ddpm_config, train_ddpm
 
 START = dict(ddpm_config.SMALL, conditional=True, p_uncond=0.1, train_subset=50_000,
              batch_size=128)
@@ -42,8 +42,8 @@ DEMO_MINUTES = 9.0
 
 
 def train(variant: str, minutes: float, out: Path, threads: int) -> None:
-    cfg = train_ddpm.DDPMJobConfig(**{**START, **VARIANTS[variant]}, seed=0,
-                                   name=f"quality-{variant}")
+    cfg = cli.build(train_ddpm.DDPMJobConfig, {**START, **VARIANTS[variant], "seed": 0,
+                                               "name": f"quality-{variant}"})
     cfg.validate()
     recipe.train_in_process(cfg, None, 0, out / variant, threads, variant, [cfg.ema_warmup],
                             budget_s=minutes * 60)

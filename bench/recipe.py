@@ -29,7 +29,7 @@ from hw4.checkpoint import save_checkpoint
 from hw4.diffusion import DiffusionSchedule
 from hw4.models.unet import UNet
 from hw4.trained import load_ddpm
-from jobs import ddpm_config, train_ddpm
+from jobs import cli, ddpm_config, train_ddpm
 
 # the demo's recipe (jobs.demo.DDPM_ARGS: ddpm_config.SMALL, 50,000 images, 3 epochs of batch 128)
 BASE = dict(ddpm_config.SMALL, conditional=True, p_uncond=0.1, train_subset=50_000, epochs=3,
@@ -42,8 +42,8 @@ OUT = Path("results/recipe")
 
 
 def config(variant: str, steps: int, seed: int) -> train_ddpm.DDPMJobConfig:
-    cfg = train_ddpm.DDPMJobConfig(**{**BASE, **VARIANTS[variant]}, seed=seed,
-                                   name=f"recipe-{variant}")
+    cfg = cli.build(train_ddpm.DDPMJobConfig, {**BASE, **VARIANTS[variant], "seed": seed,
+                                               "name": f"recipe-{variant}"})
     cfg.epochs = -(-steps // (cfg.train_subset // cfg.batch_size))  # recorded as the job would
     return cfg
 

@@ -69,13 +69,44 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field; help text from ``field(metadata={"help": ...})``."""
+def nested(default_factory: Callable[[], Any], help: str, flags: dict[str, str]) -> Any:
+    """A dataclass field holding another config (e.g. the U-Net's) whose fields named in ``flags``
+    (name: help text) are flags of the job's command line, flat: ``--base-channels``, not
+    ``--model.base-channels``. Its other fields are set by the job (e.g. the class count)."""
+    return dataclasses.field(default_factory=default_factory, metadata={"help": help, "flags": flags})
+
+
+def _nested_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "flags" in f.metadata]
+
+
+def flag_names(cls: type) -> set[str]:
+    """Every flag of ``cls`` as a field name: its own fields and its nested configs' flags."""
+    names = {f.name for f in dataclasses.fields(cls) if "flags" not in f.metadata}
+    return names.union(*(f.metadata["flags"] for f in _nested_fields(cls)))
+
+
+def _flag_fields(cls: type) -> list[tuple[str, Any, Any, str]]:
+    """(name, type, default, help) of each flag, a nested config's flags in its place."""
     hints = typing.get_type_hints(cls)
+    out = []
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind, default = hints[f.name], f.default
-        kw: dict[str, Any] = {"default": default, "help": f.metadata.get("help", "")}
+        if "flags" not in f.metadata:
+            out.append((f.name, hints[f.name], f.default, f.metadata.get("help", "")))
+            continue
+        inner = f.default_factory()
+        inner_hints = typing.get_type_hints(type(inner))
+        out += [(name, inner_hints[name], getattr(inner, name), help)
+                for name, help in f.metadata["flags"].items()]
+    return out
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field (a nested config's flags flat in its place); help text
+    from ``field(metadata={"help": ...})``."""
+    for name, kind, default, help in _flag_fields(cls):
+        flag = "--" + name.replace("_", "-")
+        kw: dict[str, Any] = {"default": default, "help": help}
         args = typing.get_args(kind)
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             kind = next(a for a in args if a is not type(None))  # X | None -> X
@@ -105,9 +136,37 @@ def to_argv(values: dict[str, Any]) -> list[str]:
     return argv
 
 
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """``cls`` from ``values``: its fields, where a nested config may come as a dict (as saved in
+    JSON), as its own object, or as its flags at the top level (as the command line, a preset or
+    a sweep gives them); a flag at the top level wins over the same field in the nested dict.
+    Lists become tuples (JSON has no tuples)."""
+    values = dict(values)
+    for f in _nested_fields(cls):
+        inner = values.get(f.name)
+        inner = dataclasses.asdict(inner) if dataclasses.is_dataclass(inner) else dict(inner or {})
+        inner.update({k: values.pop(k) for k in f.metadata["flags"] if k in values})
+        values[f.name] = type(f.default_factory())(**_tuples(inner))
+    return cls(**_tuples(values))
+
+
+def flat(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A config as a dict (nested, as saved, or flat) in the command line's terms: a nested
+    config's flags lifted to the top, its other fields left out (the job sets them)."""
+    out = {k: v for k, v in values.items()
+           if k not in {f.name for f in _nested_fields(cls)}}
+    for f in _nested_fields(cls):
+        inner = values.get(f.name) or {}
+        out.update({k: inner[k] for k in f.metadata["flags"] if k in inner})
+    return out
+
+
 def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return build(cls, {name: getattr(ns, name) for name in flag_names(cls)})
 
 
 def run_cli(main: Callable[[], Any]) -> None:
@@ -149,7 +208,7 @@ def check(condition: bool, message: str) -> None:
 
 def check_preset(cls: type, name: str, values: dict) -> None:
     """A preset may set only fields of ``cls``: a misspelt key is an error, not a silent no-op."""
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    unknown = sorted(set(values) - flag_names(cls))
     check(not unknown, f"preset {name!r} sets {unknown}, which {cls.__name__} does not have")
 
 
@@ -175,5 +234,6 @@ def parse_config(cls: type, argv: list[str] | None, smoke: dict, doc: str,
 
 
 def config_from_state(cls: type, state: dict) -> Any:
-    """The job config saved in a checkpoint (JSON-ish lists back to tuples)."""
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    """The job config saved in a checkpoint (a nested config as saved, or flat as older
+    checkpoints have it; JSON-ish lists back to tuples)."""
+    return build(cls, state["config"])

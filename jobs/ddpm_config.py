@@ -3,6 +3,7 @@ the presets (``--preset full|small|smoke``), each a typed set of field values.""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +14,13 @@ from jobs import cli
 from jobs.cli import opt
 
 _UNET = UNetConfig()
+# the U-Net's fields that are flags of the job (flat: --base-channels), with their help; the
+# config itself is hw4.models.unet.UNetConfig, nested in the job's as ``model``
+UNET_FLAGS = {"base_channels": "U-Net width", "channel_mults": "width per level",
+              "num_res_blocks": "ResNet blocks per level",
+              "attention_resolutions": "downsample factors that attend",
+              "num_heads": "attention heads", "dropout": "dropout in ResNet blocks",
+              "groups": "GroupNorm groups"}
 # The recipe every preset trains, chosen by bench/recipe.py's ablation at the demo's budget, judged
 # by both classifiers and the background share (docs/sweeps.md, "The recipe"): the v target,
 # Min-SNR-5 loss weights and a cosine LR decay. The job's defaults are read from here.
@@ -24,15 +32,8 @@ class DDPMJobConfig(cli.RunOptions):
     name: str = opt("ddpm", "run name; the same name resumes")
     train_subset: int | None = opt(None, "train on this many MNIST images")
     val_subset: int = opt(2000, "held-out images for the validation loss")
-    # the U-Net's own fields, with its defaults (saved apart as the checkpoint's model_config)
-    base_channels: int = opt(_UNET.base_channels, "U-Net width")
-    channel_mults: tuple[int, ...] = opt(_UNET.channel_mults, "width per level")
-    num_res_blocks: int = opt(_UNET.num_res_blocks, "ResNet blocks per level")
-    attention_resolutions: tuple[int, ...] = opt(_UNET.attention_resolutions,
-                                                 "downsample factors that attend")
-    num_heads: int = opt(_UNET.num_heads, "attention heads")
-    dropout: float = opt(_UNET.dropout, "dropout in ResNet blocks")
-    groups: int = opt(_UNET.groups, "GroupNorm groups")
+    model: UNetConfig = cli.nested(UNetConfig, "the U-Net (its class count set by --conditional)",
+                                   UNET_FLAGS)
     conditional: bool = opt(True, "class-conditional U-Net (the homework's), with a null label")
     p_uncond: float = opt(0.1, "probability that a training label is dropped to the null label")
     guidance: float = opt(1.0, "guidance weight w of sample grids and FIDs (0: no guidance)")
@@ -88,18 +89,16 @@ class DDPMJobConfig(cli.RunOptions):
         c(self.sample_steps is None or 1 <= self.sample_steps <= self.timesteps,
           "--sample-steps must be in 1..--timesteps")
         c(0 <= self.sample_eta <= 1, f"--sample-eta must be in [0, 1], got {self.sample_eta}")
-        c(len(self.channel_mults) >= 1, "--channel-mults needs at least one level")
+        m = self.model
+        c(len(m.channel_mults) >= 1, "--channel-mults needs at least one level")
         c(self.fid_every >= 0 and self.fid_samples >= 2, "--fid-every >= 0, --fid-samples >= 2")
-        widths = [self.base_channels * m for m in self.channel_mults] + [self.base_channels]
-        c(all(w % self.groups == 0 and w % self.num_heads == 0 for w in widths),
-          f"--groups {self.groups} and --num-heads {self.num_heads} must divide every width {widths}")
+        widths = [m.base_channels * k for k in m.channel_mults] + [m.base_channels]
+        c(all(w % m.groups == 0 and w % m.num_heads == 0 for w in widths),
+          f"--groups {m.groups} and --num-heads {m.num_heads} must divide every width {widths}")
 
     def unet(self) -> UNetConfig:
-        return UNetConfig(base_channels=self.base_channels, channel_mults=self.channel_mults,
-                          num_res_blocks=self.num_res_blocks,
-                          attention_resolutions=self.attention_resolutions,
-                          num_heads=self.num_heads, dropout=self.dropout, groups=self.groups,
-                          num_classes=NUM_CLASSES if self.conditional else None)
+        """The U-Net to build: ``model`` with the class count ``--conditional`` implies."""
+        return dataclasses.replace(self.model, num_classes=NUM_CLASSES if self.conditional else None)
 
 
 NUM_CLASSES = 10  # MNIST digits

@@ -16,7 +16,7 @@ from typing import Any
 
 from hw4.atomic_files import write_json_atomic
 from hw4.errors import HW4Error
-from jobs.cli import check_run_name
+from jobs.cli import check_run_name, flat
 
 PROGRESS_FILE = "progress.json"  # rank 0's progress, drawn by the driver of a --quiet run
 PLACEMENT_GROUP_FILE = ".placement-group"  # the Train workers' placement group (hex id)
@@ -176,7 +176,9 @@ def check_rerun(cfg: Any) -> None:
     old = saved_config(run)
     if old is None:
         return
-    new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as saved
+    # in the command line's terms (a nested config's flags at the top), tuples as lists, as saved
+    new = flat(type(cfg), json.loads(json.dumps(dataclasses.asdict(cfg))))
+    old = flat(type(cfg), old)  # saved nested, or flat by an older version
     changed = {k: (old.get(k), v) for k, v in new.items() if k not in OPERATIONAL and old.get(k) != v}
     if not changed:
         return

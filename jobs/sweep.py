@@ -230,10 +230,10 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
     retried inside the run (``max_failures=0``): Tune sees them, counts them and restarts."""
     trial_id = tune.get_context().get_trial_id()
     first = trial_id.endswith("_00000")
-    job = spec.job_cls(**{**spec.base, **config, "name": f"{spec.sweep}-runs/{trial_id}",
-                          "storage_path": spec.storage_path, "max_failures": 0,
-                          "inject_fault": spec.inject_fault if first else None,
-                          "fault_epoch": spec.fault_epoch})
+    job = cli.build(spec.job_cls, {**spec.base, **config, "name": f"{spec.sweep}-runs/{trial_id}",
+                                   "storage_path": spec.storage_path, "max_failures": 0,
+                                   "inject_fault": spec.inject_fault if first else None,
+                                   "fault_epoch": spec.fault_epoch})
     job.validate()
     run = trial_dir(spec.storage_path, spec.sweep, trial_id)
     runs.claim_run_folder(run.resolve())  # created and marked by the first attempt, reused by a restart

@@ -98,7 +98,7 @@ def budget_steps(cfg: DDPMJobConfig, model: torch.nn.Module, step_on: Callable[.
 
 def train_func(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    cfg = DDPMJobConfig(**config)
+    cfg = cli.build(DDPMJobConfig, config)  # the U-Net nested, as dataclasses.asdict gives it
     w = worker.setup_worker(cfg, "mnist", normalization="symmetric")
     model = UNet(cfg.unet()).to(w.device)
     ema = train.EMA(model, cfg.ema_decay, cfg.ema_warmup)

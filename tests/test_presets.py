@@ -2,6 +2,7 @@
 preset is a typed set of fields (a misspelt key fails), and --help says what each trains."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -25,8 +26,8 @@ def test_the_bare_command_trains_the_chosen_recipe():
 def test_every_preset_trains_the_recipe_and_sets_only_its_fields(preset):
     cfg = parse(["--preset", preset])
     assert {k: getattr(cfg, k) for k in ddpm_config.RECIPE} == ddpm_config.RECIPE
-    bare = dataclasses.asdict(parse([]))
-    changed = {k for k, v in dataclasses.asdict(cfg).items() if bare[k] != v}
+    bare = cli.flat(DDPMJobConfig, dataclasses.asdict(parse([])))
+    changed = {k for k, v in cli.flat(DDPMJobConfig, dataclasses.asdict(cfg)).items() if bare[k] != v}
     assert changed == {k for k, v in ddpm_config.PRESETS[preset].items() if bare[k] != v}
     assert cfg.smoke_test == (preset == "smoke")  # a smoke preset never registers
 
@@ -65,3 +66,38 @@ def test_the_bare_sweep_trains_the_recipe_too():
     space = {"prediction": cfg.predictions, "loss_weight": cfg.loss_weights,
              "lr_schedule": cfg.lr_schedules}
     assert space == {k: (v,) for k, v in ddpm_config.RECIPE.items()}
+
+
+def test_the_job_config_nests_the_unet_config_with_flat_flags():
+    """The U-Net's fields live once, in hw4's UNetConfig: the job holds one as ``model`` (no copy
+    of its fields), its flags stay flat, and a checkpoint's config saved flat by an older version
+    still loads and counts as unchanged on a rerun."""
+    from hw4.models.unet import UNetConfig
+
+    unet_fields = {f.name for f in dataclasses.fields(UNetConfig)}
+    assert not unet_fields & {f.name for f in dataclasses.fields(DDPMJobConfig)}
+    cfg = parse(["--base-channels", "24", "--channel-mults", "1", "2", "--no-conditional"])
+    assert isinstance(cfg.model, UNetConfig) and cfg.model.base_channels == 24
+    assert cfg.model.channel_mults == (1, 2) and cfg.unet().num_classes is None
+    assert parse([]).unet().num_classes == ddpm_config.NUM_CLASSES
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as config.json has it: nested
+    assert cli.config_from_state(DDPMJobConfig, {"config": saved}) == cfg
+    old = cli.flat(DDPMJobConfig, saved)  # as an older version saved it: flat
+    assert "model" not in old and old["base_channels"] == 24
+    assert cli.config_from_state(DDPMJobConfig, {"config": old}) == cfg
+    with pytest.raises(SystemExit):  # no flag for the fields the job sets itself
+        parse(["--num-classes", "3"])
+
+
+def test_a_rerun_over_a_flat_saved_config_is_not_a_change(tmp_path):
+    from jobs import runs
+
+    cfg = parse(["--name", "r", "--storage-path", str(tmp_path)])
+    run = tmp_path / "r" / "checkpoint_000000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(cli.flat(DDPMJobConfig, json.loads(json.dumps(
+        dataclasses.asdict(cfg))))))
+    runs.check_rerun(cfg)  # the same settings, saved the old way: accepted
+    with pytest.raises(HW4Error, match=f"--base-channels {cfg.model.base_channels} -> 16"):
+        runs.check_rerun(parse(["--name", "r", "--storage-path", str(tmp_path),
+                                "--base-channels", "16"]))
