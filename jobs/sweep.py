@@ -3,7 +3,8 @@
 Each trial drives one Ray Train run of a training job (the pattern Ray Train V2 wants: a function
 trainable that fits a ``TorchTrainer`` and forwards its reports to Tune). On top of that:
 
-- a search algorithm: a grid, seeded random draws, or Optuna's TPE (``--search``);
+- a search algorithm: a grid, seeded random draws, or Optuna's TPE (``--search``;
+  ``jobs.sweep_search``);
 - early stopping: ASHA stops weak trials at rungs of ``epochs_done``; a stopped trial's
   placement group is removed (``ReleasePlacementGroups``), so the next trial gets its CPUs;
 - as many trials at once as the cluster fits; a crashed trial restarts from its last checkpoint;
@@ -26,13 +27,12 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from jobs import cli, driver, finish, runs
+from jobs import cli, driver, finish, runs, sweep_search
 from jobs.cli import check, opt
 from jobs.runs import PLACEMENT_GROUP_FILE
 
 TRIAL_CPU = 0.1  # a trial's own actor only waits on its Train run; Tune refuses 0
 ATTEMPTS_FILE = "attempts.log"  # one line per start of a trial (a restart after a crash adds one)
-SEARCHES = ("grid", "random", "optuna")
 
 
 @dataclass
@@ -77,46 +77,6 @@ class SweepOptions:
               "--cpus-per-worker must be > 0")
         check(self.grace_epochs >= 1, f"--grace-epochs must be >= 1, got {self.grace_epochs}")
         check(self.max_retries >= 0, f"--max-retries must be >= 0, got {self.max_retries}")
-
-
-def search_space(search: str, choices: dict[str, tuple], ranges: dict[str, tuple[float, float]],
-                 log: tuple[str, ...] = ()) -> dict:
-    """Tune's param_space. ``choices``: values to try (a grid, or a categorical draw);
-    ``ranges``: LOW HIGH of a continuous parameter (log-uniform when named in ``log``), which
-    only random and Optuna searches draw from. A single choice is a constant."""
-    space: dict[str, Any] = {}
-    for key, values in choices.items():
-        values = list(values)
-        space[key] = (values[0] if len(values) == 1 else
-                      tune.grid_search(values) if search == "grid" else tune.choice(values))
-    for key, (lo, hi) in ranges.items():
-        check(search != "grid", f"{key}: a range needs --search random or optuna")
-        space[key] = tune.loguniform(lo, hi) if key in log else tune.uniform(lo, hi)
-    return space
-
-
-def startup_trials(num_samples: int) -> int:
-    """Random draws before TPE models the results: Optuna's default is 10, which a sweep of 8
-    trials would never get past (it would be a random search); a quarter of the trials, 2 to 10."""
-    return max(2, min(10, num_samples // 4))
-
-
-def searcher(search: str, *, metric: str, mode: str, seed: int, max_concurrent: int,
-             num_samples: int) -> Any:
-    """The search algorithm: Tune's variant generator (grid or seeded random), or Optuna's TPE,
-    either holding back new trials while ``max_concurrent`` run (Tune's own
-    ``max_concurrent_trials`` is not applied to a variant generator passed in)."""
-    if search == "optuna":
-        from optuna.samplers import TPESampler
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        tpe = TPESampler(seed=seed, n_startup_trials=startup_trials(num_samples))
-        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, sampler=tpe),
-                                  max_concurrent=max_concurrent)
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def plan_resources(cpus: float, gpus: float, *, num_workers: int, use_gpu: bool,
@@ -283,7 +243,7 @@ def sweep(spec: TrialSpec, opts: SweepOptions, param_space: dict, *, epochs: int
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, num_samples=opts.num_samples,
                 scheduler=asha(opts, epochs),
-                search_alg=searcher(opts.search, metric=spec.metric, mode=spec.mode,
+                search_alg=sweep_search.searcher(opts.search, metric=spec.metric, mode=spec.mode,
                                     seed=opts.seed, max_concurrent=opts.max_concurrent,
                                     num_samples=opts.num_samples)),
             run_config=tune.RunConfig(name=opts.name, storage_path=opts.storage_path,

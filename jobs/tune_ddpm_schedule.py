@@ -29,7 +29,7 @@ from typing import Literal
 
 from hw4 import samplers
 from hw4.diffusion import PREDICTIONS, SCHEDULES, ZERO_TERMINAL_SNR
-from jobs import cli, ddpm_config, sweep, sweep_results, train_ddpm
+from jobs import cli, ddpm_config, sweep, sweep_results, sweep_search, train_ddpm
 from jobs.cli import check, opt
 
 METRICS = ["fid", "second_fid", "class_accuracy", "second_class_accuracy", "background_share",
@@ -120,7 +120,7 @@ class DDPMSweepConfig(sweep.SweepOptions):
         if not self.p_uncond_range:
             choices["p_uncond"] = self.p_unconds
         ranges = {"p_uncond": tuple(self.p_uncond_range)} if self.p_uncond_range else {}
-        return sweep.search_space(self.search, choices, ranges)
+        return sweep_search.search_space(self.search, choices, ranges)
 
 
 SMOKE = dict(schedules=("linear", "cosine"), timesteps=(50,), epochs=2, train_subset=256,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw4 import viz
-from jobs import cli, sweep, sweep_results, train_vae
+from jobs import cli, sweep, sweep_results, sweep_search, train_vae
 from jobs.cli import check, opt
 
 METRICS = ["val_elbo", "val_recon", "val_kl", "val_active_units", "probe_accuracy",
@@ -52,7 +52,7 @@ class VAESweepConfig(sweep.SweepOptions):
 
     def param_space(self) -> dict:
         grid = self.search == "grid"
-        return sweep.search_space(
+        return sweep_search.search_space(
             self.search, {"beta": self.betas, "latent_dim": self.latent_dims, "lr": self.lrs}
             if grid else {"latent_dim": self.latent_dims, "lr": self.lrs},
             {} if grid else {"beta": tuple(self.beta_range)}, log=("beta",))

@@ -7,7 +7,7 @@ import pytest
 from ray import tune
 
 from hw4.errors import HW4Error
-from jobs import sweep, sweep_results
+from jobs import sweep, sweep_results, sweep_search
 
 
 @pytest.mark.parametrize("cpus, gpus, workers, use_gpu, concurrent, cpw, expect", [
@@ -53,18 +53,18 @@ def test_rank_orders_finished_trials_and_leaves_the_others_unranked():
 
 
 def test_search_space_per_algorithm():
-    grid = sweep.search_space("grid", {"beta": (0.5, 4.0), "latent_dim": (16,)}, {})
+    grid = sweep_search.search_space("grid", {"beta": (0.5, 4.0), "latent_dim": (16,)}, {})
     assert grid["beta"] == tune.grid_search([0.5, 4.0]) and grid["latent_dim"] == 16
-    drawn = sweep.search_space("optuna", {"schedule": ("linear", "cosine")},
+    drawn = sweep_search.search_space("optuna", {"schedule": ("linear", "cosine")},
                                {"beta": (0.1, 10.0), "p": (0.0, 0.5)}, log=("beta",))
     assert drawn["schedule"].categories == ["linear", "cosine"]
     assert (drawn["beta"].lower, drawn["beta"].upper) == (0.1, 10.0)
     assert type(drawn["beta"].sampler).__name__ == "_LogUniform"
     assert type(drawn["p"].sampler).__name__ == "_Uniform"
     with pytest.raises(HW4Error, match="a range needs --search random or optuna"):
-        sweep.search_space("grid", {}, {"beta": (0.1, 10.0)})
+        sweep_search.search_space("grid", {}, {"beta": (0.1, 10.0)})
 
 
 @pytest.mark.parametrize("num_samples, startup", [(1, 2), (8, 2), (20, 5), (100, 10)])
 def test_tpe_models_the_results_after_a_quarter_of_the_trials(num_samples, startup):
-    assert sweep.startup_trials(num_samples) == startup
+    assert sweep_search.startup_trials(num_samples) == startup
