@@ -294,6 +294,19 @@ def test_a_cut_short_ray_snapshot_is_a_clear_error_before_ray_starts(tmp_path, c
     assert len(err.strip().splitlines()) == 1
 
 
+@needs_data
+def test_an_autoencoder_registers_as_ae_and_never_replaces_the_served_vae(tmp_path):
+    """A plain autoencoder's val_loss has no KL term, so it is lower than any VAE's: registered
+    under "vae" it replaced the served VAE (seen by hand: /info named demo-ae after the
+    homework's AE run). It registers as "ae" instead."""
+    from jobs import train_vae
+
+    train_vae.main(["--smoke-test", "--register", "--model", "ae", "--storage-path", str(tmp_path),
+                    "--name", "ae", "--quiet"])
+    assert (tmp_path / "registry" / "ae.json").is_file()
+    assert not (tmp_path / "registry" / "vae.json").exists()
+
+
 def test_a_run_has_one_writer_and_waits_for_a_killed_drivers_workers(tmp_path, capsys, monkeypatch):
     """A driver claims its run folder (``sole_writer``) and its workers share it
     (``hold_for_worker``); a second driver of the same --name is refused with one line, and one
