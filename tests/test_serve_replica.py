@@ -2,7 +2,6 @@
 
 import asyncio
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -17,23 +16,27 @@ from serve.deployments import DDPMModel, VAEModel
 from .conftest import make_storage, pinned
 
 
-class Slow:
-    """Wraps a forward pass: each call takes at least ``seconds``; counts the calls started and
-    those in flight, and lets a test wait (without polling a clock) for the n-th call to start."""
+class Gated:
+    """Wraps a forward pass: the first ``free`` calls run at once, later ones wait until the test
+    ``open``s the gate (the window in which a caller leaves, with no clock in it). Counts the calls
+    started and those in flight, and lets a test wait for the n-th call to start."""
 
-    def __init__(self, inner, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
+    def __init__(self, inner, free: int) -> None:
+        self.inner, self.free = inner, free
         self.started, self.in_flight = 0, 0
         self.lock = threading.Lock()
+        self.gate = threading.Event()
         self.waits: dict[int, threading.Event] = {}
 
     def __call__(self, *a, **k):
         with self.lock:
             self.started += 1
             self.in_flight += 1
-            self.waits.setdefault(self.started, threading.Event()).set()
+            n = self.started
+            self.waits.setdefault(n, threading.Event()).set()
         try:
-            time.sleep(self.seconds)  # a slow network: the window in which a caller leaves
+            if n > self.free:
+                assert self.gate.wait(60), "the test never opened the gate"
             return self.inner(*a, **k)
         finally:
             with self.lock:
@@ -49,14 +52,26 @@ class Slow:
         with self.lock:
             return self.started, self.in_flight
 
+    async def cancel_in_flight(self, *tasks: asyncio.Task) -> tuple[int, int]:
+        """Cancel ``tasks`` while call ``free + 1`` waits at the gate; let the event loop deliver
+        the cancellation (a few rounds, no time passing), then open the gate so the call in
+        flight can end. Returns (calls started, calls in flight) at the cancel."""
+        await self.until_started(self.free + 1)
+        for task in tasks:
+            task.cancel()
+        at_cancel = self.snapshot()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        self.gate.set()
+        return at_cancel
 
-def ddpm_replica(tmp_path, seconds: float):
-    """A DDPM replica in this process, its network, the network's own forward and a ``Slow``
-    forward around it."""
+
+def ddpm_replica(tmp_path):
+    """A DDPM replica in this process, its network and the network's own forward."""
     replica = DDPMModel.func_or_class()
     replica.reconfigure(pinned(str(make_storage(tmp_path))))
     net = replica.require().model
-    return replica, net, net.forward, Slow(net.forward, seconds)
+    return replica, net, net.forward
 
 
 @pytest.mark.parametrize("streamed", [True, False])
@@ -64,7 +79,8 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
     """Cancelling a request (what Serve does when the client leaves), streamed or not, stops
     the sampler after the network call in flight, and only then lets the next request have the
     model (it used to wait for the abandoned run to finish)."""
-    replica, net, inner, slow = ddpm_replica(tmp_path, 0.2)
+    replica, net, inner = ddpm_replica(tmp_path)
+    gated = Gated(inner, free=4)
     req = SampleRequest(2, "ddim", 20)
 
     async def scenario():
@@ -76,17 +92,15 @@ def test_an_abandoned_request_stops_its_sampler_and_frees_the_model(tmp_path, st
                 await replica._run([(req, None)])
 
         task = asyncio.create_task(client())
-        await slow.until_started(5)  # the fifth network call is in flight
-        task.cancel()
-        at_cancel = slow.snapshot()
+        at_cancel = await gated.cancel_in_flight(task)  # the fifth network call is in flight
         with pytest.raises(asyncio.CancelledError):
             await task
-        at_return = slow.snapshot()  # the cancellation is through: the model's lock is free
+        at_return = gated.snapshot()  # the cancellation is through: the model's lock is free
         net.forward = inner
         images = await replica._run([(replace(req, steps=2, seed=1), None)])
         return at_cancel, at_return, images
 
-    net.forward = slow
+    net.forward = gated
     (started, in_flight), (started_after, in_flight_after), images = asyncio.run(scenario())
     assert in_flight == 1 and started < 20  # cancelled with a call in flight, steps to go
     assert started_after == started  # no network call started after the cancel
@@ -99,23 +113,21 @@ def test_a_batch_stops_when_all_its_callers_leave_and_runs_on_for_those_who_stay
     cancellation reaches). When both callers leave, the call stops at its next network call and
     the model is free at once; when one leaves, the other still gets its images, the same as
     unbatched."""
-    replica, net, inner, _ = ddpm_replica(tmp_path, 0.1)
+    replica, net, inner = ddpm_replica(tmp_path)
     reqs = [SampleRequest(2, "ddim", 20, seed=s) for s in (0, 1)]
 
     async def batch(leaving: tuple[int, ...]) -> tuple[int, int, list]:
-        slow = Slow(inner, 0.1)
-        net.forward = slow
+        gated = Gated(inner, free=2)
+        net.forward = gated
         tasks = [asyncio.create_task(replica.sample(r)) for r in reqs]
-        await slow.until_started(3)  # the batch has formed and made a few calls
-        for i in leaving:
-            tasks[i].cancel()
-        at_cancel = slow.snapshot()[0]
+        # the batch has formed and made two calls; the third is in flight
+        at_cancel = (await gated.cancel_in_flight(*(tasks[i] for i in leaving)))[0]
         kept = [await t for i, t in enumerate(tasks) if i not in leaving]
         for i in leaving:
             with pytest.raises(asyncio.CancelledError):
                 await tasks[i]
         async with replica.lock:  # the model is free once the abandoned call has stopped
-            return at_cancel, slow.snapshot()[0], kept
+            return at_cancel, gated.snapshot()[0], kept
 
     async def scenario():
         both_left = await batch((0, 1))
@@ -140,19 +152,17 @@ def test_an_abandoned_attack_stops_at_the_next_forward_pass(tmp_path):
     def classifier(x):
         return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() + x.mean()
 
-    slow = Slow(classifier, 0.05)
-    replica.classifiers = lambda: {"pixel_cnn": slow}
+    gated = Gated(classifier, free=2)
+    replica.classifiers = lambda: {"pixel_cnn": gated}
     replica.images = lambda spec: (torch.rand(4, 1, 28, 28), torch.arange(4))
 
     async def scenario():
         task = asyncio.create_task(replica.attack({}, "pgd", [0.1], ["pixel_cnn"], False,
                                                    AttackOptions(steps=100), 0, 2))
-        await slow.until_started(3)
-        task.cancel()
-        at_cancel = slow.snapshot()
+        at_cancel = await gated.cancel_in_flight(task)  # the third forward pass is in flight
         with pytest.raises(asyncio.CancelledError):
             await task
-        return at_cancel, slow.snapshot()
+        return at_cancel, gated.snapshot()
 
     (started, in_flight), (started_after, in_flight_after) = asyncio.run(scenario())
     assert in_flight == 1 and started < 100  # of the 100 PGD steps' forward passes
