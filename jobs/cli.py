@@ -157,9 +157,10 @@ def build(cls: type, values: dict[str, Any]) -> Any:
 def flat(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """A config as a dict (nested, as saved, or flat) in the command line's terms: a nested
     config's flags lifted to the top, its other fields left out (the job sets them)."""
-    out = {k: v for k, v in values.items()
-           if k not in {f.name for f in _nested_fields(cls)}}
-    for f in _nested_fields(cls):
+    nested_fields = _nested_fields(cls)
+    nested_names = {f.name for f in nested_fields}
+    out = {k: v for k, v in values.items() if k not in nested_names}
+    for f in nested_fields:
         inner = values.get(f.name) or {}
         out.update({k: inner[k] for k in f.metadata["flags"] if k in inner})
     return out
