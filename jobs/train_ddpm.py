@@ -38,17 +38,12 @@ def sample_request(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
                                   cfg.guidance)
 
 
-def draw(trained: TrainedDDPM, req: samplers.SampleRequest,
-         device: torch.device | str = "cpu") -> torch.Tensor:
-    """``req``'s samples in [0, 1], (n, 1, 28, 28), as Serve draws them (``TrainedDDPM.draw``)."""
-    return trained.draw([req], device=device)[0]
-
-
 def render_samples(trained: TrainedDDPM, cfg: DDPMJobConfig, n: int, seed: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """``n`` samples of the configured sampler; a conditional model draws the digits in order,
     each ``n // 10`` times (one grid row per digit with ``nrow = n // 10``)."""
-    return draw(trained, sample_request(trained, cfg, n, seed, digit_rows(n)), device)
+    req = sample_request(trained, cfg, n, seed, digit_rows(n))
+    return trained.draw([req], device=device)[0]  # as Serve draws a request
 
 
 def digit_rows(n: int) -> torch.Tensor:
@@ -62,7 +57,8 @@ def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -
     """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features);
     a conditional model's samples are class-balanced and scored for class accuracy too."""
     labels = evaluation.balanced_labels(0, cfg.fid_samples, NUM_CLASSES) if trained.conditional else None
-    images = draw(trained, sample_request(trained, cfg, cfg.fid_samples, cfg.seed, labels), device)
+    req = sample_request(trained, cfg, cfg.fid_samples, cfg.seed, labels)
+    images = trained.draw([req], device=device)[0]
     ref = evaluation.reference_stats("mnist", cfg.fid_samples,
                                      Path(cfg.storage_path) / "eval" / "fid_stats")
     q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
