@@ -1,7 +1,8 @@
-"""The demo's DDPM training step on a CPU, side by side: fp32 against bf16 autocast, each eager
-and under torch.compile (its compile time counted apart), images per second; then the loss curve
-that matters: the same model, data, timesteps and noise trained in fp32 and in bf16, scored on
-one fixed validation batch in fp32 every ``--every`` steps.
+"""The demo's DDPM training step on a CPU, side by side: fp32 against bf16 autocast, each on
+NCHW and on channels-last activations, eager, and under torch.compile in the layout the job picks
+(its compile time counted apart), images per second; then the loss curve that matters: the same
+model, data, timesteps and noise trained in fp32 and in bf16 (each in the job's layout), scored
+on one fixed validation batch in fp32 every ``--every`` steps.
 
     python -m bench.cpu_step                          # batch 128, the CPU's threads; ~15 minutes
     python -m bench.cpu_step --parts speed            # speed only (on a quiet machine)
@@ -33,13 +34,23 @@ SMALL = UNetConfig(base_channels=16, channel_mults=(1, 2, 4), attention_resoluti
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,), num_heads=2,
                   groups=4, num_classes=10)
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+# the step's variants: (autocast dtype, channels-last activations); "fp32" is the step as it ran
+# before the layout rule (NCHW), the base of every ratio
+VARIANTS = {"fp32": (None, False), "fp32 channels-last": (None, True),
+            "bf16": (torch.bfloat16, False), "bf16 channels-last": (torch.bfloat16, True)}
 
 
-def setup(cfg: UNetConfig, seed: int):
+def setup(cfg: UNetConfig, seed: int, channels_last: bool = False):
     torch.manual_seed(seed)
     model = UNet(cfg)
+    model.channels_last = channels_last
     opt = train.make_optimizer(model.parameters(), 1e-3)
     return model, opt, train.EMA(model, 0.995)
+
+
+def job_layout(dtype: torch.dtype | None) -> bool:
+    """The layout the training job picks on a CPU for ``dtype`` (``hw4.precision``)."""
+    return precision.channels_last("cpu", dtype)
 
 
 def step_fn(model, opt, ema, schedule, x, y, dtype, seed):
@@ -53,19 +64,21 @@ def step_fn(model, opt, ema, schedule, x, y, dtype, seed):
 
 
 def speed(cfg: UNetConfig, x, y, schedule, repeats: int, compile_too: bool) -> dict:
-    """Seconds per step of each variant, interleaved; compile time apart."""
+    """Seconds per step of each variant, interleaved; compile time apart (compiled in the
+    layout the job picks for its dtype)."""
     contenders, compile_s = {}, {}
-    for name, dtype in DTYPES.items():
-        model, opt, ema = setup(cfg, 0)
+    for name, (dtype, channels_last) in VARIANTS.items():
+        model, opt, ema = setup(cfg, 0, channels_last)
         contenders[name] = step_fn(model, opt, ema, schedule, x, y, dtype, 0)
-        if compile_too:
-            cmodel, copt, cema = setup(cfg, 0)
-            compiled = torch.compile(cmodel)
-            fn = step_fn(compiled, copt, cema, schedule, x, y, dtype, 0)
-            t0 = time.perf_counter()
-            fn()  # the first call compiles
-            compile_s[f"{name}+compile"] = round(time.perf_counter() - t0, 1)
-            contenders[f"{name}+compile"] = fn
+    for name, dtype in DTYPES.items() if compile_too else ():
+        layout = job_layout(dtype)
+        cmodel, copt, cema = setup(cfg, 0, layout)
+        fn = step_fn(torch.compile(cmodel), copt, cema, schedule, x, y, dtype, 0)
+        label = f"{name}{' channels-last' if layout else ''} + compile"
+        t0 = time.perf_counter()
+        fn()  # the first call compiles
+        compile_s[label] = round(time.perf_counter() - t0, 1)
+        contenders[label] = fn
     times = interleaved(contenders, repeats, warmup=1)
     out = {}
     for name, t in times.items():
@@ -91,6 +104,7 @@ def curves(cfg: UNetConfig, schedule, batch: int, steps: int, every: int, seed: 
     out: dict = {}
     for name, dtype in DTYPES.items():
         model = copy.deepcopy(base)
+        model.channels_last = job_layout(dtype)  # each as the job trains it
         opt = train.make_optimizer(model.parameters(), 1e-3)
         ema = train.EMA(model, 0.995)
         g = torch.Generator().manual_seed(seed)
@@ -133,8 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     x = torch.rand(args.batch, 1, 28, 28) * 2 - 1
     y = torch.randint(0, 10, (args.batch,))
     flags = sorted(precision.cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})
+    auto = precision.autocast_dtype("auto", "cpu", args.batch)
     result = {"batch": args.batch, "threads": args.threads, "cpu_flags": flags,
-              "auto_picks": str(precision.autocast_dtype("auto", "cpu", args.batch)), "machine": machine()}
+              "auto_picks": f"{auto} {'channels-last' if job_layout(auto) else 'NCHW'}",
+              "machine": machine()}
     if "speed" in args.parts:
         result["speed"] = speed(cfg, x, y, schedule, args.repeats, args.compile)
         print({k: round(v["images_per_s"], 1) for k, v in result["speed"].items()}, flush=True)

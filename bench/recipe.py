@@ -72,6 +72,7 @@ def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int
     schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps)
     gen = torch.Generator().manual_seed(seed)
     dtype = precision.autocast_dtype(cfg.precision, "cpu", cfg.batch_size)
+    model.channels_last = precision.channels_last("cpu", dtype)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict:
         return train.ddpm_train_step(model, schedule, x, optimizer, labels=y, p_uncond=cfg.p_uncond,

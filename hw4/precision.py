@@ -1,5 +1,6 @@
 """The precision of a training step: fp32, or bf16 autocast where it was measured to pay off
-(on CUDA at large batches, on a CPU with native bf16), read from the CPU's flags."""
+(on CUDA at large batches, on a CPU with native bf16), read from the CPU's flags; and the
+activations' memory layout that goes with it."""
 
 from __future__ import annotations
 
@@ -45,3 +46,12 @@ def autocast_dtype(precision: Precision, device: torch.device | str, batch_size:
         native = set(CPU_BF16_FLAGS) & (cpu_flags() if flags is None else flags)
         return torch.bfloat16 if native else None
     return None
+
+
+def channels_last(device: torch.device | str, autocast: torch.dtype | None) -> bool:
+    """Whether a U-Net trains on channels-last (NHWC) activations: on a CPU in fp32, where
+    oneDNN's NHWC convolutions were measured faster (0.47 against 0.51 s for the demo's step), and
+    not under bf16 autocast, where its NHWC kernels were slower than converting NCHW tensors
+    inside each convolution (0.47 against 0.30 s; BENCHMARKS.md, "The training step on a CPU").
+    Not measured on CUDA: NCHW there."""
+    return torch.device(device).type == "cpu" and autocast is None

@@ -101,6 +101,7 @@ def train_func(config: dict) -> None:
     optimizer = train.make_optimizer(model.parameters(), cfg.lr, w.device)
     schedule = DiffusionSchedule.named(cfg.schedule, cfg.timesteps).to(w.device)
     autocast = precision.autocast_dtype(cfg.precision, w.device, cfg.batch_size // w.world)
+    model.channels_last = precision.channels_last(w.device, autocast)
     gen = w.generator()
 
     def step_on(net: torch.nn.Module, opt: torch.optim.Optimizer, avg: train.EMA,

@@ -88,6 +88,12 @@ def test_autocast_choice_follows_the_measurement():
     assert precision.autocast_dtype("fp32", "cuda", 4096) is None
 
 
+def test_channels_last_only_where_it_was_measured_faster():
+    assert precision.channels_last("cpu", None)  # fp32 on a CPU
+    assert not precision.channels_last("cpu", torch.bfloat16)  # oneDNN's NCHW bf16 kernels win
+    assert not precision.channels_last("cuda", None) and not precision.channels_last("cuda", torch.bfloat16)
+
+
 def test_max_steps_cuts_an_epoch_short_and_means_cover_only_those_steps():
     batches = [(torch.full((2, 1), float(i)), torch.zeros(2)) for i in range(5)]
     seen = []

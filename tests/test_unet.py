@@ -88,16 +88,37 @@ def test_resnet_block_projects_residual_only_when_channels_change():
     assert isinstance(blocks[1].skip, torch.nn.Conv2d) and blocks[1].skip.kernel_size == (1, 1)
 
 
-def test_fast_paths_keep_the_float64_answer_and_the_callers_layout():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_paths_keep_the_float64_answer_and_the_callers_layout(channels_last):
     """Channels-last activations and the fused q/k/v matmul change speed, not results: the
     float32 forward matches the same network run in float64 (NCHW), and the output comes back
     in the caller's contiguous NCHW layout."""
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_resolutions=(1, 2),
                             num_heads=4, groups=4)).eval()
+    model.channels_last = channels_last
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 400, 999])
     with torch.no_grad():
         fast = model(x, t)
+        model.channels_last = False
         exact = model.double()(x.double(), t)
     assert fast.is_contiguous()
     torch.testing.assert_close(fast.double(), exact, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_layout_asked_for_is_the_layout_the_convolutions_see(channels_last):
+    """A one-channel image is NCHW and NHWC at once, so converting the input changes nothing:
+    the ResNet blocks' convolutions must see NHWC activations exactly when asked."""
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(2,),
+                            num_heads=2, groups=4))
+    model.channels_last = channels_last
+    seen = []
+    for level in [*model.down, *model.up]:
+        for block in level.res:
+            block.block1[2].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]))
+    assert len(seen) == 6  # one block per level down, two up
+    for h in seen:  # (B, C > 1, H, W): the two layouts are told apart
+        assert h.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert h.is_contiguous() != channels_last

@@ -143,6 +143,9 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.config = cfg
+        # the activations' layout, a choice of the run and not of the weights:
+        # ``hw4.precision.channels_last`` says where NHWC pays off
+        self.channels_last = False
         ch = cfg.base_channels
         tdim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
@@ -201,9 +204,9 @@ class UNet(nn.Module):
             temb = temb + self.label_emb(y)  # (B, tdim)
         elif y is not None:
             raise ValueError("this U-Net is unconditional (num_classes=None): it takes no labels")
-        # channels-last (NHWC) activations: oneDNN's convolutions and GroupNorm run faster on
-        # them, and the attention blocks' (B, HW, C) tokens become views instead of copies
-        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
+        h = self.conv_in(x)
+        if self.channels_last:  # set after conv_in: a one-channel input is both layouts at once,
+            h = h.contiguous(memory_format=torch.channels_last)  # and conv_in keeps it NCHW
         hs = [h]
         for level, down in zip(self.down, self.downsample, strict=True):
             for res, attn in zip(level.res, level.attn, strict=True):
@@ -219,4 +222,4 @@ class UNet(nn.Module):
             if not isinstance(up, nn.Identity):
                 # nearest-neighbour upsampling to the next skip's size, then a conv
                 h = up(F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest"))
-        return self.out(h).contiguous()  # back to the caller's NCHW layout
+        return self.out(h).contiguous()  # NCHW, whatever the layout inside
