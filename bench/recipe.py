@@ -2,14 +2,14 @@
 
     python -m bench.recipe train --variant base      # one run; --variant all, v, min-snr, cosine
     python -m bench.recipe eval                      # score the runs: results/recipe/scores.json
-    python -m bench.recipe curve                     # FID against training minutes, base and all
 
 Each run is the demo's small class-conditional U-Net, data, batch, learning rate and step count
 (1,170 steps of 128 images, seed 0), trained in this process with the same ``hw4.train`` step the
 Ray job runs, so only the recipe differs. One run keeps three EMAs of its weights side by side
 (``hw4.train.EMA_WARMUPS``: the warm-up rule is measured without training three times) and saves
-the EMA weights at a quarter, half, three quarters and the end, with the training seconds so far,
-for the FID-against-minutes figure. Everything goes to ``results/recipe/<variant>/``.
+the EMA weights at a quarter, half, three quarters and the end, with the training seconds so far.
+Everything goes to ``results/recipe/<variant>/``. (Quality against training minutes, for the
+current recipe: ``bench.quality_curve``.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hw4 import data, epochs, evaluation, precision, samplers, train, viz
+from hw4 import data, epochs, evaluation, precision, samplers, train
 from hw4.assets import SECOND_JUDGE
 from hw4.atomic_files import write_bytes_atomic
 from hw4.checkpoint import save_checkpoint
@@ -55,12 +55,13 @@ def run(variant: str, steps: int, seed: int, out: Path, threads: int) -> None:
 
 def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int, out: Path,
                      threads: int, label: str, ema_rules: list[str],
-                     budget_s: float | None = None) -> None:
+                     budget_s: float | None = None, points: int = 4) -> None:
     """Train ``cfg``'s U-Net in this process with the Ray job's own step (its autocast rule
     included) for ``steps`` optimiser steps, or, with ``budget_s``, for the steps that fit in it
     at the time of the first ``train_ddpm.PROBE_STEPS`` (fixed then, so the cosine decay knows
     its length and a paused process trains no less). One EMA per rule in ``ema_rules``; the
-    EMA weights are saved at each quarter, with the training seconds so far in ``log.json``."""
+    EMA weights are saved at ``points`` evenly spaced steps (each quarter by default), with the
+    training seconds so far in ``log.json``."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     ds = data.load_dataset("mnist", "train", normalization="symmetric", subset=cfg.train_subset,
@@ -90,7 +91,7 @@ def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int
     cfg.epochs = -(-steps // len(loader))  # recorded as the job would
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, train.warmup_lambda(cfg.warmup_steps, cfg.lr_schedule, steps))
-    saves = {round(steps * f) for f in (0.25, 0.5, 0.75, 1.0)}
+    saves = {round(steps * i / points) for i in range(1, points + 1)}
     log, done, seconds = [], 0, 0.0
     out.mkdir(parents=True, exist_ok=True)
     for epoch in range(cfg.epochs):
@@ -175,49 +176,6 @@ def evaluate(out: Path, n: int, threads: int) -> None:
                                json.dumps({"floor": floors, "scores": scores}, indent=1).encode())
 
 
-CURVE_SAMPLER = "dpm++2m:10"  # the served sampler: 20 network calls per guided image
-
-
-def curve(out: Path, n: int, threads: int, figure: Path) -> None:
-    """Score every saved point of the base and all-changes runs (the EMA at a quarter, half,
-    three quarters and the end of training, ramp warm-up), and the final EMA under the other
-    warm-up rules, with ``CURVE_SAMPLER`` at w = 1; plot FID over its floor against the training
-    minutes (both judges). Results: ``out/curve.json``."""
-    torch.set_num_threads(threads)
-    refs, floors = judges(out, n)
-    done = out / "curve.json"
-    rows = json.loads(done.read_text())["rows"] if done.is_file() else []
-    for variant in ("base", "all"):
-        log = {r["step"]: r["train_seconds"] for r in json.loads((out / variant / "log.json").read_text())}
-        names = [(f"step{s}-ramp.pt", s) for s in sorted(log)]
-        names += [(f"step{max(log)}-{rule}.pt", max(log)) for rule in ("power", "half-life")]
-        for name, step in names:
-            if any(r["variant"] == variant and r["name"] == name for r in rows):
-                continue
-            r = score(out / variant / name, CURVE_SAMPLER, n, 1.0, refs)
-            rows.append({"variant": variant, "name": name, "step": step,
-                         "train_minutes": log[step] / 60, **r})
-            print(json.dumps(rows[-1]), flush=True)
-            write_bytes_atomic(done, json.dumps({"floor": floors, "rows": rows}, indent=1).encode())
-    label = {"base": "earlier recipe (eps, uniform, constant LR)",
-             "all": "new recipe (v, Min-SNR-5, cosine LR)"}
-    series = {}
-    for variant in ("base", "all"):
-        mine = [r for r in rows if r["variant"] == variant and r["name"].endswith("-ramp.pt")]
-        xs = [r["train_minutes"] for r in mine]
-        series[f"{label[variant]}: pinned judge"] = (xs, [r["fid"] / floors["fid"] for r in mine])
-        series[f"{label[variant]}: second judge"] = (
-            xs, [r["second_fid"] / floors["second_fid"] for r in mine])
-    viz.line_plot(series, figure, xlabel="training minutes (2-core CPU, in process)",
-                  ylabel="FID / data floor (log scale)", logy=True,
-                  title=f"{CURVE_SAMPLER} at w = 1, n = {n}: quality against training time")
-    for r in rows:
-        print(f"{r['variant']:>4} {r['name']:<22} {r['train_minutes']:5.1f} min  FID "
-              f"{r['fid']:6.1f} ({r['fid'] / floors['fid']:.2f}x)  2nd {r['second_fid']:6.1f} "
-              f"({r['second_fid'] / floors['second_fid']:.2f}x)  acc {r['class_accuracy']:.3f} "
-              f"2nd acc {r['second_class_accuracy']:.3f}  bg {r['background_share']:.0%}")
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table: the header, its rule, one line per row of cells."""
     return "\n".join(f"| {' | '.join(cells)} |"
@@ -253,17 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n", type=int, default=500)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--out", type=Path, default=OUT)
-    c = sub.add_parser("curve")
-    c.add_argument("--n", type=int, default=1000)
-    c.add_argument("--threads", type=int, default=2)
-    c.add_argument("--out", type=Path, default=OUT)
-    c.add_argument("--figure", type=Path, default=Path("docs/images/fid_vs_minutes.png"))
     sub.add_parser("table").add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.cmd == "table":
         print(table(args.out))
-    if args.cmd == "curve":
-        curve(args.out, args.n, args.threads, args.figure)
     if args.cmd == "eval":
         evaluate(args.out, args.n, args.threads)
     if args.cmd == "train":

@@ -132,3 +132,24 @@ def test_sampling_bench_scores_every_variant_tiny(tmp_path):
     assert all(0 <= s["background_share"] <= 1 and s["fid"] > 0 for s in scores)
     text = sampling.table(tmp_path)
     assert all(name in text for name in sampling.VARIANTS) and "MNIST test (the floor)" in text
+
+
+@needs_data
+def test_quality_curve_scores_each_saved_point_once_and_draws(tmp_path, monkeypatch):
+    """bench/quality_curve.py on two tiny checkpoints: one row a point, in step order, a figure;
+    a second call scores nothing again."""
+    from bench import quality_curve, recipe
+
+    for step in (4, 8):
+        write_ddpm(tmp_path / f"step{step}-ramp.pt")
+    (tmp_path / "log.json").write_text(json.dumps(
+        [{"step": 8, "train_seconds": 120.0}, {"step": 4, "train_seconds": 60.0}]))
+    rows = quality_curve.score(tmp_path, n=20, threads=1, figure=tmp_path / "curve.png")
+    assert [(r["step"], r["train_minutes"]) for r in rows] == [(4, 1.0), (8, 2.0)]
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert all(0 <= r["background_share"] <= 1 and r["second_fid"] > 0 for r in rows)
+    calls = []
+    monkeypatch.setattr(recipe, "score", lambda *a, **k: calls.append(a))
+    quality_curve.score(tmp_path, n=20, threads=1, figure=tmp_path / "curve.png")
+    assert calls == []
+    assert quality_curve.table(tmp_path).count("\n") == 3  # header, rule, two points
