@@ -49,9 +49,9 @@ def autocast_dtype(precision: Precision, device: torch.device | str, batch_size:
 
 
 def channels_last(device: torch.device | str, autocast: torch.dtype | None) -> bool:
-    """Whether a U-Net trains on channels-last (NHWC) activations: on a CPU in fp32, where
-    oneDNN's NHWC convolutions were measured faster (0.47 against 0.51 s for the demo's step), and
-    not under bf16 autocast, where its NHWC kernels were slower than converting NCHW tensors
-    inside each convolution (0.47 against 0.30 s; BENCHMARKS.md, "The training step on a CPU").
-    Not measured on CUDA: NCHW there."""
+    """Whether a U-Net runs on channels-last (NHWC) activations: on a CPU in fp32, where oneDNN's
+    NHWC convolutions were measured faster (the demo's training step 0.48 against 0.52 s, a
+    128-image sampling call 0.165 against 0.191 s), and not under bf16 autocast, where its NHWC
+    kernels were slower than converting NCHW tensors inside each convolution (0.48 against
+    0.33 s; BENCHMARKS.md, "The training step on a CPU"). Not measured on CUDA: NCHW there."""
     return torch.device(device).type == "cpu" and autocast is None

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from hw4 import reverse, samplers
+from hw4 import precision, reverse, samplers
 from hw4.checkpoint import CheckpointError, load_checkpoint, load_state
 from hw4.diffusion import DiffusionSchedule
 from hw4.errors import HW4Error
@@ -198,7 +198,7 @@ class TrainedDDPM:
         no network call runs after the step in progress."""
         model = self._guided(n, labels, guidance, interval, device)
         gen = torch.Generator(device=device).manual_seed(seed)
-        total = len(samplers.timesteps(method, self.timesteps, steps))
+        total = len(samplers.timesteps(method, self.schedule, steps))
         chain = samplers.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
                                              steps=steps, eta=eta, prediction=self.prediction,
                                              generator=gen, device=device)
@@ -243,6 +243,7 @@ class TrainedDDPM:
         if labels is not None:
             labels = self.check_labels(labels, n)
         net = self.model.to(device).eval()
+        net.channels_last = precision.channels_last(device, None)  # sampling runs in fp32
         return guided_model(net if stop is None else stoppable(net, stop), labels, guidance,
                             self.model.null_label, interval_timesteps(self.timesteps, interval))
 
