@@ -66,18 +66,19 @@ class SamplerKind:
     label: str  # for people: figures, the page, reports
     default_steps: int | None  # network calls when none are asked for; None: all T (DDPM)
     uses_eta: bool  # DDIM's eta: 0 deterministic, 1 DDPM-like noise; the others ignore it
-    grid: Callable[[int, int], list[int]]  # (T, steps) -> the descending timesteps visited
+    # (schedule, steps) -> the descending timesteps visited
+    grid: Callable[[DiffusionSchedule, int], list[int]]
     step: Step
 
-    def visits(self, T: int, steps: int | None) -> list[int]:
-        """The timesteps of a run on a T-step model with ``steps`` network calls asked (None:
+    def visits(self, s: DiffusionSchedule, steps: int | None) -> list[int]:
+        """The timesteps of a run on schedule ``s`` with ``steps`` network calls asked (None:
         the default; DDPM visits all T whatever is asked)."""
-        return self.grid(T, steps if steps is not None and self.default_steps else
-                         self.default_steps or T)
+        return self.grid(s, steps if steps is not None and self.default_steps else
+                         self.default_steps or s.num_timesteps)
 
-    def calls_per_image(self, steps: int | None, T: int, guided: bool) -> int:
+    def calls_per_image(self, steps: int | None, s: DiffusionSchedule, guided: bool) -> int:
         """Network rows per image: one per step, two where classifier-free guidance applies."""
-        return len(self.visits(T, steps)) * (2 if guided else 1)
+        return len(self.visits(s, steps)) * (2 if guided else 1)
 
     def describe(self, steps: int | None, eta: float | None = None) -> str:
         """For people: "DPM-Solver++(2M)-10", "DDIM-50 eta=1", "DDPM-1000" (with its steps)."""
@@ -88,8 +89,10 @@ class SamplerKind:
 
 SAMPLERS: dict[str, SamplerKind] = {k.name: k for k in (
     SamplerKind("dpm++2m", "DPM-Solver++(2M)", 10, False, reverse.dpm_solver_timesteps, _dpmpp_2m),
-    SamplerKind("ddim", "DDIM", 50, True, reverse.ddim_timesteps, _ddim),
-    SamplerKind("ddpm", "DDPM", None, False, lambda T, steps: list(range(T - 1, -1, -1)), _ddpm),
+    SamplerKind("ddim", "DDIM", 50, True, lambda s, steps: reverse.ddim_timesteps(
+        s.num_timesteps, steps), _ddim),
+    SamplerKind("ddpm", "DDPM", None, False, lambda s, steps: list(range(
+        s.num_timesteps - 1, -1, -1)), _ddpm),
 )}
 # the fewest network calls per good image (BENCHMARKS.md, "The demo's model"): Serve's default
 DEFAULT_SAMPLER = "dpm++2m"
@@ -109,9 +112,10 @@ def kind(name: str) -> SamplerKind:
     return SAMPLERS[name]
 
 
-def timesteps(method: str, T: int, steps: int | None) -> list[int]:
-    """The descending timesteps ``method`` visits with ``steps`` network calls (None: its default)."""
-    return kind(method).visits(T, steps)
+def timesteps(method: str, s: DiffusionSchedule, steps: int | None) -> list[int]:
+    """The descending timesteps ``method`` visits on schedule ``s`` with ``steps`` network calls
+    (None: its default)."""
+    return kind(method).visits(s, steps)
 
 
 def spec_forms() -> list[str]:
@@ -170,16 +174,17 @@ def sample_progressive(model: Model, s: DiffusionSchedule, shape: tuple[int, ...
                        method: str = DEFAULT_SAMPLER, steps: int | None = None,
                        eta: float = 0.0, prediction: Prediction = "eps", clip: bool = CLIP_X0,
                        generator: Generators = None, device: str | torch.device = "cpu",
-                       x_T: torch.Tensor | None = None,
+                       x_T: torch.Tensor | None = None, visit: list[int] | None = None,
                        progress: bool = False) -> Iterator[StepOutput]:
     """Yield every reverse step of sampler ``method`` from x_T ~ N(0, I), one network call each
-    (``timesteps``: all T for DDPM, ``steps`` for the others, None their default).
+    (``timesteps``: all T for DDPM, ``steps`` for the others, None their default; ``visit``, a
+    descending list, replaces them: for experiments with other grids).
 
     The schedule stays on the CPU: every step reads its coefficients as Python floats, so the
     loop never waits on the accelerator between steps.
     """
     k = kind(method)
-    ts = timesteps(method, s.num_timesteps, steps)
+    ts = visit if visit is not None else timesteps(method, s, steps)
     s = s.to("cpu")
     x = x_T.to(device) if x_T is not None else reverse.noise_like(
         torch.empty(shape, device=device), generator)
@@ -229,9 +234,9 @@ class SampleRequest:
     def guided(self) -> bool:
         return self.labels is not None and self.guidance > 0
 
-    def cost(self, T: int) -> int:
-        """Images x network calls on a T-step model (a guided image runs twice the rows)."""
-        return self.n * self.kind.calls_per_image(self.steps, T, self.guided)
+    def cost(self, s: DiffusionSchedule) -> int:
+        """Images x network calls on schedule ``s`` (a guided image runs twice the rows)."""
+        return self.n * self.kind.calls_per_image(self.steps, s, self.guided)
 
 
 def batch_rows(requests: list[SampleRequest],

@@ -132,7 +132,7 @@ def evaluate_ddpm(cfg: EvalConfig, out: Path, log) -> dict:
             q = evaluation.sample_quality(images, "mnist", ref, labels=labels)
             q.update(evaluation.second_opinion(images, ref2, labels))
             rows.append({"sampler": spec, "label": sampler.label, "guidance": w,
-                         "steps": len(sampler.kind.visits(ddpm.timesteps, sampler.steps)),
+                         "steps": len(sampler.kind.visits(ddpm.schedule, sampler.steps)),
                          "eta": sampler.reported_eta, "wall_s": wall, **q})
             name = spec.replace(":", "_") + (f"_w{w:g}" if ddpm.conditional else "")
             eval_report.save_sample_grid(images, labels, out / f"samples_{name}.png")

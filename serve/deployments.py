@@ -75,7 +75,7 @@ class DDPMModel(Reloadable):
         finished, also when the caller goes away: cancelling the stream stops the sampler within
         one step, and the next request never runs beside it."""
         ddpm = self.require()
-        total = len(req.kind.visits(ddpm.timesteps, req.steps))
+        total = len(req.kind.visits(ddpm.schedule, req.steps))
         chain = ddpm.chain(req, every=every or max(1, total // 20), device=self.device)
         async with self.lock:
             async for item in steps_in_thread(chain):
@@ -92,7 +92,7 @@ class DDPMModel(Reloadable):
             raise HW4Error(f"steps must be at most {ddpm.timesteps} for this model")
         if req.labels is not None and not ddpm.conditional:
             raise HW4Error("the served DDPM is unconditional: send no labels")
-        cost = req.cost(ddpm.timesteps)
+        cost = req.cost(ddpm.schedule)
         if cost > MAX_SAMPLE_COST:
             raise TooCostly(f"this request costs {cost:,} image-network calls (n x steps, x2 with "
                             f"guidance; DDPM takes all {ddpm.timesteps} steps); the limit is "

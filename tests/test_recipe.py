@@ -96,8 +96,8 @@ def test_an_ema_saved_before_the_warmup_choice_loads_as_ramp():
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("steps", [5, 10, 20])
 def test_dpm_solver_pp_2m_equals_diffusers_on_a_fixed_network(prediction, steps):
-    """Step for step, on the same network outputs and timesteps, against diffusers'
-    DPMSolverMultistepScheduler (dpmsolver++, order 2, trailing spacing, final sigma 0)."""
+    """Step for step, on the same network outputs and timesteps (ours, given to diffusers),
+    against diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, final sigma 0)."""
     import numpy as np
 
     diffusers = pytest.importorskip("diffusers")  # the bench extra, installed by `make install`
@@ -106,11 +106,11 @@ def test_dpm_solver_pp_2m_equals_diffusers_on_a_fixed_network(prediction, steps)
     sched = D.DiffusionSchedule.named("linear", 1000)
     ref = DPMSolverMultistepScheduler(
         num_train_timesteps=1000, trained_betas=sched.betas.double().numpy().astype(np.float64),
-        algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        algorithm_type="dpmsolver++", solver_order=2,
         prediction_type="epsilon" if prediction == "eps" else "v_prediction")
-    ref.set_timesteps(steps)
-    ts = R.dpm_solver_timesteps(1000, steps)
-    assert ref.timesteps.tolist() == ts
+    ts = R.dpm_solver_timesteps(sched, steps)
+    ref.set_timesteps(timesteps=ts)
+    assert ref.timesteps.tolist() == ts and len(ts) == steps
 
     def network(x, t):  # fixed and smooth: the optimum for data at 0, plus a nonlinear term
         b = float(sched.sqrt_one_minus_alphas_cumprod[t])
@@ -130,6 +130,20 @@ def test_dpm_solver_pp_2m_equals_diffusers_on_a_fixed_network(prediction, steps)
         x = ours
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "linear-zero-snr"])
+def test_dpm_solver_grid_is_evenly_spaced_in_lambda_from_pure_noise_to_its_end(name):
+    """From T-1 to 0.03 T, ten distinct calls; after the first, the lambda gaps are equal up to
+    the rounding to integer timesteps (a tenth of a gap), also on schedules whose last
+    timesteps fall to very low lambda (spaced from DPM_SOLVER_LAMBDA_MIN instead)."""
+    s = D.DiffusionSchedule.named(name, 1000)
+    ts = R.dpm_solver_timesteps(s, 10)
+    assert ts[0] == 999 and ts[-1] == round(R.DPM_SOLVER_END * 1000) and len(ts) == 10
+    assert ts == sorted(set(ts), reverse=True)
+    gaps = [R.half_log_snr(s, b) - R.half_log_snr(s, a) for a, b in zip(ts[1:-1], ts[2:], strict=True)]
+    assert max(gaps) - min(gaps) < 0.1 * min(gaps)
+    assert S.timesteps("dpm++2m", s, None) == ts  # the sampler's default: 10 calls
+
+
 def test_dpm_solver_samples_through_the_shared_loop_with_guidance():
     torch.manual_seed(0)
     calls = []
@@ -144,7 +158,7 @@ def test_dpm_solver_samples_through_the_shared_loop_with_guidance():
     assert x.shape == (2, 1, 4, 4) and torch.isfinite(x).all()
     assert calls == [4] * 10  # 10 network calls of the 2N guided batch
     with pytest.raises(HW4Error, match="unknown sampler"):
-        S.timesteps("euler", 1000, 10)
+        S.timesteps("euler", SCHED, 10)
 
 
 @pytest.mark.parametrize("method", ["dpm++2m", "ddim"])

@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from hw4 import viz
+from hw4.diffusion import DiffusionSchedule
 from hw4.errors import HW4Error
 from hw4.samplers import SampleRequest
 from serve import guard, schemas
@@ -208,10 +209,10 @@ def test_a_decompression_bomb_png_is_a_clear_error():
 
 
 def test_sample_and_attack_cost_budgets():
-    base = SampleRequest(16, "ddpm", 50, guidance=1.0)
-    assert base.cost(1000) == 16_000 <= MAX_SAMPLE_COST  # DDPM: all T steps, whatever is asked
-    assert replace(base, labels=(1,) * 16).cost(1000) == 32_000 > MAX_SAMPLE_COST
-    assert replace(base, sampler="ddim", n=64, labels=(0,) * 64).cost(1000) == 6_400
+    base, sched = SampleRequest(16, "ddpm", 50, guidance=1.0), DiffusionSchedule.named("linear", 1000)
+    assert base.cost(sched) == 16_000 <= MAX_SAMPLE_COST  # DDPM: all T steps, whatever is asked
+    assert replace(base, labels=(1,) * 16).cost(sched) == 32_000 > MAX_SAMPLE_COST
+    assert replace(base, sampler="ddim", n=64, labels=(0,) * 64).cost(sched) == 6_400
     AttackIn(attack="fgsm", n=256, epsilons=[0, .1, .2, .3])
     assert AttackIn(attack="pgd", n=10, pgd_steps=10).cost() == 10 * 4 * 3 * 10 <= MAX_ATTACK_COST
     # AutoAttack, standard: APGD-CE 101 + APGD-T 9 x 101 + Square 5,000 calls an image

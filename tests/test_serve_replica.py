@@ -183,7 +183,7 @@ def test_an_unlabeled_request_to_a_conditional_model_runs_one_batch_of_n(tmp_pat
     asyncio.run(replica._run([(req, None)]))
     asyncio.run(replica._run([(replace(req, labels=(1, 2, 3)), None)]))
     lo, hi = interval_timesteps(replica.require().timesteps)  # guided steps run both halves
-    guided = [6 if lo <= t <= hi else 3 for t in samplers.timesteps("ddim", replica.require().timesteps, 4)]
+    guided = [6 if lo <= t <= hi else 3 for t in samplers.timesteps("ddim", replica.require().schedule, 4)]
     assert rows == [3] * 4 + guided and 6 in guided
 
 
