@@ -14,7 +14,7 @@ from hw4.guidance import GUIDANCE_INTERVAL
 from hw4.vae_attacks import ATTACK_TARGETS
 
 MAX_SAMPLE_IMAGES = 64  # per DDPM request, and the most images one DDPM batch holds
-# Cost budgets, checked before any work starts (BENCHMARKS.md, "Serve limits", has the timings):
+# Cost budgets, checked before any work starts (docs/performance.md, "Serve limits", has the timings):
 # a sample request costs images x network calls (steps; all T for DDPM; twice with guidance), an
 # attack images x epsilons x models x model calls per image (hw4.adversarial's registry: steps
 # times EOT samples, APGD-T's targets, Square's queries).
