@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from bench import recipe
-from hw4 import evaluation, precision, reverse, samplers
+from hw4 import evaluation, reverse, samplers
 from hw4.atomic_files import write_bytes_atomic
-from hw4.guidance import GUIDANCE_INTERVAL, guided_model, interval_timesteps
+from hw4.guidance import GUIDANCE_INTERVAL
 from hw4.trained import load_ddpm
 
 OUT = Path("results/quality")
@@ -70,9 +70,7 @@ VARIANTS = {
 
 def draw(ddpm, labels: torch.Tensor, w: float, interval, clip: bool, grid) -> torch.Tensor:
     """The variant's samples in [0, 1]: the loop called with its own interval, clip and grid."""
-    ddpm.model.channels_last = precision.channels_last("cpu", None)  # as TrainedDDPM samples
-    model = guided_model(ddpm.model.eval(), labels, w, ddpm.model.null_label,
-                         interval_timesteps(ddpm.timesteps, interval))
+    model = ddpm.network(len(labels), labels, w, interval)
     with torch.inference_mode():
         x = samplers.sample(model, ddpm.schedule, (len(labels), 1, 28, 28), method=SAMPLER,
                             prediction=ddpm.prediction, clip=clip, visit=grid(ddpm.schedule, STEPS),

@@ -10,7 +10,6 @@ import torch
 
 from hw4 import diffusion, samplers
 from hw4.diffusion import SCHEDULES, DiffusionSchedule
-from hw4.guidance import guided_model, interval_timesteps
 from hw4.trained import TrainedDDPM
 from hw4.viz import TIGHT, image_rows, pyplot, save_figure
 
@@ -53,8 +52,7 @@ def reverse_process(ddpm: TrainedDDPM, path: Path, label: int | None = 7, guidan
     """x_t and the predicted x_0 at evenly spaced steps of one DDPM chain and two DDIM chains
     (eta = 1 and the deterministic eta = 0, DDIM's default steps), all from the same x_T."""
     labels = torch.tensor([label]) if label is not None and ddpm.conditional else None
-    model = guided_model(ddpm.model.eval(), labels, guidance if labels is not None else 0.0,
-                         ddpm.model.null_label, interval_timesteps(ddpm.timesteps))
+    model = ddpm.network(1, labels, guidance if labels is not None else 0.0)
     rows, names = [], []
     ddim = min(samplers.kind("ddim").default_steps, ddpm.timesteps)
     for method, steps, eta in (("ddpm", None, 1.0), ("ddim", ddim, 1.0), ("ddim", ddim, 0.0)):

@@ -179,7 +179,7 @@ class TrainedDDPM:
         ``generator`` (e.g. per-request blocks of a served batch) replaces the seed. Setting
         ``stop`` (from another thread) ends the run with ``SamplingStopped`` before its next
         network call."""
-        model = self._guided(n, labels, guidance, interval, device, stop)
+        model = self.network(n, labels, guidance, interval, device, stop)
         gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
         x = samplers.sample(model, self.schedule, (n, 1, 28, 28), method=method, steps=steps,
                              eta=eta, prediction=self.prediction, generator=gen, device=device,
@@ -196,7 +196,7 @@ class TrainedDDPM:
         network call), then every ``every`` steps, and the samples after the last, which equal
         ``sample``'s for the same arguments. Whoever stops iterating stops the sampler:
         no network call runs after the step in progress."""
-        model = self._guided(n, labels, guidance, interval, device)
+        model = self.network(n, labels, guidance, interval, device)
         gen = torch.Generator(device=device).manual_seed(seed)
         total = len(samplers.timesteps(method, self.schedule, steps))
         chain = samplers.sample_progressive(model, self.schedule, (n, 1, 28, 28), method=method,
@@ -235,11 +235,12 @@ class TrainedDDPM:
                                  eta=req.eta, labels=labels, guidance=guidance, seed=req.seed,
                                  device=device)
 
-    def _guided(self, n: int, labels: torch.Tensor | None, guidance: float | torch.Tensor,
-                interval: tuple[float, float] | None, device: str | torch.device,
-                stop: StopSignal | None = None):
-        """The network on ``device`` as the samplers call it: ``labels`` checked and guided with
-        weight ``guidance`` within ``interval``, refusing to run once ``stop`` is set."""
+    def network(self, n: int, labels: torch.Tensor | None, guidance: float | torch.Tensor,
+                interval: tuple[float, float] | None = GUIDANCE_INTERVAL,
+                device: str | torch.device = "cpu", stop: StopSignal | None = None):
+        """The network on ``device`` as the samplers call it, ``model(x_t, t)``: in eval mode and
+        the layout sampling runs in, ``labels`` (n,) checked and guided with weight ``guidance``
+        within ``interval`` (fractions of T), refusing to run once ``stop`` is set."""
         if labels is not None:
             labels = self.check_labels(labels, n)
         net = self.model.to(device).eval()

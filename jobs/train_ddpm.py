@@ -54,8 +54,9 @@ def digit_rows(n: int) -> torch.Tensor:
 
 
 def sample_fid(trained: TrainedDDPM, cfg: DDPMJobConfig, device: torch.device) -> dict:
-    """FID of ``fid_samples`` DDIM samples against as many MNIST train images (pinned features);
-    a conditional model's samples are class-balanced and scored for class accuracy too."""
+    """FID of ``fid_samples`` samples of the configured sampler against as many MNIST train
+    images (pinned features); a conditional model's samples are class-balanced and scored for
+    class accuracy too."""
     labels = evaluation.balanced_labels(0, cfg.fid_samples, NUM_CLASSES) if trained.conditional else None
     req = sample_request(trained, cfg, cfg.fid_samples, cfg.seed, labels)
     images = trained.draw([req], device=device)[0]
