@@ -85,13 +85,21 @@ def ddim_step(s: DiffusionSchedule, model_output: torch.Tensor, t: int, t_prev: 
 
 # --- 2. DPM-Solver++(2M): a multistep solver of the probability-flow ODE in x0 space ----------
 
+def _lambda(ab: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2 (Lu et al. 2022), in float64;
+    -inf where abar = 0 (zero terminal SNR)."""
+    ab = ab.double()
+    return 0.5 * torch.log(ab / (1 - ab))
+
+
+def half_log_snrs(s: DiffusionSchedule) -> torch.Tensor:
+    """lambda_t for every timestep t of ``s``, (T,)."""
+    return _lambda(s.alphas_cumprod)
+
+
 def half_log_snr(s: DiffusionSchedule, t: int) -> float:
-    """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2 (Lu et al. 2022);
-    +inf at the clean end (t = -1)."""
-    if t < 0:
-        return math.inf
-    ab = float(s.alphas_cumprod[t].double())
-    return 0.5 * math.log(ab / (1 - ab)) if ab > 0 else -math.inf  # zero terminal SNR
+    """lambda_t at one timestep; +inf at the clean end (t = -1)."""
+    return math.inf if t < 0 else float(_lambda(s.alphas_cumprod[t]))
 
 
 # DPM-Solver++'s last network call, as a fraction of T (see ``dpm_solver_timesteps``)
@@ -116,7 +124,7 @@ def dpm_solver_timesteps(s: DiffusionSchedule, steps: int, end: float = DPM_SOLV
     if not 1 <= steps <= T:
         raise HW4Error(f"steps must be in 1..{T} for a {T}-step model, got {steps}")
     last = min(T - 1, round(end * T))
-    lam = torch.tensor([half_log_snr(s, t) for t in range(last, T)], dtype=torch.float64)
+    lam = half_log_snrs(s)[last:]
     start = max(float(lam[-1]), DPM_SOLVER_LAMBDA_MIN)
     targets = torch.linspace(start, float(lam[0]), steps, dtype=torch.float64)[1:]
     nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1) + last
