@@ -35,7 +35,13 @@ VARIANTS = {
     "zero-snr": dict(schedule="linear-zero-snr"),
     "lr2e-3": dict(lr=2e-3),
     "ema0.999": dict(ema_decay=0.999),
+    # the data range: the recipe trained on images in [-s, s] (backgrounds at -s) instead of
+    # [-1, 1], mapped back before it is judged; scaling the data by s multiplies every
+    # timestep's SNR by s^2 (Chen 2023, "On the importance of noise scheduling")
+    "range0.5": {},
+    "range2": {},
 }
+DATA_SCALES = {"range0.5": 0.5, "range2": 2.0}  # the others: 1
 SPECS = [("dpm++2m:10", 1.0), ("dpm++2m:10", 0.0)]  # the served default, and unguided
 OUT = Path("results/quality")
 DEMO_MINUTES = 9.0
@@ -46,7 +52,7 @@ def train(variant: str, minutes: float, out: Path, threads: int) -> None:
                                                "name": f"quality-{variant}"})
     cfg.validate()
     recipe.train_in_process(cfg, None, 0, out / variant, threads, variant, [cfg.ema_warmup],
-                            budget_s=minutes * 60)
+                            budget_s=minutes * 60, data_scale=DATA_SCALES.get(variant, 1.0))
 
 
 def evaluate(out: Path, n: int, threads: int) -> None:
@@ -73,7 +79,7 @@ def evaluate(out: Path, n: int, threads: int) -> None:
             row = {"variant": variant, "steps": last["step"],
                    "train_minutes": last["train_seconds"] / 60,
                    "budget_minutes": pace * last["step"] / 60 if pace else None,
-                   **recipe.score(path, spec, n, w, refs)}
+                   **recipe.score(path, spec, n, w, refs, DATA_SCALES.get(variant, 1.0))}
             scores.append(row)
             print(json.dumps(row), flush=True)
             write_bytes_atomic(done, json.dumps({"floor": floors, "scores": scores},

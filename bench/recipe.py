@@ -27,8 +27,9 @@ from hw4.assets import SECOND_JUDGE
 from hw4.atomic_files import write_bytes_atomic
 from hw4.checkpoint import save_checkpoint
 from hw4.diffusion import DiffusionSchedule
+from hw4.guidance import GUIDANCE_INTERVAL
 from hw4.models.unet import UNet
-from hw4.trained import load_ddpm
+from hw4.trained import TrainedDDPM, load_ddpm
 from jobs import cli, ddpm_config, train_ddpm
 
 # the demo's recipe (jobs.demo.DDPM_ARGS: ddpm_config.SMALL, 50,000 images, 3 epochs of batch 128)
@@ -55,13 +56,14 @@ def run(variant: str, steps: int, seed: int, out: Path, threads: int) -> None:
 
 def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int, out: Path,
                      threads: int, label: str, ema_rules: list[str],
-                     budget_s: float | None = None, points: int = 4) -> None:
+                     budget_s: float | None = None, points: int = 4, data_scale: float = 1.0) -> None:
     """Train ``cfg``'s U-Net in this process with the Ray job's own step (its autocast rule
     included) for ``steps`` optimiser steps, or, with ``budget_s``, for the steps that fit in it
     at the time of the first ``train_ddpm.PROBE_STEPS`` (fixed then, so the cosine decay knows
     its length and a paused process trains no less). One EMA per rule in ``ema_rules``; the
     EMA weights are saved at ``points`` evenly spaced steps (each quarter by default), with the
-    training seconds so far in ``log.json``."""
+    training seconds so far in ``log.json``. ``data_scale`` trains on images in [-s, s] instead of
+    [-1, 1] (an experiment of ``bench.quality``; score such a run with ``score(data_scale=s)``)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     ds = data.load_dataset("mnist", "train", normalization="symmetric", subset=cfg.train_subset,
@@ -76,7 +78,8 @@ def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int
     model.channels_last = precision.channels_last("cpu", dtype)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict:
-        return train.ddpm_train_step(model, schedule, x, optimizer, labels=y, p_uncond=cfg.p_uncond,
+        return train.ddpm_train_step(model, schedule, x * data_scale, optimizer, labels=y,
+                                     p_uncond=cfg.p_uncond,
                                      prediction=cfg.prediction, weighting=cfg.loss_weight,
                                      snr_gamma=cfg.snr_gamma, ema=list(emas.values()),
                                      grad_clip=cfg.grad_clip, autocast_dtype=dtype, generator=gen)
@@ -110,7 +113,7 @@ def train_in_process(cfg: train_ddpm.DDPMJobConfig, steps: int | None, seed: int
                     if rule == cfg.ema_warmup or done == steps:  # the others only at the end
                         save(out / f"step{done}-{rule}.pt", model, ema, cfg, rule, done)
                 log.append({"step": done, "train_seconds": seconds, "loss": float(m["loss"]),
-                            "probe_seconds_per_step": per_step})
+                            "probe_seconds_per_step": per_step, "data_scale": data_scale})
                 write_bytes_atomic(out / "log.json", json.dumps(log, indent=1).encode())
             if done == steps:
                 return
@@ -123,18 +126,39 @@ def save(path: Path, model: UNet, ema: train.EMA, cfg: train_ddpm.DDPMJobConfig,
                     model=model, ema=ema.state_dict(), step=step)
 
 
-def score(path: Path, spec: str, n: int, guidance: float, refs: dict) -> dict:
+def draw(ddpm: TrainedDDPM, labels: torch.Tensor, guidance: float, *, method: str,
+         steps: int | None = None, eta: float = 0.0,
+         interval: tuple[float, float] | None = GUIDANCE_INTERVAL, clip: bool = samplers.CLIP_X0,
+         visit: list[int] | None = None, data_scale: float = 1.0) -> torch.Tensor:
+    """Samples in [0, 1] (seed 0) as ``TrainedDDPM.sample`` draws them, with the sampler's knobs
+    open to experiments: the guidance interval, x-hat-0 clipping, the grid (``visit``), and the
+    data range a run was trained in ([-s, s], mapped back before display)."""
+    model = ddpm.network(len(labels), labels, guidance, interval)
+    with torch.inference_mode():
+        x = samplers.sample(model, ddpm.schedule, (len(labels), 1, 28, 28), method=method,
+                            steps=steps, eta=eta, prediction=ddpm.prediction, clip=clip, visit=visit,
+                            generator=torch.Generator().manual_seed(0))
+    return ((x / data_scale + 1) / 2).clamp(0, 1)
+
+
+def judge(images: torch.Tensor, labels: torch.Tensor, refs: dict) -> dict:
     """Pinned FID and class accuracy, and the second judge's FID, accuracy and agreement, and
-    the background share, of ``n`` class-balanced samples (seed 0)."""
+    the background share."""
+    q = evaluation.sample_quality(images, "mnist", refs["first"], labels=labels)
+    return {"fid": q["fid"], "class_accuracy": q["class_accuracy"],
+            **evaluation.second_opinion(images, refs["second"], labels)}
+
+
+def score(path: Path, spec: str, n: int, guidance: float, refs: dict,
+          data_scale: float = 1.0) -> dict:
+    """``judge`` of ``n`` class-balanced samples (seed 0) of the checkpoint at ``path``."""
     labels = evaluation.balanced_labels(0, n)
     t0 = time.perf_counter()
-    images = samplers.SamplerSpec.parse(spec).run(load_ddpm(path), n, 0, labels, guidance)
-    out = {"checkpoint": str(path), "sampler": spec, "guidance": guidance, "n": n,
-           "sample_seconds": time.perf_counter() - t0}
-    q = evaluation.sample_quality(images, "mnist", refs["first"], labels=labels)
-    out.update(fid=q["fid"], class_accuracy=q["class_accuracy"])
-    out.update(evaluation.second_opinion(images, refs["second"], labels))
-    return out
+    sampler = samplers.SamplerSpec.parse(spec)
+    images = draw(load_ddpm(path), labels, guidance, method=sampler.method, steps=sampler.steps,
+                  eta=sampler.eta, data_scale=data_scale)
+    return {"checkpoint": str(path), "sampler": spec, "guidance": guidance, "n": n,
+            "sample_seconds": time.perf_counter() - t0, **judge(images, labels, refs)}
 
 
 def judges(out: Path, n: int) -> tuple[dict, dict]:

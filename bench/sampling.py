@@ -1,11 +1,12 @@
 """What the sampler does to a trained DDPM's backgrounds and FID: the guidance interval, whether
-each step clips x-hat-0, and the timesteps DPM-Solver++ visits, one change at a time, on one
-checkpoint (the demo's by default).
+each step clips x-hat-0, and the timesteps DPM-Solver++ and DDIM visit, one change at a time, on
+one checkpoint (the demo's by default).
 
     python -m bench.sampling --checkpoint results/demo-ddpm/artifacts/checkpoint.pt
     python -m bench.sampling --table                   # the Markdown table in BENCHMARKS.md
 
-Each variant draws the same 500 class-balanced samples (seed 0, DPM-Solver++(2M)-10) and is
+Each variant draws the same 500 class-balanced samples (seed 0; DPM-Solver++(2M)-10 unless it
+names DDIM-50) with ``bench.recipe.draw`` and is
 judged by both classifiers and the background share, as ``bench.quality`` judges training runs.
 Scores go to ``results/quality/sampling.json``.
 """
@@ -16,6 +17,8 @@ import argparse
 import functools
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,12 +26,13 @@ import torch
 from bench import recipe
 from hw4 import evaluation, reverse, samplers
 from hw4.atomic_files import write_bytes_atomic
+from hw4.diffusion import DiffusionSchedule
 from hw4.guidance import GUIDANCE_INTERVAL
 from hw4.trained import load_ddpm
 
 OUT = Path("results/quality")
 CHECKPOINT = Path("results/demo-ddpm/artifacts/checkpoint.pt")
-SAMPLER, STEPS = "dpm++2m", 10
+SAMPLER = "dpm++2m"
 
 
 def trailing(s, steps: int) -> list[int]:
@@ -42,40 +46,58 @@ def lambda_spaced(end: float):
     return functools.partial(reverse.dpm_solver_timesteps, end=end)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One sampling setting: guidance weight, interval (fractions of T; None: every step),
+    x-hat-0 clipped, the grid ((schedule, steps) -> timesteps), and the sampler."""
+
+    guidance: float
+    interval: tuple[float, float] | None
+    clip: bool
+    grid: Callable[[DiffusionSchedule, int], list[int]]
+    method: str = SAMPLER
+    eta: float = 0.0
+
+    def steps(self, s: DiffusionSchedule) -> int:
+        """The sampler's default network calls (fewer on a schedule shorter than that: tests)."""
+        return min(samplers.kind(self.method).default_steps, s.num_timesteps)
+
+
+def ddim_grid(s: DiffusionSchedule, steps: int) -> list[int]:
+    return samplers.timesteps("ddim", s, steps)
+
+
 # w = 1, guided at 0.2 T..0.7 T, x-hat-0 not clipped: the defaults for the grid comparison
 GUIDED = (1.0, GUIDANCE_INTERVAL, False)
 DEFAULT_GRID = lambda_spaced(reverse.DPM_SOLVER_END)
-# name: (guidance weight, guidance interval as fractions of T (None: every step), clip x-hat-0,
-# the grid: (schedule, steps) -> timesteps); the trailing grid unless the name says otherwise
+# the trailing grid and DPM-Solver++(2M)-10 unless the name says otherwise
 VARIANTS = {
-    "guided at every step, x0 clipped": (1.0, None, True, trailing),
-    "x0 not clipped": (1.0, None, False, trailing),
-    "guided at t >= 0.1 T": (1.0, (0.1, 1.0), True, trailing),
-    "guided at t <= 0.7 T": (1.0, (0.0, 0.7), True, trailing),
-    "guided at 0.1 T..0.7 T": (1.0, (0.1, 0.7), True, trailing),
-    "guided at 0.1 T..0.7 T, not clipped": (1.0, (0.1, 0.7), False, trailing),
-    "guided at 0.2 T..0.7 T, not clipped": (*GUIDED, trailing),
-    "the same at w = 1.5": (1.5, GUIDANCE_INTERVAL, False, trailing),
-    "the same, lambda-spaced grid to t = 0": (*GUIDED, lambda_spaced(0.0)),
-    "the same, lambda-spaced grid to 0.01 T": (*GUIDED, lambda_spaced(0.01)),
-    "the same, lambda-spaced grid to 0.03 T (the default)": (*GUIDED, DEFAULT_GRID),
-    "unguided (w = 0), x0 clipped": (0.0, None, True, trailing),
-    "unguided, not clipped": (0.0, None, False, trailing),
-    "unguided, not clipped, lambda-spaced grid to t = 0": (0.0, None, False, lambda_spaced(0.0)),
-    "unguided, not clipped, lambda-spaced grid to 0.01 T": (0.0, None, False, lambda_spaced(0.01)),
-    "unguided, not clipped, lambda-spaced grid to 0.03 T (the default)": (0.0, None, False,
-                                                                         DEFAULT_GRID),
+    "guided at every step, x0 clipped": Variant(1.0, None, True, trailing),
+    "x0 not clipped": Variant(1.0, None, False, trailing),
+    "guided at t >= 0.1 T": Variant(1.0, (0.1, 1.0), True, trailing),
+    "guided at t <= 0.7 T": Variant(1.0, (0.0, 0.7), True, trailing),
+    "guided at 0.1 T..0.7 T": Variant(1.0, (0.1, 0.7), True, trailing),
+    "guided at 0.1 T..0.7 T, not clipped": Variant(1.0, (0.1, 0.7), False, trailing),
+    "guided at 0.2 T..0.7 T, not clipped": Variant(*GUIDED, trailing),
+    "the same at w = 1.5": Variant(1.5, GUIDANCE_INTERVAL, False, trailing),
+    "the same, lambda-spaced grid to t = 0": Variant(*GUIDED, lambda_spaced(0.0)),
+    "the same, lambda-spaced grid to 0.01 T": Variant(*GUIDED, lambda_spaced(0.01)),
+    "the same, lambda-spaced grid to 0.03 T (the default)": Variant(*GUIDED, DEFAULT_GRID),
+    "unguided (w = 0), x0 clipped": Variant(0.0, None, True, trailing),
+    "unguided, not clipped": Variant(0.0, None, False, trailing),
+    "unguided, not clipped, lambda-spaced grid to t = 0": Variant(0.0, None, False, lambda_spaced(0.0)),
+    "unguided, not clipped, lambda-spaced grid to 0.01 T": Variant(0.0, None, False,
+                                                                   lambda_spaced(0.01)),
+    "unguided, not clipped, lambda-spaced grid to 0.03 T (the default)": Variant(
+        0.0, None, False, DEFAULT_GRID),
+    # DDIM-50 unguided, deterministic against stochastic, on its evenly spaced grid (the
+    # default, its last call at t = 0) and on lambda-spaced ones
+    **{f"DDIM-50 eta = {eta:g}, unguided, {name}": Variant(0.0, None, False, grid, "ddim", eta)
+       for name, grid in (("evenly spaced grid (the default)", ddim_grid),
+                          ("lambda-spaced grid to t = 0", lambda_spaced(0.0)),
+                          ("lambda-spaced grid to 0.01 T", lambda_spaced(0.01)))
+       for eta in (0.0, 1.0)},
 }
-
-
-def draw(ddpm, labels: torch.Tensor, w: float, interval, clip: bool, grid) -> torch.Tensor:
-    """The variant's samples in [0, 1]: the loop called with its own interval, clip and grid."""
-    model = ddpm.network(len(labels), labels, w, interval)
-    with torch.inference_mode():
-        x = samplers.sample(model, ddpm.schedule, (len(labels), 1, 28, 28), method=SAMPLER,
-                            prediction=ddpm.prediction, clip=clip, visit=grid(ddpm.schedule, STEPS),
-                            generator=torch.Generator().manual_seed(0))
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def run(checkpoint: Path, out: Path, n: int, threads: int) -> None:
@@ -84,15 +106,14 @@ def run(checkpoint: Path, out: Path, n: int, threads: int) -> None:
     refs, floors = recipe.judges(out, n)
     labels = evaluation.balanced_labels(0, n)
     rows = []
-    for name, (w, interval, clip, grid) in VARIANTS.items():
+    for name, v in VARIANTS.items():
         t0 = time.perf_counter()
-        images = draw(ddpm, labels, w, interval, clip, grid)
-        q = evaluation.sample_quality(images, "mnist", refs["first"], labels=labels)
-        row = {"variant": name, "guidance": w, "interval": interval, "clip": clip, "n": n,
-               "timesteps": grid(ddpm.schedule, STEPS),
-               "fid": q["fid"], "class_accuracy": q["class_accuracy"],
-               **evaluation.second_opinion(images, refs["second"], labels),
-               "seconds": time.perf_counter() - t0}
+        grid = v.grid(ddpm.schedule, v.steps(ddpm.schedule))
+        images = recipe.draw(ddpm, labels, v.guidance, method=v.method, eta=v.eta,
+                             interval=v.interval, clip=v.clip, visit=grid)
+        row = {"variant": name, "sampler": v.method, "eta": v.eta, "guidance": v.guidance,
+               "interval": v.interval, "clip": v.clip, "n": n, "timesteps": grid,
+               **recipe.judge(images, labels, refs), "seconds": time.perf_counter() - t0}
         rows.append(row)
         print(json.dumps(row), flush=True)
     write_bytes_atomic(out / "sampling.json", json.dumps(

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import ROOT, needs_data, write_ddpm
 
@@ -118,6 +119,9 @@ def test_cpu_step_bench_runs_tiny(tmp_path):
 
     result = run_tiny("cpu_step", tmp_path / "cpu.json")
     assert set(result["speed"]) == set(cpu_step.VARIANTS) and result["speed"]["fp32"]["speedup"] == 1.0
+    # each round's ratios on its own medians: fp32 is 1 in every round, the others one per round
+    assert all(v["rounds"] == 2 and len(v["speedup_per_round"]) == 2 for v in result["speed"].values())
+    assert result["speed"]["fp32"]["speedup_per_round"] == [1.0, 1.0]
     assert [len(c["points"]) for c in result["curves"].values()] == [2, 2]
 
 
@@ -153,3 +157,38 @@ def test_quality_curve_scores_each_saved_point_once_and_draws(tmp_path, monkeypa
     quality_curve.score(tmp_path, n=20, threads=1, figure=tmp_path / "curve.png")
     assert calls == []
     assert quality_curve.table(tmp_path).count("\n") == 3  # header, rule, two points
+
+
+def test_bench_draw_is_the_sample_every_command_draws_and_maps_the_data_range_back(tmp_path):
+    """``bench.recipe.draw`` with its defaults is ``TrainedDDPM.sample`` pixel for pixel; a run
+    trained in [-s, s] is mapped back by its scale (x / s), not read as if it were [-1, 1]."""
+    from bench import recipe
+    from hw4 import evaluation
+    from hw4.trained import load_ddpm
+
+    ddpm = load_ddpm(write_ddpm(tmp_path / "ddpm.pt"))
+    labels = evaluation.balanced_labels(0, 10)
+    ours = recipe.draw(ddpm, labels, 1.0, method="dpm++2m")
+    assert torch.equal(ours, ddpm.sample(10, labels=labels, guidance=1.0))
+    # an untrained network's samples run far outside [-1, 1]: wide ranges keep them inside
+    wide, wider = (recipe.draw(ddpm, labels, 0.0, method="dpm++2m", data_scale=s) for s in (1e7, 2e7))
+    assert ((wide > 0) & (wide < 1)).all()  # x = 2e7 * wide - 1e7, which maps to x / 4e7 + 1/2
+    assert torch.allclose(wider, wide / 2 + 0.25, atol=1e-6)
+
+
+@needs_data
+def test_recipe_run_trains_on_the_data_range_asked(tmp_path, monkeypatch):
+    """``train_in_process(data_scale=s)`` hands the step images in [-s, s], MNIST's background at
+    exactly -s, and records s beside the run's log."""
+    from bench import recipe
+    from hw4 import train
+    from jobs import cli, ddpm_config, train_ddpm
+
+    seen, step = [], train.ddpm_train_step
+    monkeypatch.setattr(train, "ddpm_train_step", lambda m, s, x, *a, **k: (seen.append(x), step(
+        m, s, x, *a, **k))[1])
+    cfg = cli.build(train_ddpm.DDPMJobConfig, {**ddpm_config.SMOKE, "conditional": True})
+    recipe.train_in_process(cfg, 3, 0, tmp_path, 1, "scaled", [cfg.ema_warmup], points=1,
+                            data_scale=0.5)
+    assert len(seen) == 3 and all(x.min() == -0.5 and 0.45 < x.max() <= 0.5 for x in seen)
+    assert json.loads((tmp_path / "log.json").read_text())[-1]["data_scale"] == 0.5
