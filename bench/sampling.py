@@ -96,7 +96,8 @@ VARIANTS = {
     **{f"DDIM-50 eta = {eta:g}, unguided, {name}": Variant(0.0, None, False, grid, "ddim", eta)
        for name, grid in (("evenly spaced grid (the default)", ddim_grid),
                           ("lambda-spaced grid to t = 0", lambda_spaced(0.0)),
-                          ("lambda-spaced grid to 0.01 T", lambda_spaced(0.01)))
+                          ("lambda-spaced grid to 0.01 T", lambda_spaced(0.01)),
+                          ("lambda-spaced grid to 0.03 T", DEFAULT_GRID))
        for eta in (0.0, 1.0)},
     # the same 50 calls with a second-order deterministic solver: what is left of DDIM eta = 0's
     # gap to eta = 1 is then the network's ODE, not DDIM's first-order steps
